@@ -1,0 +1,1 @@
+"""Tornado RequestHandlers: parse and check input, call a service, write JSON or SSE."""

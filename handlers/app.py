@@ -1,0 +1,23 @@
+"""The Tornado application: every route table in one list."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from handlers import auth, health, user
+from handlers.base import NotFoundHandler, log_request
+from services.context import AppContext
+
+ROUTE_MODULES = [health, auth, user]
+
+
+def make_app(ctx: AppContext) -> tornado.web.Application:
+    routes = [route for module in ROUTE_MODULES for route in module.ROUTES]
+    return tornado.web.Application(
+        routes,
+        ctx=ctx,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        # gzip would buffer Server-Sent Events; responses here are small JSON anyway.
+        compress_response=False,
+    )

@@ -1,0 +1,68 @@
+"""/api/auth: register, login, logout and the current session (CONTRACT.md 1.4)."""
+
+from __future__ import annotations
+
+from handlers.base import APIHandler, authenticated
+from services import auth
+from services.errors import ServiceError
+from services.users import iso, user_payload
+
+
+class RegisterHandler(APIHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        email, password = body.get("email"), body.get("password")
+        if not email or not password:
+            raise ServiceError(400, "Email and password are required")
+        user = await auth.create_user(self.ctx, email, password)
+        token, _ = await auth.start_session(self.ctx, user["id"])
+        self.set_auth_cookie(token, auth.SESSION_LIFETIME.days)
+        self.ok({"user": user_payload(self.ctx, user)}, status=201)
+
+
+class LoginHandler(APIHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        user = await auth.login(self.ctx, body.get("email"), body.get("password"), self.client_ip())
+        if self.current_user is not None:
+            # A new login replaces the session the browser had.
+            await auth.end_session(self.ctx, self.current_user.session_id)
+        token, _ = await auth.start_session(self.ctx, user["id"])
+        days = auth.REMEMBER_ME_COOKIE_DAYS if body.get("rememberMe") is True else auth.SESSION_LIFETIME.days
+        self.set_auth_cookie(token, days)
+        self.ok({"user": user_payload(self.ctx, user)})
+
+
+class LogoutHandler(APIHandler):
+    @authenticated
+    async def post(self) -> None:
+        assert self.current_user is not None
+        await auth.end_session(self.ctx, self.current_user.session_id)
+        self.clear_auth_cookie()
+        self.ok({"message": "Logged out successfully"})
+
+
+class SessionHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        assert self.current_user is not None
+        current = self.current_user
+        self.ok(
+            {
+                "user": user_payload(self.ctx, current.user),
+                # The token is the cookie's secret and is never echoed; the session is described.
+                "session": {
+                    "userId": current.id,
+                    "fresh": current.renewed,
+                    "expiresAt": iso(current.expires_at),
+                },
+            }
+        )
+
+
+ROUTES = [
+    (r"/api/auth/register", RegisterHandler),
+    (r"/api/auth/login", LoginHandler),
+    (r"/api/auth/logout", LogoutHandler),
+    (r"/api/auth/session", SessionHandler),
+]

@@ -1,0 +1,252 @@
+"""APIHandler: the cross-cutting concerns of every route.
+
+- JSON bodies of at most 1 MiB (counted while they stream in), parsed with orjson.
+- Errors always as `{"success": false, "error": "..."}`; a ServiceError carries its status,
+  an unreachable database is a 503, anything unexpected a logged 500 with no details.
+- The person behind the `auth_session` cookie, with sliding renewal of the cookie.
+- CORS for `ALLOWED_ORIGINS` with credentials, and a 403 for a state-changing request that
+  carries the cookie from an Origin outside that list.
+- A request id on every response and log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import tornado.web
+from tornado.httputil import HTTPServerRequest
+
+from services import auth
+from services.context import AppContext
+from services.db import UNAVAILABLE_ERRORS
+from services.errors import ServiceError
+
+log = logging.getLogger("webedt.http")
+
+MAX_BODY_BYTES = 1024 * 1024
+COOKIE_NAME = "auth_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+STATUS_MESSAGES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body is larger than 1 MiB",
+    429: "Too many requests",
+    503: "Service temporarily unavailable, please retry shortly",
+}
+
+
+def json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+@tornado.web.stream_request_body
+class APIHandler(tornado.web.RequestHandler):
+    """Base class of every route handler."""
+
+    current_user: auth.CurrentUser | None
+
+    def initialize(self) -> None:
+        self.ctx: AppContext = self.application.settings["ctx"]
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self._body_too_large = False
+        self.request_id = self.request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
+
+    # ---- headers, CORS and CSRF -------------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        origin = self.request.headers.get("Origin")
+        if origin and origin in self.application.settings["ctx"].config.allowed_origins:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Vary", "Origin")
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight."""
+        if "Access-Control-Allow-Origin" in self._headers:
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
+            self.set_header(
+                "Access-Control-Allow-Headers",
+                self.request.headers.get("Access-Control-Request-Headers", "Content-Type"),
+            )
+            self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    async def prepare(self) -> None:
+        self.set_header("X-Request-ID", self.request_id)
+        length = self.request.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise ServiceError(413, STATUS_MESSAGES[413])
+        token = self.get_cookie(COOKIE_NAME)
+        self.current_user = None
+        if self.request.method not in SAFE_METHODS and token:
+            origin = self.request.headers.get("Origin")
+            if origin is not None and origin not in self.ctx.config.allowed_origins:
+                raise ServiceError(403, "Request origin is not allowed")
+        if token:
+            self.current_user = await auth.resolve_token(self.ctx, token)
+            if self.current_user is None:
+                self.clear_auth_cookie()
+            elif self.current_user.renewed:
+                self.set_auth_cookie(token, auth.SESSION_LIFETIME.days)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size > MAX_BODY_BYTES:
+            self._body_too_large = True
+            self._body_chunks.clear()
+        elif not self._body_too_large:
+            self._body_chunks.append(chunk)
+
+    # ---- cookies -------------------------------------------------------------------------------
+
+    def set_auth_cookie(self, token: str, days: int) -> None:
+        self.set_cookie(
+            COOKIE_NAME,
+            token,
+            max_age=days * 86400,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self.ctx.config.production,
+        )
+
+    def clear_auth_cookie(self) -> None:
+        self.set_cookie(
+            COOKIE_NAME,
+            "",
+            max_age=0,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self.ctx.config.production,
+        )
+
+    # ---- input -----------------------------------------------------------------------------------
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object ({} when empty); a 4xx for anything else."""
+        if self._body_too_large:
+            raise ServiceError(413, STATUS_MESSAGES[413])
+        raw = b"".join(self._body_chunks) if self._body_chunks else self.request.body
+        if not raw.strip():
+            return {}
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ServiceError(400, "Request body must be valid JSON") from None
+        if not isinstance(value, dict):
+            raise ServiceError(400, "Request body must be a JSON object")
+        return value
+
+    def client_ip(self) -> str:
+        return self.request.remote_ip or "unknown"
+
+    # ---- output ----------------------------------------------------------------------------------
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json_bytes(value))
+
+    def ok(self, data: Any = None, status: int = 200) -> None:
+        """`{"success": true, "data": data}` (no `data` key when data is None)."""
+        body: dict[str, Any] = {"success": True}
+        if data is not None:
+            body["data"] = data
+        self.write_json(body, status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = STATUS_MESSAGES.get(status_code, "Internal server error")
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ServiceError):
+            status_code, message = exc.status, exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, tornado.web.HTTPError):
+            message = STATUS_MESSAGES.get(exc.status_code, message)
+        elif isinstance(exc, UNAVAILABLE_ERRORS):
+            status_code, message = 503, STATUS_MESSAGES[503]
+            self.set_header("Retry-After", "2")
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_status(status_code)
+        self.finish(json_bytes({"success": False, "error": message}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ServiceError | tornado.web.HTTPError):
+            return
+        if isinstance(value, UNAVAILABLE_ERRORS):
+            log.warning("database unavailable: %s", value.__class__.__name__, extra=self.log_extra())
+            return
+        log.error(
+            "unhandled error in %s %s",
+            self.request.method,
+            self.request.path,
+            exc_info=(typ, value, tb),
+            extra=self.log_extra(),
+        )
+
+    def log_extra(self) -> dict[str, Any]:
+        user = getattr(self, "current_user", None)
+        return {"request_id": self.request_id, "user_id": user.id if user else None}
+
+
+def authenticated(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """401 "Unauthorized" unless a person is logged in."""
+
+    @functools.wraps(method)
+    async def wrapper(self: APIHandler, *args: Any, **kwargs: Any) -> Any:
+        if self.current_user is None:
+            raise ServiceError(401, "Unauthorized")
+        return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def admin_required(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """401 when logged out, 403 when logged in without the admin flag."""
+
+    @functools.wraps(method)
+    async def wrapper(self: APIHandler, *args: Any, **kwargs: Any) -> Any:
+        if self.current_user is None:
+            raise ServiceError(401, "Unauthorized")
+        if not self.current_user.is_admin:
+            raise ServiceError(403, "Forbidden: Admin access required")
+        return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class NotFoundHandler(APIHandler):
+    """Every unknown path: a JSON 404 whatever the method."""
+
+    async def prepare(self) -> None:
+        self.set_header("X-Request-ID", self.request_id)
+        raise ServiceError(404, "Not found")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access-log hook: one line a request, with its id and user."""
+    request: HTTPServerRequest = handler.request
+    status = handler.get_status()
+    extra = handler.log_extra() if isinstance(handler, APIHandler) else {}
+    extra.update(
+        status=status,
+        method=request.method,
+        path=request.path,
+        duration_ms=round(request.request_time() * 1000, 1),
+    )
+    level = logging.WARNING if status >= 500 else logging.INFO
+    logging.getLogger("webedt.access").log(level, "%s %s %s", request.method, request.path, status, extra=extra)

@@ -1,0 +1,63 @@
+-- name: insert_user(id, email, password_hash, is_admin)^
+INSERT INTO users (id, email, password_hash, is_admin)
+VALUES (:id, :email, :password_hash, :is_admin)
+ON CONFLICT DO NOTHING
+RETURNING *;
+
+-- name: get_user_by_id(id)^
+SELECT * FROM users WHERE id = :id;
+
+-- name: get_user_by_email(email)^
+SELECT * FROM users WHERE lower(email) = lower(:email);
+
+-- name: set_claude_auth(id, claude_auth)!
+UPDATE users SET claude_auth = :claude_auth WHERE id = :id;
+
+-- name: lock_claude_auth(id)$
+-- Taken inside a transaction so that token refreshes for one user run one at a time.
+SELECT claude_auth FROM users WHERE id = :id FOR UPDATE;
+
+-- name: set_github_connection(id, github_id, github_access_token)!
+UPDATE users SET github_id = :github_id, github_access_token = :github_access_token WHERE id = :id;
+
+-- name: clear_github_id_elsewhere(id, github_id)!
+UPDATE users SET github_id = NULL, github_access_token = NULL
+WHERE github_id = :github_id AND id <> :id;
+
+-- name: set_preferred_provider(id, value)!
+UPDATE users SET preferred_provider = :value WHERE id = :id;
+
+-- name: set_image_resize_max_dimension(id, value)!
+UPDATE users SET image_resize_max_dimension = :value WHERE id = :id;
+
+-- name: set_display_name(id, value)!
+UPDATE users SET display_name = :value WHERE id = :id;
+
+-- name: set_voice_command_keywords(id, value)!
+UPDATE users SET voice_command_keywords = :value WHERE id = :id;
+
+-- name: set_stop_listening_after_submit(id, value)!
+UPDATE users SET stop_listening_after_submit = :value WHERE id = :id;
+
+-- name: set_default_landing_page(id, value)!
+UPDATE users SET default_landing_page = :value WHERE id = :id;
+
+-- name: set_preferred_model(id, value)!
+UPDATE users SET preferred_model = :value WHERE id = :id;
+
+-- name: set_chat_verbosity_level(id, value)!
+UPDATE users SET chat_verbosity_level = :value WHERE id = :id;
+
+-- name: set_admin_by_email(email, is_admin)$
+UPDATE users SET is_admin = :is_admin WHERE lower(email) = lower(:email) RETURNING id;
+
+-- name: list_users(after_created_at, after_id, limit)
+-- Keyset pagination in creation order.
+SELECT id, email, display_name, github_id, is_admin, created_at
+FROM users
+WHERE (created_at, id) > (:after_created_at, :after_id)
+ORDER BY created_at, id
+LIMIT :limit;
+
+-- name: delete_user_by_email(email)$
+DELETE FROM users WHERE lower(email) = lower(:email) RETURNING id;

@@ -1,0 +1,183 @@
+"""Entry point: config -> migrations -> app -> background services -> listen -> drain.
+
+python server.py                      start the server
+python server.py db migrate|status|shell
+python server.py db new NAME
+python server.py admin list-users|create-user|set-admin|delete-user ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import resource
+import signal
+import sys
+
+import tornado.httpserver
+
+from handlers.app import make_app
+from services import db, migrations
+from services.config import Config, ConfigError, load_config
+from services.context import AppContext
+from services.logs import setup_logging
+
+log = logging.getLogger("webedt.server")
+
+
+def raise_open_files_limit() -> None:
+    """Containers start with a 1024 soft limit; every SSE stream holds a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+
+
+async def open_context(config: Config) -> AppContext:
+    """Database (embedded when DATABASE_URL is unset), migrations, pool and context."""
+    dsn = await asyncio.get_running_loop().run_in_executor(None, db.database_url, config)
+    applied = await migrations.migrate(dsn)
+    for name in applied:
+        log.info("applied migration %s", name)
+    pool = await db.create_pool(dsn, config.db_pool_min, config.db_pool_max)
+    return AppContext.create(config, pool, dsn)
+
+
+async def start_background(ctx: AppContext) -> None:
+    """Start the long-lived services that later capabilities add (hub, run driver, sync)."""
+
+
+async def stop_background(ctx: AppContext) -> None:
+    """Stop what start_background started, in reverse order."""
+
+
+async def serve(config: Config) -> None:
+    ctx = await open_context(config)
+    await start_background(ctx)
+    app = make_app(ctx)
+    server = tornado.httpserver.HTTPServer(app, xheaders=True, max_body_size=64 * 1024 * 1024)
+    server.listen(config.port, address=os.environ.get("HOST", "0.0.0.0"))
+    log.info("listening on port %s (%s)", config.port, config.node_env)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: draining for up to %.0f s", config.shutdown_grace_seconds)
+    ctx.draining = True
+    server.stop()
+    await stop_background(ctx)
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=config.shutdown_grace_seconds)
+    except TimeoutError:
+        log.warning("grace period over; closing remaining connections")
+    await ctx.pool.close()
+    ctx.close_executors()
+    log.info("stopped")
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+async def _with_pool(config: Config, action) -> int:  # type: ignore[no-untyped-def]
+    ctx = await open_context(config)
+    try:
+        return await action(ctx)
+    finally:
+        await ctx.pool.close()
+        ctx.close_executors()
+
+
+def command_db(config: Config, args: argparse.Namespace) -> int:
+    if args.db_command == "new":
+        path = migrations.new_file(" ".join(args.name))
+        print(f"created {path.relative_to(migrations.PROJECT_ROOT)}")
+        return 0
+    dsn = db.database_url(config)
+    if args.db_command == "migrate":
+        applied = asyncio.run(migrations.migrate(dsn))
+        print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+        return 0
+    if args.db_command == "status":
+        for state in asyncio.run(migrations.status(dsn)):
+            mark = "applied" if state.applied else "pending"
+            if state.applied and not state.checksum_matches:
+                mark = "EDITED AFTER APPLYING"
+            print(f"{state.migration.path.name:<40} {mark}")
+        return 0
+    if args.db_command == "shell":
+        os.execv(str(db.psql_path()), [str(db.psql_path()), dsn])
+    return 2
+
+
+def command_admin(config: Config, args: argparse.Namespace) -> int:
+    from services import admin_cli
+
+    if args.admin_command == "create-user":
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("Password: ")
+        return asyncio.run(_with_pool(config, lambda ctx: admin_cli.create_user(ctx, args.email, password, args.admin)))
+    if args.admin_command == "set-admin":
+        return asyncio.run(_with_pool(config, lambda ctx: admin_cli.set_admin(ctx, args.email, not args.revoke)))
+    if args.admin_command == "list-users":
+        return asyncio.run(_with_pool(config, admin_cli.list_users))
+    if args.admin_command == "delete-user":
+        return asyncio.run(_with_pool(config, lambda ctx: admin_cli.delete_user(ctx, args.email)))
+    return 2
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="server.py", description="WebEDT internal API server")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="start the server (the default)")
+
+    db_parser = commands.add_parser("db", help="database migrations and shell")
+    db_commands = db_parser.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("migrate", help="apply pending migrations")
+    db_commands.add_parser("status", help="list migrations and whether they are applied")
+    db_commands.add_parser("shell", help="psql onto the configured database")
+    new = db_commands.add_parser("new", help="create the next numbered migration file")
+    new.add_argument("name", nargs="+")
+
+    admin = commands.add_parser("admin", help="manage users")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_commands.add_parser("create-user", help="create a user; the password is read from stdin")
+    create.add_argument("--email", required=True)
+    create.add_argument("--admin", action="store_true")
+    set_admin = admin_commands.add_parser("set-admin", help="give (or with --revoke take) the admin flag")
+    set_admin.add_argument("email")
+    set_admin.add_argument("--revoke", action="store_true")
+    admin_commands.add_parser("list-users", help="list every user")
+    delete = admin_commands.add_parser("delete-user", help="delete a user and everything they own")
+    delete.add_argument("email")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.production)
+    try:
+        if args.command == "db":
+            return command_db(config, args)
+        if args.command == "admin":
+            return command_admin(config, args)
+        raise_open_files_limit()
+        asyncio.run(serve(config))
+        return 0
+    except migrations.MigrationError as exc:
+        print(f"migration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The server's logic. Services import queries and libraries, never handlers."""

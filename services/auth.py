@@ -1,0 +1,190 @@
+"""Accounts and login sessions: registration, login, logout, cookie tokens, rate limiting.
+
+A login session is a random 32-byte token held only in the `auth_session` cookie; the database
+keeps its SHA-256 as the row id. Sessions last 30 days and slide: when fewer than 15 days
+remain, the expiry moves to 30 days from now and the cookie is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import bcrypt
+
+from services.context import AppContext
+from services.db import queries
+from services.errors import ServiceError
+
+SESSION_LIFETIME = timedelta(days=30)
+RENEW_WHEN_LESS_THAN = timedelta(days=15)
+REMEMBER_ME_COOKIE_DAYS = 90
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_BYTES = 72
+INVALID_LOGIN = "Invalid email or password"
+# Checked against when the e-mail is unknown, so both failures cost one bcrypt check.
+_dummy_hashes: dict[int, bytes] = {}
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    """The authenticated person behind a request: their user row and login session."""
+
+    user: asyncpg.Record
+    session_id: str
+    expires_at: datetime
+    renewed: bool
+
+    @property
+    def id(self) -> str:
+        return self.user["id"]
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.user["is_admin"])
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_user_id() -> str:
+    """16 lower-case base32 characters from 10 random bytes, like the original's ids."""
+    import base64
+
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+def normalize_email(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ServiceError(400, "Email and password are required")
+    email = value.strip().lower()
+    if len(email) > 254 or "@" not in email or any(c.isspace() or ord(c) < 32 for c in email):
+        raise ServiceError(400, "Please enter a valid email address")
+    return email
+
+
+def check_password_rules(password: Any) -> bytes:
+    """The password as UTF-8 bytes, or a 400 saying which rule it breaks."""
+    if not isinstance(password, str) or password == "":
+        raise ServiceError(400, "Email and password are required")
+    if len(password) < PASSWORD_MIN_CHARS:
+        raise ServiceError(400, f"Password must be at least {PASSWORD_MIN_CHARS} characters")
+    encoded = password.encode()
+    if len(encoded) > PASSWORD_MAX_BYTES:
+        raise ServiceError(400, f"Password must be at most {PASSWORD_MAX_BYTES} bytes long")
+    return encoded
+
+
+async def hash_password(ctx: AppContext, password: bytes) -> str:
+    loop = asyncio.get_running_loop()
+    salt = bcrypt.gensalt(ctx.config.bcrypt_rounds)
+    hashed = await loop.run_in_executor(ctx.cpu_executor, bcrypt.hashpw, password, salt)
+    return hashed.decode()
+
+
+async def verify_password(ctx: AppContext, password: bytes, hashed: str | None) -> bool:
+    """Whether `password` matches `hashed`; with no hash, spends the same time and says no."""
+    loop = asyncio.get_running_loop()
+    rounds = ctx.config.bcrypt_rounds
+    if hashed is None and rounds not in _dummy_hashes:
+        _dummy_hashes[rounds] = await loop.run_in_executor(
+            ctx.cpu_executor, bcrypt.hashpw, b"no such user", bcrypt.gensalt(rounds)
+        )
+    target = hashed.encode() if hashed else _dummy_hashes[rounds]
+    # bcrypt refuses input over 72 bytes; such a password can never have been registered.
+    ok = await loop.run_in_executor(ctx.cpu_executor, bcrypt.checkpw, password[:PASSWORD_MAX_BYTES], target)
+    return bool(ok) and hashed is not None and len(password) <= PASSWORD_MAX_BYTES
+
+
+async def create_user(ctx: AppContext, email: Any, password: Any, is_admin: bool = False) -> asyncpg.Record:
+    """A new account; 400 "Email already in use" when the e-mail is taken (in any case)."""
+    normalized = normalize_email(email)
+    encoded = check_password_rules(password)
+    password_hash = await hash_password(ctx, encoded)
+    row = await queries.users.insert_user(
+        ctx.pool, id=new_user_id(), email=normalized, password_hash=password_hash, is_admin=is_admin
+    )
+    if row is None:
+        raise ServiceError(400, "Email already in use")
+    return row
+
+
+async def start_session(ctx: AppContext, user_id: str) -> tuple[str, datetime]:
+    """A new login session; returns the cookie token and its expiry."""
+    token = secrets.token_urlsafe(32)
+    expires_at = datetime.now(UTC) + SESSION_LIFETIME
+    await queries.auth_sessions.insert_auth_session(
+        ctx.pool, id=hash_token(token), user_id=user_id, expires_at=expires_at
+    )
+    return token, expires_at
+
+
+async def end_session(ctx: AppContext, session_id: str) -> None:
+    await queries.auth_sessions.delete_auth_session(ctx.pool, id=session_id)
+
+
+async def resolve_token(ctx: AppContext, token: str) -> CurrentUser | None:
+    """The person behind a cookie token, renewing a session past half its life; None if invalid."""
+    if not token or len(token) > 200:
+        return None
+    session_id = hash_token(token)
+    row = await queries.auth_sessions.get_auth_session_with_user(ctx.pool, id=session_id)
+    if row is None:
+        return None
+    now = datetime.now(UTC)
+    expires_at: datetime = row["expires_at"]
+    if expires_at <= now:
+        await queries.auth_sessions.delete_auth_session(ctx.pool, id=session_id)
+        return None
+    renewed = False
+    if expires_at - now < RENEW_WHEN_LESS_THAN:
+        expires_at = now + SESSION_LIFETIME
+        await queries.auth_sessions.extend_auth_session(ctx.pool, id=session_id, expires_at=expires_at)
+        renewed = True
+    return CurrentUser(user=row, session_id=session_id, expires_at=expires_at, renewed=renewed)
+
+
+async def _check_rate_limit(ctx: AppContext, keys: list[str]) -> None:
+    config = ctx.config
+    rows = [
+        r
+        async for r in queries.login_failures.get_login_failures(
+            ctx.pool, keys=keys, window_seconds=config.login_failure_window_seconds
+        )
+    ]
+    for row in rows:
+        limit = (
+            config.login_max_failures_per_email if row["key"].startswith("email:") else config.login_max_failures_per_ip
+        )
+        if row["failures"] >= limit:
+            retry_after = max(1, row["retry_after"])
+            raise ServiceError(
+                429,
+                f"Too many failed login attempts. Try again in {retry_after} seconds.",
+                {"Retry-After": str(retry_after)},
+            )
+
+
+async def login(ctx: AppContext, email: Any, password: Any, client_ip: str) -> asyncpg.Record:
+    """The user whose credentials these are; the same 401 for an unknown e-mail or a wrong password."""
+    if not isinstance(email, str) or not email.strip() or not isinstance(password, str) or not password:
+        raise ServiceError(400, "Email and password are required")
+    normalized = email.strip().lower()
+    keys = [f"email:{normalized}", f"ip:{client_ip}"]
+    await _check_rate_limit(ctx, keys)
+    user = await queries.users.get_user_by_email(ctx.pool, email=normalized)
+    ok = await verify_password(ctx, password.encode(), user["password_hash"] if user else None)
+    if not ok or user is None:
+        for key in keys:
+            await queries.login_failures.record_login_failure(
+                ctx.pool, key=key, window_seconds=ctx.config.login_failure_window_seconds
+            )
+        raise ServiceError(401, INVALID_LOGIN)
+    await queries.login_failures.clear_login_failures(ctx.pool, key=keys[0])
+    return user

@@ -1,0 +1,48 @@
+"""The application context: the long-lived objects every handler and service shares.
+
+Built once by `server.py` (or a test fixture) and handed to the Tornado application as the
+`ctx` setting. Later capabilities attach their own long-lived objects here (hub, run driver).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from services.config import Config
+from services.secrets import SecretBox
+
+
+@dataclass
+class AppContext:
+    config: Config
+    pool: asyncpg.Pool
+    dsn: str
+    secrets: SecretBox
+    # bcrypt and other CPU-bound work; separate from the GitHub executor so a slow GitHub call
+    # never delays a login.
+    cpu_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "cpu"))
+    github_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "github"))
+    started_at: float = field(default_factory=time.monotonic)
+    draining: bool = False
+    # Long-lived services attached by server.py once they exist (typed loosely to keep the
+    # import graph one-way): the event hub and the run driver.
+    hub: Any = None
+    runs: Any = None
+
+    @classmethod
+    def create(cls, config: Config, pool: asyncpg.Pool, dsn: str) -> AppContext:
+        return cls(
+            config=config,
+            pool=pool,
+            dsn=dsn,
+            secrets=SecretBox(config.encryption_key or config.session_secret),
+        )
+
+    def close_executors(self) -> None:
+        self.cpu_executor.shutdown(wait=False, cancel_futures=True)
+        self.github_executor.shutdown(wait=False, cancel_futures=True)
