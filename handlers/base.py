@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +31,7 @@ log = logging.getLogger("webedt.http")
 
 MAX_BODY_BYTES = 1024 * 1024
 COOKIE_NAME = "auth_session"
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATUS_MESSAGES = {
     400: "Bad request",
@@ -58,11 +60,15 @@ class APIHandler(tornado.web.RequestHandler):
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._body_too_large = False
-        self.request_id = self.request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
 
     # ---- headers, CORS and CSRF -------------------------------------------------------------
 
     def set_default_headers(self) -> None:
+        # Runs before initialize() and again whenever an error clears the headers.
+        if not hasattr(self, "request_id"):
+            supplied = self.request.headers.get("X-Request-ID", "")
+            self.request_id = supplied if REQUEST_ID_PATTERN.fullmatch(supplied) else uuid.uuid4().hex[:16]
+        self.set_header("X-Request-ID", self.request_id)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
@@ -85,7 +91,6 @@ class APIHandler(tornado.web.RequestHandler):
         self.finish()
 
     async def prepare(self) -> None:
-        self.set_header("X-Request-ID", self.request_id)
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise ServiceError(413, STATUS_MESSAGES[413])
@@ -124,15 +129,8 @@ class APIHandler(tornado.web.RequestHandler):
         )
 
     def clear_auth_cookie(self) -> None:
-        self.set_cookie(
-            COOKIE_NAME,
-            "",
-            max_age=0,
-            path="/",
-            httponly=True,
-            samesite="Lax",
-            secure=self.ctx.config.production,
-        )
+        # An expiry in the past (Tornado drops Max-Age=0) makes the browser forget the cookie.
+        self.clear_cookie(COOKIE_NAME, path="/", httponly=True, samesite="Lax", secure=self.ctx.config.production)
 
     # ---- input -----------------------------------------------------------------------------------
 
@@ -233,7 +231,6 @@ class NotFoundHandler(APIHandler):
     """Every unknown path: a JSON 404 whatever the method."""
 
     async def prepare(self) -> None:
-        self.set_header("X-Request-ID", self.request_id)
         raise ServiceError(404, "Not found")
 
 

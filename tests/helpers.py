@@ -50,8 +50,12 @@ def test_env(database_url: str, **overrides: Any) -> dict[str, str]:
     return env
 
 
+test_env.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @dataclass
 class TestServer:
+    __test__ = False  # a fixture value, not a test class
     url: str
     ctx: Any
     port: int
