@@ -22,7 +22,7 @@ import orjson
 import tornado.web
 from tornado.httputil import HTTPServerRequest
 
-from services import auth
+from services import auth, metrics
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS
 from services.errors import ServiceError
@@ -245,5 +245,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         path=request.path,
         duration_ms=round(request.request_time() * 1000, 1),
     )
+    name = handler.__class__.__name__
+    metrics.HTTP_REQUESTS.labels(name, request.method, str(status)).inc()
+    metrics.HTTP_LATENCY.labels(name).observe(request.request_time())
     level = logging.WARNING if status >= 500 else logging.INFO
     logging.getLogger("webedt.access").log(level, "%s %s %s", request.method, request.path, status, extra=extra)

@@ -1,0 +1,63 @@
+"""Prometheus metrics: one registry per process, exposed at /metrics.
+
+Counters and histograms are updated where things happen (the access-log hook, the SSE writer,
+the hub, the run driver, the upstream clients); gauges that mirror live state (pool use,
+subscribers) are read when /metrics is scraped, so nothing is kept twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "webedt_http_requests_total",
+    "HTTP requests by handler, method and status",
+    ["handler", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "webedt_http_request_duration_seconds",
+    "Time to answer an HTTP request (for streams: the whole stream)",
+    ["handler"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600),
+    registry=REGISTRY,
+)
+OPEN_STREAMS = Gauge("webedt_sse_open_streams", "SSE streams open in this process", registry=REGISTRY)
+UPSTREAM_CALLS = Counter(
+    "webedt_upstream_calls_total",
+    "Calls to Anthropic and GitHub by service and outcome",
+    ["service", "outcome"],
+    registry=REGISTRY,
+)
+
+
+class LiveGauges:
+    """Gauges computed at scrape time from callables registered by the running services."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, tuple[str, Callable[[], float]]] = {}
+
+    def register(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.sources[name] = (documentation, read)
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        for name, (documentation, read) in list(self.sources.items()):
+            family = GaugeMetricFamily(name, documentation)
+            try:
+                family.add_metric([], float(read()))
+            except Exception:  # noqa: BLE001 - a broken source must not break the scrape
+                continue
+            yield family
+
+
+LIVE = LiveGauges()
+REGISTRY.register(LIVE)  # type: ignore[arg-type]
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
