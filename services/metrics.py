@@ -7,10 +7,13 @@ subscribers) are read when /metrics is scraped, so nothing is kept twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -50,7 +53,8 @@ class LiveGauges:
             family = GaugeMetricFamily(name, documentation)
             try:
                 family.add_metric([], float(read()))
-            except Exception:  # noqa: BLE001 - a broken source must not break the scrape
+            except Exception:  # a closed pool or stopped hub must not break the scrape
+                log.debug("metric source %s failed", name, exc_info=True)
                 continue
             yield family
 
