@@ -21,7 +21,7 @@ import sys
 import tornado.httpserver
 
 from handlers.app import make_app
-from services import db, metrics, migrations
+from services import db, migrations
 from services.config import Config, ConfigError, load_config
 from services.context import AppContext
 from services.logs import setup_logging
@@ -49,8 +49,8 @@ async def open_context(config: Config) -> AppContext:
 
 async def start_background(ctx: AppContext) -> None:
     """Start the long-lived services that later capabilities add (hub, run driver, sync)."""
-    metrics.LIVE.register("webedt_db_pool_connections", "Connections open in the pool", ctx.pool.get_size)
-    metrics.LIVE.register("webedt_db_pool_idle_connections", "Idle connections in the pool", ctx.pool.get_idle_size)
+    ctx.gauges.register("webedt_db_pool_connections", "Connections open in the pool", ctx.pool.get_size)
+    ctx.gauges.register("webedt_db_pool_idle_connections", "Idle connections in the pool", ctx.pool.get_idle_size)
 
 
 async def stop_background(ctx: AppContext) -> None:

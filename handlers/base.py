@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import re
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,15 @@ STATUS_MESSAGES = {
 }
 
 
+_request_prefix = secrets.token_hex(4)
+_request_counter = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """Unique per process start and cheap: a random prefix and a counter."""
+    return f"{_request_prefix}-{next(_request_counter):x}"
+
+
 def json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
@@ -67,7 +77,7 @@ class APIHandler(tornado.web.RequestHandler):
         # Runs before initialize() and again whenever an error clears the headers.
         if not hasattr(self, "request_id"):
             supplied = self.request.headers.get("X-Request-ID", "")
-            self.request_id = supplied if REQUEST_ID_PATTERN.fullmatch(supplied) else uuid.uuid4().hex[:16]
+            self.request_id = supplied if REQUEST_ID_PATTERN.fullmatch(supplied) else next_request_id()
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from handlers.base import APIHandler
-from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS
 
 CONTAINER_ID = socket.gethostname()
-
-
-async def database_state(ctx: AppContext) -> str:
-    """ "ok" when PostgreSQL answers within two seconds, else "unavailable"."""
-    try:
-        await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), timeout=2)
-    except (TimeoutError, *UNAVAILABLE_ERRORS):
-        return "unavailable"
-    return "ok"
 
 
 class HealthHandler(APIHandler):
@@ -33,7 +21,7 @@ class HealthHandler(APIHandler):
 
     async def get(self) -> None:
         config = self.ctx.config
-        database = await database_state(self.ctx)
+        database = await self.ctx.db_probe.state()
         healthy = database == "ok" and not self.ctx.draining
         status = "ok" if healthy else ("draining" if self.ctx.draining else "degraded")
         data: dict[str, Any] = {
@@ -60,7 +48,7 @@ class ReadyHandler(APIHandler):
         self.current_user = None
 
     async def get(self) -> None:
-        if self.ctx.draining or await database_state(self.ctx) != "ok":
+        if self.ctx.draining or await self.ctx.db_probe.state() != "ok":
             self.write_json({"status": "not_ready"}, 503)
         else:
             self.write_json({"status": "ready"})

@@ -15,7 +15,7 @@ class MetricsHandler(APIHandler):
 
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(metrics.render())
+        self.finish(metrics.render(self.ctx.gauges))
 
 
 ROUTES = [(r"/metrics", MetricsHandler)]

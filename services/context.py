@@ -14,6 +14,8 @@ from typing import Any
 import asyncpg
 
 from services.config import Config
+from services.health import DatabaseProbe
+from services.metrics import LiveGauges
 from services.secrets import SecretBox
 
 
@@ -23,10 +25,12 @@ class AppContext:
     pool: asyncpg.Pool
     dsn: str
     secrets: SecretBox
+    db_probe: DatabaseProbe
     # bcrypt and other CPU-bound work; separate from the GitHub executor so a slow GitHub call
     # never delays a login.
     cpu_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "cpu"))
     github_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "github"))
+    gauges: LiveGauges = field(default_factory=LiveGauges)
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
     # Long-lived services attached by server.py once they exist (typed loosely to keep the
@@ -41,6 +45,7 @@ class AppContext:
             pool=pool,
             dsn=dsn,
             secrets=SecretBox(config.encryption_key or config.session_secret),
+            db_probe=DatabaseProbe(pool),
         )
 
     def close_executors(self) -> None:

@@ -55,6 +55,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary")
 
 
+async def _skip_session_reset(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset query (a round trip on every release).
+
+    asyncpg still rolls back an open transaction. So pool connections must never keep session
+    state: no SET, no LISTEN, and only transaction-scoped advisory locks (pg_advisory_xact_lock);
+    anything session-scoped uses a dedicated connection.
+    """
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections have the codecs above."""
     return await asyncpg.create_pool(
@@ -62,6 +71,7 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncp
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        reset=_skip_session_reset,
         command_timeout=30,
         server_settings={"timezone": "UTC", "application_name": "webedt-api"},
     )

@@ -59,9 +59,8 @@ class LiveGauges:
             yield family
 
 
-LIVE = LiveGauges()
-REGISTRY.register(LIVE)  # type: ignore[arg-type]
-
-
-def render() -> bytes:
-    return generate_latest(REGISTRY)
+def render(live: LiveGauges) -> bytes:
+    """The process-wide metrics plus the live gauges of one running application."""
+    per_app = CollectorRegistry(auto_describe=False)
+    per_app.register(live)  # type: ignore[arg-type]
+    return generate_latest(REGISTRY) + generate_latest(per_app)

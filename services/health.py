@@ -1,0 +1,45 @@
+"""Database health, probed at most once a second however often /health is asked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from services.db import UNAVAILABLE_ERRORS
+
+PROBE_TTL_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 2.0
+
+
+class DatabaseProbe:
+    """Caches the answer of `SELECT 1`; concurrent callers share one probe."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._state = "unknown"
+        self._checked_at = float("-inf")
+        self._running: asyncio.Task[str] | None = None
+
+    async def _probe(self) -> str:
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), timeout=PROBE_TIMEOUT_SECONDS)
+        except (TimeoutError, *UNAVAILABLE_ERRORS):
+            return "unavailable"
+        return "ok"
+
+    async def state(self) -> str:
+        """"ok" or "unavailable", at most a second old."""
+        if time.monotonic() - self._checked_at < PROBE_TTL_SECONDS:
+            return self._state
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._probe())
+        running = self._running
+        try:
+            state = await asyncio.shield(running)
+        finally:
+            if self._running is running and running.done():
+                self._running = None
+        self._state, self._checked_at = state, time.monotonic()
+        return state
