@@ -19,6 +19,7 @@ import signal
 import sys
 
 import tornado.httpserver
+import uvloop
 
 from handlers.app import make_app
 from services import db, migrations
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "admin":
             return command_admin(config, args)
         raise_open_files_limit()
-        asyncio.run(serve(config))
+        uvloop.run(serve(config))
         return 0
     except migrations.MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Benchmark scripts; each prints its figures and records them in bench/RESULTS.md."""
