@@ -30,7 +30,7 @@ class DatabaseProbe:
         return "ok"
 
     async def state(self) -> str:
-        """"ok" or "unavailable", at most a second old."""
+        """Either "ok" or "unavailable", at most a second old."""
         if time.monotonic() - self._checked_at < PROBE_TTL_SECONDS:
             return self._state
         if self._running is None:

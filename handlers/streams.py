@@ -1,0 +1,212 @@
+"""Event-log routes (CONTRACT.md 1.3, 1.6, 4.3-4.5): resume, the session event stream, the
+events list and the session-list stream.
+
+No route here changes a session: resume and the event stream only read (the original marked
+running sessions as errors on resume). These routes claim only GET, HEAD and OPTIONS on their
+paths, so other methods on the same paths (POST /api/sessions/:id/events) reach the sessions
+routes registered after this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+import tornado.routing
+from tornado.httputil import HTTPServerRequest
+
+from handlers.base import APIHandler, authenticated
+from handlers.stream import Replay, SSEHandler
+from services import event_log
+from services.chat_sessions import get_owned
+from services.hub import now_iso
+from services.users import iso
+
+log = logging.getLogger("webedt.streams")
+
+ENDS_WITH_COMPLETED = frozenset({"not_running", "run_ended"})
+
+
+class ReadMethodsMatches(tornado.routing.PathMatches):
+    """A path rule that matches only GET, HEAD and OPTIONS requests."""
+
+    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            return None
+        return super().match(request)
+
+
+class SessionStreamHandler(SSEHandler):
+    """Shared by the per-session streams: ownership first (404 before any stream starts)."""
+
+    async def owned_session(self, session_id: str) -> asyncpg.Record:
+        assert self.current_user is not None
+        return await get_owned(self.ctx, session_id, self.current_user.id)
+
+    @authenticated
+    async def head(self, session_id: str) -> None:
+        # What a GET would answer, without subscribing, replaying or anything else.
+        await self.owned_session(session_id)
+        self.set_stream_headers()
+        self.finish()
+
+
+class SessionEventsStreamHandler(SessionStreamHandler):
+    """GET /api/sessions/:id/events/stream (and /api/sessions/:id/stream): the replay after
+    Last-Event-ID, then, while the session runs, its live events; then `completed`."""
+
+    @authenticated
+    async def get(self, session_id: str) -> None:
+        # Only the id is kept: this stream may stay open for a long time.
+        chat_session_id = (await self.owned_session(session_id))["id"]
+        await self.open_stream()
+        reason = "error"
+        try:
+            reason = await self.follow_session(chat_session_id, self.requested_last_event_id())
+            if reason in ENDS_WITH_COMPLETED and self.replay is not None:
+                await self.send(
+                    "completed",
+                    {
+                        "websiteSessionId": chat_session_id,
+                        "completed": True,
+                        "replayed": reason == "not_running",
+                        "status": self.replay.final_status,
+                    },
+                )
+        except Exception:
+            # Headers are out: end the stream without `completed`, so the browser reconnects with
+            # its Last-Event-ID and loses nothing.
+            log.exception("event stream of %s failed", chat_session_id, extra=self.log_extra())
+        await self.close_stream(reason)
+
+
+class ResumeHandler(SessionStreamHandler):
+    """GET /api/resume/:sessionId: the frames of CONTRACT.md 4.3 around the same replay."""
+
+    @authenticated
+    async def get(self, session_id: str) -> None:
+        row = await self.owned_session(session_id)
+        self.session_row = row
+        chat_session_id = row["id"]
+        await self.open_stream()
+        reason = "error"
+        try:
+            await self.send(None, submission_preview(row))
+            await self.send(None, reconnected(row))
+            reason = await self.follow_session(chat_session_id, self.requested_last_event_id())
+            if reason in ENDS_WITH_COMPLETED:
+                await self.send(
+                    "completed",
+                    {"websiteSessionId": chat_session_id, "completed": True, "replayed": reason == "not_running"},
+                )
+        except Exception:
+            log.exception("resume of %s failed", chat_session_id, extra=self.log_extra())
+            await self.send("error", {"error": "Resume failed"})
+            await self.send("completed", {"completed": True, "error": True})
+        await self.close_stream(reason)
+
+    async def on_replay_start(self, replay: Replay) -> None:
+        total = await event_log.count_between(self.ctx, replay.chat_session_id, replay.after_id, replay.boundary)
+        await self.send(None, {"type": "replay_start", "totalEvents": total, "timestamp": now_iso()})
+
+    async def on_replay_end(self, replay: Replay) -> None:
+        row = self.session_row
+        await self.send(None, {"type": "replay_end", "totalEvents": replay.replayed, "timestamp": now_iso()})
+        await self.send(
+            None,
+            {
+                "type": "session_info",
+                "sessionId": row["id"],
+                "sessionPath": row["session_path"],
+                "status": replay.status,
+                "branch": row["branch"],
+                "baseBranch": row["base_branch"],
+                "repositoryOwner": row["repository_owner"],
+                "repositoryName": row["repository_name"],
+                "repositoryUrl": row["repository_url"],
+                "userRequest": row["user_request"],
+                "createdAt": iso(row["created_at"]),
+                "completedAt": iso(row["completed_at"]),
+                "timestamp": now_iso(),
+            },
+        )
+
+    async def on_live_start(self, replay: Replay) -> None:
+        await self.send(None, {"type": "live_stream_start", "message": "Streaming live events", "timestamp": now_iso()})
+
+
+def submission_preview(row: asyncpg.Record) -> dict[str, Any]:
+    owner, name = row["repository_owner"], row["repository_name"]
+    return {
+        "type": "submission_preview",
+        "message": f"Resuming session: {row['user_request']} ({owner}/{name})",
+        "source": "internal-api-server:/resume",
+        "timestamp": now_iso(),
+        "data": {
+            "sessionId": row["id"],
+            "sessionName": row["user_request"],
+            "repositoryOwner": owner,
+            "repositoryName": name,
+            "branch": row["branch"],
+            "status": row["status"],
+        },
+    }
+
+
+def reconnected(row: asyncpg.Record) -> dict[str, Any]:
+    status = row["status"]
+    message = "Reconnected to active session" if status == "running" else f"Session {status}"
+    return {"type": "reconnected", "sessionId": row["id"], "status": status, "message": message, "timestamp": now_iso()}
+
+
+class SessionEventsListHandler(APIHandler):
+    """GET /api/sessions/:id/events: one keyset page (`after`, `limit`) of stored events."""
+
+    @authenticated
+    async def get(self, session_id: str) -> None:
+        assert self.current_user is not None
+        row = await get_owned(self.ctx, session_id, self.current_user.id)
+        after_id, limit = event_log.page_arguments(
+            self.get_query_argument("after", None), self.get_query_argument("limit", None)
+        )
+        self.ok(await event_log.page(self.ctx, row, after_id, limit))
+
+
+class SessionUpdatesHandler(SSEHandler):
+    """GET /api/sessions/updates: the person's session-list changes from every replica."""
+
+    heartbeat_comment = b":heartbeat\n\n"
+
+    @authenticated
+    async def get(self) -> None:
+        assert self.current_user is not None
+        user_id = self.current_user.id
+        await self.open_stream()
+        await self.send("connected", {"subscriberId": str(uuid.uuid4()), "userId": user_id, "timestamp": now_iso()})
+        reason = "error"
+        try:
+            reason = await self.follow_session_list(user_id, self.requested_last_event_id())
+        except Exception:
+            log.exception("session-list stream failed", extra=self.log_extra())
+        await self.close_stream(reason)
+
+    @authenticated
+    async def head(self) -> None:
+        self.set_stream_headers()
+        self.finish()
+
+
+def _rule(path: str, handler: type[APIHandler]) -> tornado.routing.Rule:
+    return tornado.routing.Rule(ReadMethodsMatches(path), handler)
+
+
+_SESSION = r"/api/sessions/([^/]+)"
+ROUTES = [
+    _rule(r"/api/sessions/updates", SessionUpdatesHandler),
+    _rule(r"/api/resume/([^/]+)", ResumeHandler),
+    _rule(_SESSION + r"/events/stream", SessionEventsStreamHandler),
+    _rule(_SESSION + r"/stream", SessionEventsStreamHandler),
+    _rule(_SESSION + r"/events", SessionEventsListHandler),
+]

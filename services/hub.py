@@ -1,0 +1,513 @@
+"""The hub: live fan-out of the event log to the streams of this process.
+
+One per process (`ctx.hub`). It holds one LISTEN connection of its own (never a pooled one:
+pool release runs `UNLISTEN *`) on three channels:
+
+- `webedt_events` (payload: chat session id): new events were committed for that session;
+- `webedt_session_status` (payload: chat session id): the session row changed;
+- `webedt_session_list` (payload: user id): a session-list announcement was committed.
+
+A notification only marks a topic dirty. The topic's worker then reads the new rows after the
+topic's cursor, once per process per wake-up however many subscribers there are, encodes each
+event once into its SSE frame, and appends the shared bytes to every subscriber's bounded
+queue. A subscriber whose queue overflows is dropped (its stream ends; the client reconnects
+with Last-Event-ID and loses nothing), so a slow reader never slows the others.
+
+Ordering: a subscriber registers first and then replays from the table. Rows the hub had read
+before the registration are in that replay; rows it reads afterwards reach the queue; the
+subscriber skips ids it has already sent. A topic created by a new subscriber has no cursor
+yet: the first subscriber to finish its replay sets it (`caught_up`), and a later, lower
+position rewinds it, so no subscriber ever misses a row (appends to one session are serialised,
+see services/event_log.py, so "after id N" is exact).
+
+The LISTEN connection reconnects by itself with backoff and pings the server periodically (a
+dead peer is otherwise noticed only when TCP gives up). Notifications sent while it was down
+are lost, so after every (re)connect each topic reads again from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services import event_log, session_list
+from services.context import AppContext
+from services.users import iso
+
+log = logging.getLogger("webedt.hub")
+
+# Frames a subscriber may have queued before it is dropped. Generous: a viewer that is this far
+# behind reconnects and replays from the table faster than it would drain the queue.
+DEFAULT_QUEUE_LIMIT = 2000
+READ_BATCH = 500
+PING_INTERVAL_SECONDS = 10.0
+PING_TIMEOUT_SECONDS = 5.0
+PRUNE_INTERVAL_SECONDS = 60.0
+RECONNECT_MAX_DELAY_SECONDS = 5.0
+
+
+# ---- SSE encoding (shared with handlers/stream.py) ----------------------------------------------
+
+
+def event_name(value: Any) -> bytes | None:
+    """An SSE event name from an event's `type`: a non-empty string without line breaks."""
+    if not isinstance(value, str) or not value or "\n" in value or "\r" in value:
+        return None
+    return value.encode()
+
+
+def sse_frame(data: bytes, event: bytes | None = None, event_id: int | None = None) -> bytes:
+    """One SSE frame: optional `id:` and `event:` lines, one `data:` line, a blank line.
+
+    `data` must be single-line JSON (orjson never emits raw line breaks).
+    """
+    head = b""
+    if event_id is not None:
+        head = b"id: %d\n" % event_id
+    if event is not None:
+        head += b"event: " + event + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+def event_frame(event_id: int, event_data: Any, original_timestamp: str | None = None) -> bytes:
+    """The frame of a stored event, named by its `type`, with `id:` = events.id.
+
+    With `original_timestamp` it is a replayed frame: the data gains `_replayed: true` and
+    `_originalTimestamp` (CONTRACT.md 4.1).
+    """
+    payload = event_data
+    if original_timestamp is not None and isinstance(event_data, dict):
+        payload = {**event_data, "_replayed": True, "_originalTimestamp": original_timestamp}
+    name = event_name(event_data.get("type")) if isinstance(event_data, dict) else None
+    return sse_frame(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), name, event_id)
+
+
+# ---- queue items and subscribers ----------------------------------------------------------------
+
+
+class EventFrame:
+    """A stored event (or announcement) ready to write: its id and its encoded frame."""
+
+    __slots__ = ("data", "id")
+
+    def __init__(self, event_id: int, data: bytes) -> None:
+        self.id = event_id
+        self.data = data
+
+
+class StatusChange:
+    """The session row changed; `status` is the row's status after the change (None: row gone)."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: str | None) -> None:
+        self.status = status
+
+
+class Subscriber:
+    """One stream's place in the hub: a bounded queue and the coroutine waiting on it."""
+
+    __slots__ = ("items", "key", "limit", "needs_seed", "on_drop", "reason", "user_id", "waiter")
+
+    def __init__(self, key: str, user_id: str | None, limit: int, needs_seed: bool) -> None:
+        self.key = key
+        self.user_id = user_id
+        self.limit = limit
+        self.needs_seed = needs_seed
+        self.items: list[EventFrame | StatusChange] = []
+        self.waiter: asyncio.Future[None] | None = None
+        # Why the subscription ended ("client_gone", "overflow", "draining", "lifetime"), or None.
+        self.reason: str | None = None
+        # Called once when the hub drops this subscriber for overflow (the handler closes its socket).
+        self.on_drop: Callable[[], None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.reason is not None
+
+    def push(self, items: list[Any]) -> bool:
+        """Queue shared items; False when that would overflow the queue."""
+        if self.reason is not None:
+            return True
+        if len(self.items) + len(items) > self.limit:
+            return False
+        self.items.extend(items)
+        self.wake()
+        return True
+
+    def take(self) -> list[EventFrame | StatusChange]:
+        items, self.items = self.items, []
+        return items
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.wake()
+
+    async def wait(self) -> None:
+        """Return once there are items or the subscription ended."""
+        if self.items or self.reason is not None:
+            return
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+
+class _Topic:
+    """Subscribers that read the same rows, the position read so far, and the reading task."""
+
+    __slots__ = ("cursor", "dirty", "key", "status_dirty", "subscribers", "worker")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.cursor: int | None = None
+        self.dirty = False
+        self.status_dirty = False
+        self.worker: asyncio.Task[None] | None = None
+        # Session topics: a set of subscribers. The session-list topic: user id -> set.
+        self.subscribers: Any = set() if key else {}
+
+    def __len__(self) -> int:
+        if isinstance(self.subscribers, set):
+            return len(self.subscribers)
+        return sum(len(group) for group in self.subscribers.values())
+
+
+# ---- the hub ------------------------------------------------------------------------------------
+
+
+class Hub:
+    """Per-process fan-out of session events and session-list announcements (see module doc)."""
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        *,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        ping_interval: float = PING_INTERVAL_SECONDS,
+    ) -> None:
+        self.ctx = ctx
+        self.queue_limit = queue_limit
+        self.ping_interval = ping_interval
+        self.stopping = False
+        self._sessions: dict[str, _Topic] = {}
+        self._list = _Topic("")
+        self._session_subscribers = 0
+        self._list_subscribers = 0
+        self._conn: asyncpg.Connection | None = None
+        self._connected = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._ever_connected = False
+        self.listener_pid: int | None = None
+        self.reconnects = 0
+        self.dropped = 0
+        self.frames_encoded = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, wait_seconds: float = 10.0) -> None:
+        """Start the LISTEN supervisor; wait (bounded) for the first connection."""
+        self._supervisor = asyncio.create_task(self._supervise(), name="hub-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), wait_seconds)
+
+    async def stop(self) -> None:
+        """End every subscription ("draining": the streams close and clients reconnect
+        elsewhere), then close the LISTEN connection and stop the readers."""
+        self.stopping = True
+        for topic in list(self._sessions.values()):
+            for sub in list(topic.subscribers):
+                self._remove(sub, "draining")
+        for group in list(self._list.subscribers.values()):
+            for sub in list(group):
+                self._remove(sub, "draining")
+        # Let the woken streams write their last bytes before the listener goes away.
+        await asyncio.sleep(0)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        workers = [t.worker for t in [*self._sessions.values(), self._list] if t.worker is not None]
+        for worker in workers:
+            worker.cancel()
+        for worker in workers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker
+        self._sessions.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for health pages and tests."""
+        return {
+            "connected": self.connected,
+            "listenerPid": self.listener_pid,
+            "reconnects": self.reconnects,
+            "sessionTopics": len(self._sessions),
+            "sessionSubscribers": self._session_subscribers,
+            "listSubscribers": self._list_subscribers,
+            "subscribers": self._session_subscribers + self._list_subscribers,
+            "dropped": self.dropped,
+            "framesEncoded": self.frames_encoded,
+        }
+
+    # ---- subscriptions --------------------------------------------------------------------------
+
+    def subscribe_session(self, chat_session_id: str, *, limit: int | None = None) -> Subscriber:
+        """Register for a chat session's new events and status changes. Register BEFORE replaying
+        from the table, then call `caught_up` with the last id the replay read."""
+        if self.stopping:
+            sub = Subscriber(chat_session_id, None, 0, needs_seed=False)
+            sub.close("draining")
+            return sub
+        topic = self._sessions.get(chat_session_id)
+        if topic is None:
+            topic = self._sessions[chat_session_id] = _Topic(chat_session_id)
+        sub = Subscriber(chat_session_id, None, limit or self.queue_limit, needs_seed=topic.cursor is None)
+        topic.subscribers.add(sub)
+        self._session_subscribers += 1
+        return sub
+
+    def subscribe_user(self, user_id: str, *, limit: int | None = None) -> Subscriber:
+        """Register for a person's session-list announcements (same protocol as above)."""
+        sub = Subscriber("", user_id, limit or self.queue_limit, needs_seed=self._list.cursor is None)
+        if self.stopping:
+            sub.close("draining")
+            return sub
+        self._list.subscribers.setdefault(user_id, set()).add(sub)
+        self._list_subscribers += 1
+        return sub
+
+    def caught_up(self, sub: Subscriber, position: int) -> None:
+        """The subscriber's replay has read everything up to `position` (call it right after the
+        last replay read). Seeds the topic's cursor when the topic was new."""
+        if not sub.needs_seed or sub.closed:
+            return
+        sub.needs_seed = False
+        topic = self._list if sub.user_id is not None else self._sessions.get(sub.key)
+        if topic is None:
+            return
+        if topic.cursor is None:
+            topic.cursor = position
+        elif position < topic.cursor:
+            # Another subscriber seeded past this one's replay: read the gap again (the others
+            # skip ids they already sent).
+            topic.cursor = position
+            topic.dirty = True
+        self._kick(topic)
+
+    def unsubscribe(self, sub: Subscriber, reason: str = "client_gone") -> None:
+        """Leave the hub (idempotent) and wake the stream's coroutine."""
+        self._remove(sub, reason)
+
+    def _remove(self, sub: Subscriber, reason: str) -> None:
+        already_closed = sub.closed
+        sub.close(reason)
+        if sub.user_id is not None:
+            group = self._list.subscribers.get(sub.user_id)
+            if group is not None and sub in group:
+                group.discard(sub)
+                self._list_subscribers -= 1
+                if not group:
+                    del self._list.subscribers[sub.user_id]
+                if not self._list.subscribers:
+                    self._list.cursor = None
+            return
+        topic = self._sessions.get(sub.key)
+        if topic is not None and sub in topic.subscribers:
+            topic.subscribers.discard(sub)
+            self._session_subscribers -= 1
+            if not topic.subscribers:
+                del self._sessions[sub.key]
+        if not already_closed and reason == "overflow":
+            self.dropped += 1
+
+    # ---- notifications --------------------------------------------------------------------------
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        if channel == event_log.EVENTS_CHANNEL:
+            topic = self._sessions.get(payload)
+            if topic is not None:
+                topic.dirty = True
+                self._kick(topic)
+        elif channel == event_log.STATUS_CHANNEL:
+            topic = self._sessions.get(payload)
+            if topic is not None:
+                topic.status_dirty = True
+                self._kick(topic)
+        elif channel == session_list.LIST_CHANNEL and payload in self._list.subscribers:
+            self._list.dirty = True
+            self._kick(self._list)
+
+    def _catch_up_all(self) -> None:
+        """After a (re)connect: notifications may have been lost, so every topic reads again."""
+        for topic in self._sessions.values():
+            topic.dirty = topic.status_dirty = True
+            self._kick(topic)
+        if self._list.subscribers:
+            self._list.dirty = True
+            self._kick(self._list)
+
+    def _kick(self, topic: _Topic) -> None:
+        """Start the topic's reader unless one runs, it has no cursor yet, or nothing is pending."""
+        if topic.worker is not None or topic.cursor is None or self.stopping:
+            return
+        if not (topic.dirty or topic.status_dirty) or not len(topic):
+            return
+        reader = self._read_list if topic is self._list else self._read_session
+        topic.worker = asyncio.create_task(self._run(topic, reader), name=f"hub-read-{topic.key or 'list'}")
+
+    # ---- readers --------------------------------------------------------------------------------
+
+    async def _run(self, topic: _Topic, reader: Callable[[_Topic, bool], Any]) -> None:
+        delay = 0.05
+        try:
+            while (topic.dirty or topic.status_dirty) and len(topic) and not self.stopping:
+                status_wanted = topic.status_dirty
+                topic.dirty = topic.status_dirty = False
+                try:
+                    await reader(topic, status_wanted)
+                    delay = 0.05
+                except Exception as exc:
+                    # The database hiccupped: keep the work pending and try again shortly.
+                    log.warning("hub read failed for %s: %s", topic.key or "session list", exc.__class__.__name__)
+                    topic.dirty = True
+                    topic.status_dirty = topic.status_dirty or status_wanted
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+        finally:
+            topic.worker = None
+        # No await since the loop test: a wake-up that arrived meanwhile is still pending here.
+        self._kick(topic)
+
+    async def _read_session(self, topic: _Topic, status_wanted: bool) -> None:
+        # Events first: everything committed before the status change is delivered before it.
+        while topic.cursor is not None and len(topic):
+            start = topic.cursor
+            rows = await event_log.read_after(self.ctx, topic.key, start, READ_BATCH)
+            rewound = topic.cursor != start
+            if rows:
+                frames = [EventFrame(r["id"], event_frame(r["id"], r["event_data"])) for r in rows]
+                self.frames_encoded += len(frames)
+                if not rewound:
+                    topic.cursor = rows[-1]["id"]
+                self._dispatch(list(topic.subscribers), frames)
+            if not rewound and len(rows) < READ_BATCH:
+                break
+        if status_wanted and len(topic):
+            status = await event_log.session_status(self.ctx, topic.key)
+            self._dispatch(list(topic.subscribers), [StatusChange(status)])
+
+    async def _read_list(self, topic: _Topic, _status_wanted: bool) -> None:
+        while topic.cursor is not None and topic.subscribers:
+            start = topic.cursor
+            rows = await session_list.read_after(self.ctx, start, READ_BATCH)
+            for row in rows:
+                group = topic.subscribers.get(row["user_id"])
+                if group:
+                    data = orjson.dumps(session_list.frame_data(row), option=orjson.OPT_NON_STR_KEYS)
+                    frame = EventFrame(row["id"], sse_frame(data, row["kind"].encode(), row["id"]))
+                    self.frames_encoded += 1
+                    self._dispatch(list(group), [frame])
+            if topic.cursor != start:
+                continue  # rewound by a late subscriber while reading: read the gap again
+            if rows:
+                topic.cursor = rows[-1]["id"]
+            if len(rows) < READ_BATCH:
+                break
+
+    def _dispatch(self, subscribers: list[Subscriber], items: list[Any]) -> None:
+        overflowed = [sub for sub in subscribers if not sub.push(items)]
+        for sub in overflowed:
+            log.info("dropping a subscriber of %s: its queue is full", sub.key or "the session list")
+            self._remove(sub, "overflow")
+            if sub.on_drop is not None:
+                sub.on_drop()
+
+    # ---- the LISTEN connection ------------------------------------------------------------------
+
+    async def _connect(self) -> tuple[asyncpg.Connection, asyncio.Event]:
+        conn = await asyncpg.connect(
+            self.ctx.dsn, timeout=10, server_settings={"application_name": "webedt-hub-listener"}
+        )
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        try:
+            for channel in (event_log.EVENTS_CHANNEL, event_log.STATUS_CHANNEL, session_list.LIST_CHANNEL):
+                await conn.add_listener(channel, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn, lost
+
+    async def _supervise(self) -> None:
+        delay = 0.1
+        last_prune = 0.0
+        while not self.stopping:
+            try:
+                conn, lost = await self._connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("hub cannot LISTEN (%s); retrying in %.1f s", exc.__class__.__name__, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+                continue
+            delay = 0.1
+            self._conn = conn
+            self.listener_pid = conn.get_server_pid()
+            if self._ever_connected:
+                self.reconnects += 1
+                log.info("hub LISTEN connection re-established; catching up from the table")
+            self._ever_connected = True
+            self._connected.set()
+            self._catch_up_all()
+            try:
+                while not self.stopping and not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(lost.wait(), self.ping_interval)
+                        break
+                    except TimeoutError:
+                        pass
+                    try:
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_TIMEOUT_SECONDS)
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                        break
+                    if time.monotonic() - last_prune > PRUNE_INTERVAL_SECONDS:
+                        last_prune = time.monotonic()
+                        await self._prune()
+            finally:
+                self._connected.clear()
+                self._conn = None
+                self.listener_pid = None
+                if not conn.is_closed():
+                    conn.terminate()
+            if not self.stopping:
+                log.warning("hub LISTEN connection lost; reconnecting")
+
+    async def _prune(self) -> None:
+        try:
+            await session_list.prune(self.ctx)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.info("pruning session-list announcements failed: %s", exc.__class__.__name__)
+
+
+def now_iso() -> str:
+    """The current UTC time as the contract's ISO timestamp."""
+    return iso(datetime.now(UTC)) or ""

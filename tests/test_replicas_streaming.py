@@ -1,0 +1,151 @@
+"""Streams across replicas: two `python server.py` processes on one database.
+
+Events are appended from this test process (a third process on the same database), as a run
+driver on any replica would; every replica's hub must deliver them to its own viewers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services import event_log, session_list
+from tests.helpers import Replica, TestServer, register, spawn_replica, test_env
+from tests.sse import open_sse, stored_events
+
+
+@pytest.fixture
+async def replicas(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Replica, Replica]]:
+    env = test_env(database_url, SHUTDOWN_GRACE_SECONDS="5")
+    first, second = await asyncio.gather(
+        asyncio.to_thread(spawn_replica, env, tmp_path), asyncio.to_thread(spawn_replica, env, tmp_path)
+    )
+    try:
+        yield first, second
+    finally:
+        await asyncio.gather(asyncio.to_thread(first.stop), asyncio.to_thread(second.stop))
+
+
+async def running_session(server: TestServer, user_id: str) -> str:
+    session_id = str(uuid.uuid4())
+    await server.ctx.pool.execute(
+        "INSERT INTO chat_sessions (id, user_id, user_request, status) VALUES ($1, $2, 'Across replicas', 'running')",
+        session_id,
+        user_id,
+    )
+    return session_id
+
+
+async def finish(server: TestServer, session_id: str) -> None:
+    await server.ctx.pool.execute("UPDATE chat_sessions SET status = 'completed' WHERE id = $1", session_id)
+    await event_log.announce_status(server.ctx, session_id)
+
+
+def ids(events: list) -> list[int]:
+    return [int(e.id) for e in stored_events(events)]
+
+
+async def test_events_reach_viewers_on_every_replica(server: TestServer, replicas: tuple[Replica, Replica]) -> None:
+    first, second = replicas
+    async with contextlib.AsyncExitStack() as stack:
+        on_first = await stack.enter_async_context(httpx.AsyncClient(base_url=first.url, timeout=20))
+        user = await register(on_first)
+        on_second = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=second.url, cookies=on_first.cookies, timeout=20)
+        )
+        session_id = await running_session(server, user["id"])
+        old = await event_log.append(server.ctx, session_id, [{"type": "user", "text": "go"}])
+        path = f"/api/sessions/{session_id}/events/stream"
+        streams = [
+            await stack.enter_async_context(open_sse(on_first, path)),
+            await stack.enter_async_context(open_sse(on_second, path)),
+        ]
+        for stream in streams:
+            assert int((await stream.next()).id) == old[0]
+        live = await event_log.append(server.ctx, session_id, [{"type": "assistant", "n": n} for n in range(3)])
+        for stream in streams:
+            received = [await stream.next() for _ in live]
+            assert [int(e.id) for e in received] == live
+            assert all(e.event == "assistant" and "_replayed" not in e.json() for e in received)
+        await finish(server, session_id)
+        for stream in streams:
+            completed = await stream.next()
+            assert completed.event == "completed" and completed.json()["replayed"] is False
+
+
+async def test_session_list_changes_reach_every_replica(server: TestServer, replicas: tuple[Replica, Replica]) -> None:
+    first, second = replicas
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=20) as on_first,
+        httpx.AsyncClient(base_url=second.url, timeout=20) as on_second,
+    ):
+        user = await register(on_first)
+        on_second.cookies = on_first.cookies
+        async with open_sse(on_first, "/api/sessions/updates") as a, open_sse(on_second, "/api/sessions/updates") as b:
+            assert (await a.next()).event == "connected"
+            assert (await b.next()).event == "connected"
+            await session_list.announce(server.ctx, user["id"], "created", {"id": "s-1", "status": "pending"})
+            for stream in (a, b):
+                event = await stream.next()
+                assert event.event == "created" and event.json()["session"] == {"id": "s-1", "status": "pending"}
+
+
+async def test_reconnecting_to_another_replica_continues_where_it_stopped(
+    server: TestServer, replicas: tuple[Replica, Replica]
+) -> None:
+    first, second = replicas
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=20) as on_first,
+        httpx.AsyncClient(base_url=second.url, timeout=20) as on_second,
+    ):
+        user = await register(on_first)
+        on_second.cookies = on_first.cookies
+        session_id = await running_session(server, user["id"])
+        path = f"/api/sessions/{session_id}/events/stream"
+        appended = await event_log.append(server.ctx, session_id, [{"type": "a", "n": n} for n in range(5)])
+        async with open_sse(on_first, path) as stream:
+            received = [int((await stream.next()).id) for _ in range(3)]
+            last = stream.last_event_id
+        appended += await event_log.append(server.ctx, session_id, [{"type": "b", "n": n} for n in range(5)])
+        async with open_sse(on_second, path, last_event_id=last) as stream:
+            received += [int((await stream.next()).id) for _ in range(7)]
+            await finish(server, session_id)
+            assert (await stream.next()).event == "completed"
+        assert received == appended
+
+
+async def test_sigterm_ends_open_streams_so_clients_reconnect_elsewhere(
+    server: TestServer, replicas: tuple[Replica, Replica]
+) -> None:
+    first, second = replicas
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=20) as on_first,
+        httpx.AsyncClient(base_url=second.url, timeout=20) as on_second,
+    ):
+        user = await register(on_second)
+        on_first.cookies = on_second.cookies
+        session_id = await running_session(server, user["id"])
+        path = f"/api/sessions/{session_id}/events/stream"
+        before = await event_log.append(server.ctx, session_id, [{"type": "a"}])
+        async with (
+            open_sse(on_second, path) as stream,
+            open_sse(on_second, "/api/sessions/updates") as list_stream,
+        ):
+            assert int((await stream.next()).id) == before[0]
+            assert (await list_stream.next()).event == "connected"
+            second.process.send_signal(signal.SIGTERM)
+            rest = await stream.rest(timeout=10)
+            assert "completed" not in [e.event for e in rest]  # the client must reconnect
+            assert await list_stream.rest(timeout=10) == []
+            last = stream.last_event_id
+        assert await asyncio.to_thread(second.process.wait, 10) == 0
+        after = await event_log.append(server.ctx, session_id, [{"type": "b"}])
+        async with open_sse(on_first, path, last_event_id=last) as stream:
+            assert int((await stream.next()).id) == after[0]
