@@ -41,31 +41,38 @@ def needs_refresh(credentials: dict[str, Any]) -> bool:
 
 
 async def _refresh_at_token_endpoint(ctx: AppContext, credentials: dict[str, Any]) -> dict[str, Any]:
-    body = {
-        "grant_type": "refresh_token",
-        "refresh_token": credentials["refreshToken"],
-        "client_id": CLAUDE_CODE_CLIENT_ID,
-    }
+    """The refreshed credentials; 401 when the refresh token is refused, 502/503 when the token
+    endpoint is down or answers nonsense (the stored pair is still good then)."""
+    refresh_token = credentials.get("refreshToken")
+    if not isinstance(refresh_token, str) or not refresh_token:
+        raise RefreshRefused()
+    body = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLAUDE_CODE_CLIENT_ID}
     try:
-        async with httpx.AsyncClient(timeout=15) as client:
+        async with httpx.AsyncClient(timeout=ctx.config.claude_request_timeout_seconds) as client:
             response = await client.post(ctx.config.claude_oauth_token_url, json=body)
     except httpx.HTTPError as exc:
         log.warning("Claude token endpoint unreachable: %s", exc.__class__.__name__)
         raise ServiceError(502, "Could not reach Claude to refresh the token. Please try again shortly.") from None
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code == 429:
+        # Not a verdict on the refresh token (which was not used up): try again later.
         raise ServiceError(502, "Claude could not refresh the token right now. Please try again shortly.")
     if response.status_code != 200:
         log.info("Claude token refresh refused with status %s", response.status_code)
         raise RefreshRefused()
     try:
         payload = response.json()
-        access_token, refresh_token = payload["access_token"], payload.get("refresh_token")
+        access_token, new_refresh_token = payload["access_token"], payload.get("refresh_token")
         expires_in = float(payload.get("expires_in", 3600))
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(access_token, str) or not access_token:
+            raise ValueError("no access token")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ServiceError(502, "Claude answered the token refresh with something unreadable.") from None
     refreshed = dict(credentials)
     refreshed["accessToken"] = access_token
-    refreshed["refreshToken"] = refresh_token or credentials["refreshToken"]
+    # Refresh tokens rotate; an endpoint that does not send a new one keeps the old one valid.
+    refreshed["refreshToken"] = (
+        new_refresh_token if isinstance(new_refresh_token, str) and new_refresh_token else refresh_token
+    )
     refreshed["expiresAt"] = int(time.time() * 1000 + expires_in * 1000)
     return refreshed
 

@@ -1,0 +1,43 @@
+"""Acting on a session's run without a stream (CONTRACT.md 1.6): follow-up, interrupt, abort."""
+
+from __future__ import annotations
+
+from handlers.base import APIHandler, authenticated
+from services.claude import execute
+
+SESSION_ID = r"([^/]+)"
+
+
+class SendHandler(APIHandler):
+    """POST /api/sessions/:id/send: the follow-up goes to Claude now, no stream needed."""
+
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        await execute.send_follow_up(self.ctx, self.current_user.id, session_id, self.json_body())
+        self.write_json({"success": True})
+
+
+class InterruptHandler(APIHandler):
+    """POST /api/sessions/:id/interrupt: stop Claude's current turn."""
+
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await execute.interrupt(self.ctx, self.current_user.id, session_id))
+
+
+class AbortHandler(APIHandler):
+    """POST /api/sessions/:id/abort: interrupt Claude and end the run as an error."""
+
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await execute.abort(self.ctx, self.current_user.id, session_id))
+
+
+ROUTES = [
+    (rf"/api/sessions/{SESSION_ID}/send", SendHandler),
+    (rf"/api/sessions/{SESSION_ID}/interrupt", InterruptHandler),
+    (rf"/api/sessions/{SESSION_ID}/abort", AbortHandler),
+]

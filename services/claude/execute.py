@@ -1,0 +1,432 @@
+"""The request side of runs: execute-remote, follow-ups, interrupt and abort (CONTRACT.md 1.2, 1.6).
+
+Each request checks its input (with the contract's messages, as 4xx), records what it asks for in
+one transaction (the session row, the prompt in `messages`, the stored `input_preview` event) and
+hands the run to the run driver (`ctx.runs`); it never waits for the run. Streams then follow the
+event log like any other viewer, so a closed browser stops only its stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services import claude_auth, event_log, session_list
+from services.chat_sessions import get_owned, session_json
+from services.claude import titles
+from services.claude.client import UpstreamError
+from services.claude.runs import RunDriver, error_event, now_iso
+from services.context import AppContext
+from services.db import queries
+from services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+PREVIEW_CHARS = 200
+REPO_URL = re.compile(r"github\.com[/:]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
+NO_REMOTE_FOR_SEND = "Session has no remote session ID - cannot send follow-up message"
+NO_REMOTE_FOR_INTERRUPT = "Session has no remote session ID - cannot interrupt"
+INVALID_BLOCKS = "userRequest must be text or a list of text and image blocks"
+
+
+@dataclass
+class ExecuteParams:
+    """execute-remote's parameters, from a JSON body (POST) or the query string (GET)."""
+
+    user_request: str | list[dict[str, Any]] | None
+    website_session_id: str | None
+    repo_url: str | None
+    last_event_id: int | None
+
+
+@dataclass
+class StreamPlan:
+    """What the execute-remote stream sends around the event log it follows."""
+
+    session_id: str
+    created: bool
+    after_id: int
+    preview: dict[str, Any] | None = None
+    preview_id: int | None = None
+
+
+def _runs(ctx: AppContext) -> RunDriver:
+    if ctx.runs is None:
+        raise ServiceError(503, "Runs are not available on this server right now, please retry shortly")
+    return ctx.runs
+
+
+# ---- input ---------------------------------------------------------------------------------------
+
+
+def _repo_url_of(github: Any) -> str | None:
+    if isinstance(github, str):
+        try:
+            github = orjson.loads(github)
+        except orjson.JSONDecodeError:
+            return None  # unparseable JSON counts as absent (CONTRACT.md 1.2)
+    if isinstance(github, dict) and isinstance(github.get("repoUrl"), str) and github["repoUrl"].strip():
+        return github["repoUrl"].strip()
+    return None
+
+
+def _last_event_id(value: Any) -> int | None:
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+        return number if number < 2**63 else None
+    return None
+
+
+def _check_blocks(blocks: list[Any]) -> list[dict[str, Any]]:
+    for block in blocks:
+        if not isinstance(block, dict):
+            raise ServiceError(400, INVALID_BLOCKS)
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            continue
+        source = block.get("source")
+        if (
+            block.get("type") == "image"
+            and isinstance(source, dict)
+            and source.get("type") == "base64"
+            and isinstance(source.get("data"), str)
+            and source["data"]
+        ):
+            continue
+        raise ServiceError(400, INVALID_BLOCKS)
+    return blocks
+
+
+def parse_params(raw: dict[str, Any], last_event_id_header: str | None) -> ExecuteParams:
+    """ExecuteParams from a body or query; `userRequest` blocks are checked, the rest is lenient."""
+    prompt = raw.get("userRequest")
+    if isinstance(prompt, list):
+        prompt = _check_blocks(prompt) or None
+    elif isinstance(prompt, str):
+        prompt = prompt if prompt.strip() else None
+    elif prompt is not None:
+        raise ServiceError(400, INVALID_BLOCKS)
+    session_id = raw.get("websiteSessionId")
+    session_id = session_id.strip() if isinstance(session_id, str) and session_id.strip() else None
+    last_event_id = _last_event_id(last_event_id_header)
+    if last_event_id is None:
+        last_event_id = _last_event_id(raw.get("lastEventId"))
+    return ExecuteParams(prompt, session_id, _repo_url_of(raw.get("github")), last_event_id)
+
+
+def serialize_prompt(prompt: str | list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]] | None]:
+    """The prompt as the `messages` row stores it: text (blocks joined by spaces, plus
+    " [N image(s)]"), and the images as `{id, data, mediaType, fileName}` records."""
+    if isinstance(prompt, str):
+        return prompt, None
+    text = " ".join(block["text"] for block in prompt if block.get("type") == "text")
+    sources = [block["source"] for block in prompt if block.get("type") == "image"]
+    if not sources:
+        return text, None
+    stamp = int(time.time() * 1000)
+    images = [
+        {
+            "id": f"img-{stamp}-{index}",
+            "data": source["data"],
+            "mediaType": source.get("media_type") or "image/png",
+            "fileName": f"image-{index + 1}.png",
+        }
+        for index, source in enumerate(sources)
+    ]
+    return f"{text} [{len(images)} image(s)]", images
+
+
+def input_preview(text: str, message_uuid: str) -> dict[str, Any]:
+    """execute-remote's stored `input_preview` (CONTRACT.md 4.2). Its uuid is the prompt's
+    upstream uuid, so the upstream echo of the same prompt is not stored a second time."""
+    truncated = len(text) > PREVIEW_CHARS
+    preview = text[:PREVIEW_CHARS] + (f"... ({len(text)} characters in total)" if truncated else "")
+    return {
+        "type": "input_preview",
+        "uuid": message_uuid,
+        "message": f"Request received: {preview}",
+        "source": "claude",
+        "timestamp": now_iso(),
+        "data": {"preview": preview, "originalLength": len(text), "truncated": truncated},
+    }
+
+
+def follow_up_preview(text: str, message_uuid: str) -> dict[str, Any]:
+    """The `input_preview` that `POST /api/sessions/:id/send` stores (CONTRACT.md 1.6)."""
+    truncated = len(text) > PREVIEW_CHARS
+    return {
+        "type": "input_preview",
+        "uuid": message_uuid,
+        "message": f"Request received: {text[:PREVIEW_CHARS]}{'...' if truncated else ''}",
+        "source": "user",
+        "timestamp": now_iso(),
+        "data": {"preview": text, "truncated": truncated, "originalLength": len(text)},
+    }
+
+
+def parse_repo(url: str) -> tuple[str, str, str]:
+    """(URL without `.git`, owner, name) of a GitHub repository URL."""
+    cleaned = url.strip().rstrip("/")
+    if cleaned.endswith(".git"):
+        cleaned = cleaned[:-4]
+    match = REPO_URL.search(cleaned)
+    if not match:
+        raise ServiceError(400, "github.repoUrl must be a GitHub repository URL such as https://github.com/owner/repo")
+    return cleaned, match.group(1), match.group(2)
+
+
+async def _authenticate(ctx: AppContext, provider_name: str | None, user_id: str) -> str:
+    return await _runs(ctx).provider_for(provider_name).authenticate(user_id)
+
+
+def _running_baseline(row: asyncpg.Record) -> int:
+    state = row["run_state"] or {}
+    value = state.get("baseline_event_id") if isinstance(state, dict) else None
+    return value if isinstance(value, int) else 0
+
+
+# ---- execute-remote ------------------------------------------------------------------------------
+
+
+async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamPlan:
+    """Start or continue a run for execute-remote, or find the run a reconnecting stream joins."""
+    runs = _runs(ctx)
+    if params.user_request is None and not params.website_session_id:
+        raise ServiceError(400, "userRequest or websiteSessionId is required")
+    if not params.repo_url and not params.website_session_id:
+        raise ServiceError(400, "github.repoUrl is required for new sessions")
+
+    if params.last_event_id is not None:
+        # A browser's EventSource reconnecting: join whatever that stream was following, never
+        # start a second run or send the prompt again. Its URL may not name the session (a new
+        # session's id only came in the `session-created` frame), the event id does.
+        if params.website_session_id:
+            row = await get_owned(ctx, params.website_session_id, user_id)
+        else:
+            row = await queries.runs.find_owned_session_by_event(
+                ctx.pool, event_id=params.last_event_id, user_id=user_id
+            )
+            if row is None:
+                raise ServiceError(404, "Session not found")
+        return StreamPlan(row["id"], created=False, after_id=params.last_event_id)
+
+    row = await get_owned(ctx, params.website_session_id, user_id) if params.website_session_id else None
+    if params.user_request is None:
+        assert row is not None
+        if row["status"] == "running":
+            # Watching the current run without adding a prompt.
+            return StreamPlan(row["id"], created=False, after_id=_running_baseline(row))
+        raise ServiceError(400, "userRequest is required")
+
+    provider = runs.provider_for(row["provider"] if row is not None else None)
+    token = await provider.authenticate(user_id)
+    needs_remote = row is None or (row["remote_session_id"] is None and row["status"] != "running")
+    repo: tuple[str, str, str] | None = None
+    if needs_remote:
+        # A session keeps its repository; the request's only fills in a row that has none.
+        if row is not None and row["repository_url"] and row["repository_owner"] and row["repository_name"]:
+            repo = (row["repository_url"], row["repository_owner"], row["repository_name"])
+        elif params.repo_url:
+            repo = parse_repo(params.repo_url)
+        else:
+            raise ServiceError(400, "github.repoUrl is required")
+    environment_id = await provider.environment(token) if needs_remote else None
+
+    text, images = serialize_prompt(params.user_request)
+    message_uuid = str(uuid.uuid4())
+    preview = input_preview(text, message_uuid)
+    title, branch = titles.derive(params.user_request)
+    title_event = {
+        "type": "title_generation",
+        "timestamp": now_iso(),
+        "source": "claude",
+        "method": "local",
+        "status": "success",
+        "title": title,
+        "branch_name": branch,
+    }
+    announcements: list[tuple[str, dict[str, Any]]] = []
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        if row is None:
+            assert repo is not None
+            session_id = str(uuid.uuid4())
+            created_row = await queries.runs.insert_running_session(
+                conn,
+                id=session_id,
+                user_id=user_id,
+                user_request=title,
+                repository_url=repo[0],
+                repository_owner=repo[1],
+                repository_name=repo[2],
+                branch=branch,
+                run_owner=runs.owner,
+                run_state={"baseline_event_id": 0, "environment_id": environment_id},
+            )
+            announcements.append(("created", session_json(created_row)))
+            events = [preview, title_event]
+        else:
+            session_id = row["id"]
+            locked = await queries.runs.lock_session(conn, id=session_id)
+            events = [preview]
+            if locked["status"] != "running":
+                await queries.runs.start_run(
+                    conn,
+                    id=session_id,
+                    run_owner=runs.owner,
+                    run_state={
+                        "baseline_event_id": await queries.runs.max_event_id(conn, chat_session_id=session_id),
+                        "environment_id": environment_id,
+                    },
+                    repository_url=repo[0] if repo else None,
+                    repository_owner=repo[1] if repo else None,
+                    repository_name=repo[2] if repo else None,
+                )
+                announcements.append(("status_changed", {"id": session_id, "status": "running"}))
+                if locked["remote_session_id"] is None:
+                    # A pending session (create-code-session) starts its first run.
+                    await queries.runs.set_title_and_branch(conn, id=session_id, user_request=title, branch=branch)
+                    announcements.append(("updated", {"id": session_id, "userRequest": title, "branch": branch}))
+                    events.append(title_event)
+                await event_log.announce_status(ctx, session_id, conn=conn)
+            # else: a run is going on; the driver delivers this prompt into it.
+        await queries.runs.insert_prompt(
+            conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=message_uuid
+        )
+        ids = await event_log.append(ctx, session_id, events, conn=conn)
+    for kind, session in announcements:
+        await session_list.announce(ctx, user_id, kind, session)
+    await runs.ensure_driving(session_id)
+    return StreamPlan(
+        session_id,
+        created=row is None,
+        after_id=ids[0] if ids else 0,
+        preview=preview,
+        preview_id=ids[0] if ids else None,
+    )
+
+
+async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The frame that closes an execute-remote stream once the run is over: `completed` with the
+    session's outcome, or `error` with the run's error; None while the run still goes on."""
+    row = await queries.chat_sessions.get_session_by_id(ctx.pool, id=session_id)
+    if row is None:
+        return "error", {"type": "error", "timestamp": now_iso(), "error": "Session not found"}
+    if row["status"] == "running":
+        return None
+    if row["status"] == "completed":
+        data: dict[str, Any] = {"websiteSessionId": session_id, "completed": True}
+        if row["branch"]:
+            data["branch"] = row["branch"]
+        if row["total_cost"] is not None:
+            data["totalCost"] = row["total_cost"]
+        data["remoteSessionId"] = row["remote_session_id"]
+        data["remoteWebUrl"] = row["remote_web_url"]
+        return "completed", data
+    message = await queries.runs.last_error_message(ctx.pool, chat_session_id=session_id)
+    return "error", {
+        "type": "error",
+        "timestamp": now_iso(),
+        "websiteSessionId": session_id,
+        "error": message or "The session ended with an error",
+    }
+
+
+# ---- follow-up, interrupt, abort -----------------------------------------------------------------
+
+
+async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: dict[str, Any]) -> None:
+    """POST /api/sessions/:id/send: deliver a follow-up now (through the run driver), no stream."""
+    runs = _runs(ctx)
+    content = body.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise ServiceError(400, "Message content is required")
+    row = await get_owned(ctx, session_id, user_id)
+    if row["deleted_at"] is not None:
+        raise ServiceError(404, "Session not found")
+    session_id = row["id"]
+    if row["remote_session_id"] is None and row["status"] != "running":
+        raise ServiceError(400, NO_REMOTE_FOR_SEND)
+    try:
+        await _authenticate(ctx, row["provider"], user_id)
+    except ServiceError as exc:
+        if exc.message == claude_auth.NOT_CONFIGURED:
+            raise ServiceError(401, "Claude authentication not configured") from None
+        raise
+    message_uuid = str(uuid.uuid4())
+    started = False
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        locked = await queries.runs.lock_session(conn, id=session_id)
+        if locked["status"] != "running":
+            await queries.runs.start_run(
+                conn,
+                id=session_id,
+                run_owner=runs.owner,
+                run_state={"baseline_event_id": await queries.runs.max_event_id(conn, chat_session_id=session_id)},
+                repository_url=None,
+                repository_owner=None,
+                repository_name=None,
+            )
+            started = True
+            await event_log.announce_status(ctx, session_id, conn=conn)
+        await queries.runs.insert_prompt(
+            conn, chat_session_id=session_id, content=content, images=None, upstream_uuid=message_uuid
+        )
+        await event_log.append(ctx, session_id, [follow_up_preview(content, message_uuid)], conn=conn)
+    if started:
+        await session_list.announce(ctx, user_id, "status_changed", {"id": session_id, "status": "running"})
+    await runs.ensure_driving(session_id)
+
+
+async def interrupt(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
+    """POST /api/sessions/:id/interrupt: stop Claude's current turn; recorded as an event."""
+    runs = _runs(ctx)
+    row = await get_owned(ctx, session_id, user_id)
+    session_id = row["id"]
+    if row["remote_session_id"] is None:
+        raise ServiceError(400, NO_REMOTE_FOR_INTERRUPT)
+    provider = runs.provider_for(row["provider"])
+    token = await provider.authenticate(user_id)
+    try:
+        await provider.interrupt(token, row["remote_session_id"])
+    except UpstreamError as exc:
+        raise ServiceError(502, exc.message) from None
+    event = {"type": "interrupted", "message": "Interrupt requested", "source": "user", "timestamp": now_iso()}
+    await event_log.append(ctx, session_id, [event])
+    # Once interrupted, an idle remote session ends the run even if the agent had done nothing.
+    await queries.runs.patch_run_state(ctx.pool, id=session_id, patch={"interrupted": True})
+    runs.wake(session_id)
+    return {"message": "Interrupt sent", "sessionId": session_id}
+
+
+async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
+    """POST /api/sessions/:id/abort: interrupt upstream (best effort) and end the run as `error`."""
+    runs = _runs(ctx)
+    row = await get_owned(ctx, session_id, user_id)
+    session_id = row["id"]
+    interrupted = False
+    if row["remote_session_id"] and row["status"] == "running":
+        try:
+            provider = runs.provider_for(row["provider"])
+            await provider.interrupt(await provider.authenticate(user_id), row["remote_session_id"])
+            interrupted = True
+        except (ServiceError, UpstreamError) as exc:
+            # The local abort stands even when Claude cannot be told.
+            log.info("abort of %s could not interrupt upstream: %s", session_id, exc)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        locked = await queries.runs.lock_session(conn, id=session_id)
+        if locked["status"] == "running":
+            await event_log.append(ctx, session_id, [error_event("Session aborted", source="user")], conn=conn)
+        final = await queries.runs.abort_session(conn, id=session_id)
+        await event_log.announce_status(ctx, session_id, conn=conn)
+    session = session_json(final)
+    await session_list.announce(
+        ctx, user_id, "status_changed", {"id": session_id, "status": "error", "completedAt": session["completedAt"]}
+    )
+    runs.wake(session_id)
+    return {"message": "Session aborted", "sessionId": session_id, "remoteInterrupted": interrupted}

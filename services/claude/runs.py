@@ -1,0 +1,547 @@
+"""The run driver: carries Claude Remote runs from start to end, on whichever replica holds them.
+
+A run belongs to no HTTP request. The request that starts one marks the chat session `running`,
+stores the prompt as an undelivered `messages` row (the outbox) and takes the run's lease; this
+module then does the rest in a task of its own:
+
+1. creates the remote session (once: a creation whose reply was lost is found again by the
+   uuid of its first event) and stores its id and web URL at once;
+2. every `CLAUDE_POLL_INTERVAL_MS` reads the remote status and the events after its cursor,
+   appends new ones to the event log (the upstream `uuid` makes repeats harmless), detects the
+   branch, and delivers prompts waiting in the outbox (follow-ups sent from any replica);
+3. ends the run when a new `result` event arrives, or the remote session is completed, failed,
+   or idle after having worked (CONTRACT.md 5.6 without defects 13 and 15): one transaction
+   stores the final status, cost, branch and completedAt (and, for a failure, ONE `error` event).
+
+Upstream 5xx, timeouts and malformed replies are retried with exponential backoff; once they have
+lasted `CLAUDE_RETRY_WINDOW_SECONDS` the run ends in error.
+
+**Ownership (a lease, not an advisory lock).** `chat_sessions.run_owner` names the replica that
+drives the run and `worker_last_activity` is its heartbeat, renewed for all of a replica's runs by
+one UPDATE every lease/4 seconds. A replica takes a run with a conditional UPDATE (no owner, or a
+heartbeat older than the lease), so exactly one wins. A lease survives a dropped database
+connection (an advisory lock would not, and would pin one pooled connection per run), it is
+visible to the orphan cleanup and to people (`workerLastActivity`), and a killed replica's runs
+are taken over by whoever notices first. Everything a run needs to carry on is in the database
+(outbox, `run_state`, the events stored so far), so an adopting replica continues from the stored
+history with no gap (it re-reads the upstream list once) and no duplicate (uuids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services import claude_auth, event_log, session_list
+from services.chat_sessions import session_json
+from services.claude.client import UpstreamError
+from services.claude.provider import PROVIDERS, AgentProvider, ClaudeRemoteProvider, CreateRequest, RemoteState
+from services.context import AppContext
+from services.db import UNAVAILABLE_ERRORS, queries
+from services.errors import ServiceError
+from services.users import iso
+
+log = logging.getLogger(__name__)
+
+# Event types the server itself stores: they never show that the agent is at work.
+SERVER_EVENT_TYPES = ("input_preview", "title_generation", "error", "interrupted")
+# A remote session that stays idle this many polls after a prompt, without doing anything, is done.
+IDLE_GRACE_POLLS = 30
+# Longest wait between two attempts while the upstream is failing.
+MAX_BACKOFF_SECONDS = 30.0
+# Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
+CREDENTIALS_TTL_SECONDS = 60.0
+ADOPT_BATCH = 50
+
+
+def now_iso() -> str:
+    return iso(datetime.now(UTC)) or ""
+
+
+def error_event(message: str, source: str = "claude") -> dict[str, Any]:
+    return {"type": "error", "timestamp": now_iso(), "source": source, "error": message}
+
+
+def event_key(event: dict[str, Any]) -> str:
+    """The de-duplication key of an upstream event: its `uuid`, else a digest of its content."""
+    value = event.get("uuid")
+    if isinstance(value, str) and value:
+        return value
+    return "sha1:" + hashlib.sha1(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()  # noqa: S324
+
+
+def stored_upstream_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An upstream event as stored and streamed: server time as `timestamp`, `source: claude`."""
+    stored = dict(event)
+    stored["uuid"] = event_key(event)
+    stored["timestamp"] = now_iso()
+    stored["source"] = "claude"
+    return stored
+
+
+def prompt_content(message: asyncpg.Record | dict[str, Any]) -> str | list[dict[str, Any]]:
+    """The upstream content of a stored prompt: its text, plus its images as base64 blocks."""
+    images = message["images"] or []
+    text = message["content"]
+    if not images:
+        return text
+    suffix = f" [{len(images)} image(s)]"
+    if text.endswith(suffix):
+        text = text[: -len(suffix)]
+    blocks: list[dict[str, Any]] = []
+    if text:
+        blocks.append({"type": "text", "text": text})
+    for image in images:
+        blocks.append(
+            {
+                "type": "image",
+                "source": {
+                    "type": "base64",
+                    "media_type": image.get("mediaType") or "image/png",
+                    "data": image["data"],
+                },
+            }
+        )
+    return blocks
+
+
+@dataclass
+class Outcome:
+    """How a run ended: `completed` or `error` (with the message of its one error event)."""
+
+    status: str
+    error: str | None = None
+    total_cost: str | None = None
+
+
+class RunDriver:
+    """Owns this replica's runs: starts, adopts, heartbeats, and releases them on shutdown."""
+
+    def __init__(self, ctx: AppContext, provider: AgentProvider | None = None) -> None:
+        self.ctx = ctx
+        self.provider: ClaudeRemoteProvider = provider or ClaudeRemoteProvider(ctx)  # type: ignore[assignment]
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        config = ctx.config
+        self.poll_seconds = config.claude_poll_interval_ms / 1000
+        self.adopt_seconds = config.run_adopt_interval_seconds
+        # A lease outlives a few missed heartbeats; adoption checks at least as often as it expires.
+        self.lease_seconds = max(3 * self.adopt_seconds, 3.0)
+        self.heartbeat_seconds = self.lease_seconds / 4
+        self.retry_window_seconds = config.claude_retry_window_seconds
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.wakeups: dict[str, asyncio.Event] = {}
+        self._maintainer: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def provider_for(self, name: str | None) -> AgentProvider:
+        if name in (None, self.provider.name):
+            return self.provider
+        raise ServiceError(400, f"Unknown agent provider {name!r}; known: {', '.join(PROVIDERS)}")
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt orphaned runs now, then keep leases fresh and adopt periodically."""
+        self._maintainer = asyncio.create_task(self._maintain(), name="run-driver-maintenance")
+
+    async def stop(self) -> None:
+        """Stop driving (the runs go on upstream) and release the leases so another replica adopts
+        them at once instead of after the lease expires."""
+        self._stopping = True
+        tasks = [t for t in (self._maintainer, *self.tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            await queries.runs.release_runs(self.ctx.pool, run_owner=self.owner)
+        await self.provider.aclose()
+
+    async def _maintain(self) -> None:
+        next_adopt = 0.0
+        while True:
+            try:
+                owned = {r["id"] async for r in queries.runs.heartbeat_runs(self.ctx.pool, run_owner=self.owner)}
+                for session_id, task in list(self.tasks.items()):
+                    if session_id not in owned and not task.done():
+                        # Aborted, finished elsewhere, or taken over after a stall: stop driving.
+                        task.cancel()
+                for session_id in owned - self.tasks.keys():
+                    self._spawn(session_id)
+                if time.monotonic() >= next_adopt:
+                    next_adopt = time.monotonic() + self.adopt_seconds
+                    await self.adopt()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("run maintenance failed; trying again shortly")
+            await asyncio.sleep(min(self.heartbeat_seconds, self.adopt_seconds))
+
+    async def adopt(self) -> list[str]:
+        """Take over running sessions whose driver is gone; returns their ids."""
+        adopted = [
+            r["id"]
+            async for r in queries.runs.claim_orphan_runs(
+                self.ctx.pool, run_owner=self.owner, lease_seconds=self.lease_seconds, limit=ADOPT_BATCH
+            )
+        ]
+        for session_id in adopted:
+            log.info("adopting run of session %s", session_id)
+            self._spawn(session_id)
+        return adopted
+
+    def _spawn(self, session_id: str) -> None:
+        if self._stopping:
+            return
+        task = self.tasks.get(session_id)
+        if task is not None and not task.done():
+            return
+        self.tasks[session_id] = asyncio.create_task(self._drive(session_id), name=f"run-{session_id}")
+
+    async def ensure_driving(self, session_id: str) -> None:
+        """Drive the run here unless another live replica does (it then sees the outbox itself)."""
+        self.wake(session_id)
+        task = self.tasks.get(session_id)
+        if task is not None and not task.done():
+            return
+        claimed = await queries.runs.claim_run(
+            self.ctx.pool, id=session_id, run_owner=self.owner, lease_seconds=self.lease_seconds
+        )
+        if claimed is not None:
+            self._spawn(session_id)
+
+    def wake(self, session_id: str) -> None:
+        """Make the session's driver poll now (a follow-up or interrupt was just recorded)."""
+        event = self.wakeups.get(session_id)
+        if event is not None:
+            event.set()
+
+    async def _drive(self, session_id: str) -> None:
+        try:
+            await _Run(self, session_id).run()
+        except asyncio.CancelledError:
+            raise
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresConnectionError):
+            # The database is away for a moment: stop here, keep the lease; the maintenance loop
+            # starts the run again once the heartbeat goes through (nothing is lost: all is stored).
+            log.warning("run of session %s paused: database unavailable", session_id)
+        except Exception:
+            log.exception("run of session %s failed unexpectedly", session_id)
+            with contextlib.suppress(Exception):
+                await _Run(self, session_id).finish(Outcome("error", "The run stopped because of an internal error"))
+        finally:
+            if self.tasks.get(session_id) is asyncio.current_task():
+                del self.tasks[session_id]
+                self.wakeups.pop(session_id, None)
+
+
+class _Run:
+    """One run, driven by this replica for as long as it holds the lease."""
+
+    def __init__(self, driver: RunDriver, session_id: str) -> None:
+        self.driver = driver
+        self.ctx = driver.ctx
+        self.session_id = session_id
+        self.provider: AgentProvider = driver.provider
+        self.user_id = ""
+        self.remote_id: str | None = None
+        self.token: str | None = None
+        self.token_read_at = 0.0
+        self.retried_unauthorized = False
+        self.cursor: str | None = None
+        # Every upstream event key read by this run; complete once `caught_up` (the first polls
+        # of a run read the whole list, later ones only what follows the cursor).
+        self.seen: set[str] = set()
+        self.caught_up = False
+        self.baseline = 0
+        self.branch: str | None = None
+        self.saw_running = False
+        self.idle_polls = 0
+        self.create_attempted = False
+        self.create_grace_seconds = 2 * driver.ctx.config.claude_request_timeout_seconds
+        self.create_in_doubt_until = 0.0
+        # Since when each upstream operation has failed without a success in between: a flaky
+        # upstream that answers now and then keeps the run going, one that stays broken ends it.
+        self.failing_since: dict[str, float] = {}
+        self.backoff = driver.poll_seconds
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        row = await queries.chat_sessions.get_session_by_id(self.ctx.pool, id=self.session_id)
+        if row is None or row["status"] != "running" or row["run_owner"] != self.driver.owner:
+            return
+        self.user_id = row["user_id"]
+        self.remote_id = row["remote_session_id"]
+        self.branch = row["branch"]
+        self.provider = self.driver.provider_for(row["provider"])
+        state = row["run_state"] or {}
+        if not isinstance(state.get("baseline_event_id"), int):
+            # Adopted without a run state (for instance a running session imported by the sync):
+            # only what happens from now on can end the run.
+            self.baseline = await queries.runs.max_event_id(self.ctx.pool, chat_session_id=self.session_id)
+            await queries.runs.patch_run_state(
+                self.ctx.pool, id=self.session_id, patch={"baseline_event_id": self.baseline}
+            )
+        self.create_attempted = bool(state.get("create_attempted"))
+        if self.create_attempted:
+            # Adopted mid-creation: the dead replica's request may still be on its way.
+            self.create_in_doubt_until = time.monotonic() + self.create_grace_seconds
+        wakeup = self.driver.wakeups.setdefault(self.session_id, asyncio.Event())
+
+        while True:
+            control = await queries.runs.run_control(self.ctx.pool, id=self.session_id)
+            if control is None or control["status"] != "running" or control["run_owner"] != self.driver.owner:
+                return
+            state = control["run_state"] or {}
+            if isinstance(state.get("baseline_event_id"), int):
+                self.baseline = state["baseline_event_id"]
+            delay = self.driver.poll_seconds
+            try:
+                outcome = await self._step(state, control["has_pending"])
+                self.failing_since.clear()
+                self.backoff = self.driver.poll_seconds
+            except UpstreamError as exc:
+                outcome, delay = await self._upstream_failure(exc)
+            except ServiceError as exc:
+                if exc.status >= 500:
+                    # The token endpoint is down: the stored credentials are still good later.
+                    outcome, delay = self._retry("refresh token", exc.message)
+                else:
+                    # No credentials any more, or Claude refused to refresh them.
+                    outcome = Outcome("error", exc.message)
+            if outcome is not None and await self.finish(outcome):
+                return
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), delay)
+            wakeup.clear()
+
+    async def _token_now(self, force: bool = False) -> str:
+        if force or self.token is None or time.monotonic() - self.token_read_at > CREDENTIALS_TTL_SECONDS:
+            self.token = await self.provider.authenticate(self.user_id, force=force)
+            self.token_read_at = time.monotonic()
+        return self.token
+
+    async def _step(self, state: dict[str, Any], has_pending: bool) -> Outcome | None:
+        token = await self._token_now()
+        if self.remote_id is None:
+            await self._create(token, state)
+            return None
+        remote = await self.provider.get(token, self.remote_id)
+        self.failing_since.pop("get session", None)
+        await self._collect(token)
+        self.failing_since.pop("get events", None)
+        self.retried_unauthorized = False
+        if has_pending:
+            # Deliver only after catching up, so that late events of an earlier turn are stored
+            # before the new baseline and cannot end this run; no verdict while prompts wait.
+            if self.caught_up:
+                await self._deliver(token)
+            return None
+        return await self._judge(remote.state, bool(state.get("interrupted")))
+
+    async def _collect(self, token: str) -> None:
+        """Append every event after the cursor that this run has not stored yet, in order."""
+        assert self.remote_id is not None
+        batch = await self.provider.events_after(token, self.remote_id, self.cursor)
+        fresh: list[dict[str, Any]] = []
+        for event in batch.events:
+            key = event_key(event)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            fresh.append(stored_upstream_event(event))
+        if fresh:
+            await event_log.append(self.ctx, self.session_id, fresh)
+        self.cursor = batch.cursor
+        self.caught_up = self.caught_up or batch.complete
+        for event in fresh:
+            branch = self.provider.branch(event)
+            if branch and branch != self.branch:
+                self.branch = branch
+                changed = await queries.runs.set_branch(self.ctx.pool, id=self.session_id, branch=branch)
+                if changed is not None:
+                    await session_list.announce(
+                        self.ctx, self.user_id, "updated", {"id": self.session_id, "branch": branch}
+                    )
+
+    async def _judge(self, remote_state: str, interrupted: bool) -> Outcome | None:
+        """Whether the run is over (CONTRACT.md 5.6, without the 10-minute cap and the early idle)."""
+        progress = await queries.runs.run_progress(
+            self.ctx.pool,
+            chat_session_id=self.session_id,
+            after_id=self.baseline,
+            end_types=list(self.provider.end_event_types),
+            quiet_types=[*self.provider.quiet_event_types, *SERVER_EVENT_TYPES],
+        )
+        last_end = progress["last_end"] if progress else None
+        if last_end is not None:
+            return Outcome("completed", total_cost=self.provider.cost(last_end))
+        if remote_state in (RemoteState.COMPLETED, RemoteState.ARCHIVED):
+            return Outcome("completed")
+        if remote_state == RemoteState.FAILED:
+            return Outcome("error", "Claude reported that the session failed")
+        if remote_state == RemoteState.RUNNING:
+            self.saw_running = True
+            self.idle_polls = 0
+            return None
+        if remote_state == RemoteState.IDLE:
+            # Idle right after a prompt only means the agent has not started yet (defect 15).
+            if interrupted or self.saw_running or (progress is not None and progress["active"]):
+                return Outcome("completed")
+            self.idle_polls += 1
+            if self.idle_polls >= IDLE_GRACE_POLLS:
+                return Outcome("completed")
+        return None
+
+    # ---- creating the remote session and delivering prompts ---------------------------------------
+
+    async def _create(self, token: str, state: dict[str, Any]) -> None:
+        prompts = [p async for p in queries.runs.undelivered_prompts(self.ctx.pool, chat_session_id=self.session_id)]
+        row = await queries.chat_sessions.get_session_by_id(self.ctx.pool, id=self.session_id)
+        if row is None:
+            raise ServiceError(404, "Session not found")
+        if not prompts:
+            raise ServiceError(400, "The session has no prompt to start a run with")
+        if not row["repository_url"] or not row["repository_owner"] or not row["repository_name"]:
+            raise ServiceError(400, "github.repoUrl is required")
+        first = prompts[0]
+        environment_id = state.get("environment_id") or await self.provider.environment(token)
+        request = CreateRequest(
+            title=row["user_request"],
+            content=prompt_content(first),
+            environment_id=environment_id,
+            repo_url=row["repository_url"],
+            repo_full_name=f"{row['repository_owner']}/{row['repository_name']}",
+            branch_prefix=row["branch"] or "claude/session",
+            model=self.ctx.config.claude_default_model,
+            message_uuid=first["upstream_uuid"],
+        )
+        remote = None
+        if self.create_attempted:
+            # An earlier attempt may have reached upstream although its reply was lost; after a
+            # timeout it may even still be in flight, so look for it a while before creating again.
+            remote = await self.provider.find_created(token, request)
+            if remote is None and time.monotonic() < self.create_in_doubt_until:
+                return
+        if remote is None:
+            self.create_attempted = True
+            await queries.runs.patch_run_state(self.ctx.pool, id=self.session_id, patch={"create_attempted": True})
+            try:
+                remote = await self.provider.create(token, request)
+            except UpstreamError as exc:
+                if exc.kind in ("timeout", "network"):
+                    self.create_in_doubt_until = time.monotonic() + self.create_grace_seconds
+                raise
+        stored = await queries.runs.set_remote_session(
+            self.ctx.pool, id=self.session_id, remote_session_id=remote.id, remote_web_url=remote.web_url
+        )
+        if stored is None:
+            # Someone stored another remote session meanwhile (a replica that took over while
+            # this one stalled): keep theirs and archive the spare one.
+            current = await queries.chat_sessions.get_session_by_id(self.ctx.pool, id=self.session_id)
+            if current is not None and current["remote_session_id"] != remote.id:
+                with contextlib.suppress(UpstreamError):
+                    await self.provider.archive(token, remote.id)
+            self.remote_id = current["remote_session_id"] if current is not None else remote.id
+        else:
+            self.remote_id = remote.id
+            await session_list.announce(
+                self.ctx,
+                self.user_id,
+                "updated",
+                {"id": self.session_id, "remoteSessionId": remote.id, "remoteWebUrl": remote.web_url},
+            )
+        await queries.runs.mark_prompt_delivered(self.ctx.pool, id=first["id"])
+
+    async def _deliver(self, token: str) -> None:
+        assert self.remote_id is not None
+        prompts = [p async for p in queries.runs.undelivered_prompts(self.ctx.pool, chat_session_id=self.session_id)]
+        for prompt in prompts:
+            # `seen` holds every upstream uuid up to now (the first poll of a run reads the whole
+            # list), so a prompt sent by a replica that died before recording it is not sent twice.
+            if prompt["upstream_uuid"] not in self.seen:
+                await self.provider.send(token, self.remote_id, prompt_content(prompt), prompt["upstream_uuid"])
+            await queries.runs.mark_prompt_delivered(self.ctx.pool, id=prompt["id"])
+            self.baseline = await queries.runs.max_event_id(self.ctx.pool, chat_session_id=self.session_id)
+            self.saw_running = False
+            self.idle_polls = 0
+            await queries.runs.patch_run_state(
+                self.ctx.pool, id=self.session_id, patch={"baseline_event_id": self.baseline, "interrupted": False}
+            )
+
+    # ---- failures and the end --------------------------------------------------------------------
+
+    async def _upstream_failure(self, exc: UpstreamError) -> tuple[Outcome | None, float]:
+        """Retry what may pass (with backoff, within the retry window); end the run otherwise."""
+        if exc.unauthorized:
+            if self.retried_unauthorized:
+                return Outcome("error", claude_auth.EXPIRED), 0
+            self.retried_unauthorized = True
+            try:
+                await self._token_now(force=True)
+            except ServiceError as auth_error:
+                if auth_error.status >= 500:
+                    # The token endpoint is down; the next 401 asks it again.
+                    self.retried_unauthorized = False
+                    return self._retry("refresh token", auth_error.message)
+                return Outcome("error", auth_error.message), 0
+            return None, 0
+        if not exc.retryable:
+            return Outcome("error", exc.message), 0
+        return self._retry(exc.operation, exc.message)
+
+    def _retry(self, operation: str, message: str) -> tuple[Outcome | None, float]:
+        """Try again after a backoff, unless `operation` has failed for the whole retry window."""
+        now = time.monotonic()
+        elapsed = now - self.failing_since.setdefault(operation, now)
+        if elapsed >= self.driver.retry_window_seconds:
+            log.warning("run of session %s gives up after %.1f s: %s", self.session_id, elapsed, message)
+            return Outcome("error", message), 0
+        log.info("run of session %s retries: %s", self.session_id, message)
+        delay = min(self.backoff, MAX_BACKOFF_SECONDS, max(self.driver.retry_window_seconds - elapsed, 0.0))
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        return None, delay
+
+    async def finish(self, outcome: Outcome) -> bool:
+        """End the run in one transaction, only while this replica still holds it: the error event
+        (if any) first, then the row; then tell the session list and the streams.
+
+        False (the run goes on) when a prompt arrived just now: a follow-up recorded before this
+        transaction took the row lock must be delivered, not dropped."""
+        async with self.ctx.pool.acquire() as conn, conn.transaction():
+            row = await queries.runs.lock_owned_run(conn, id=self.session_id, run_owner=self.driver.owner)
+            if row is None:
+                return True
+            if outcome.status == "completed" and await queries.runs.has_undelivered_prompts(
+                conn, chat_session_id=self.session_id
+            ):
+                return False
+            if outcome.status == "error":
+                await event_log.append(
+                    self.ctx, self.session_id, [error_event(outcome.error or "Run failed")], conn=conn
+                )
+            final = await queries.runs.finish_run(
+                conn, id=self.session_id, status=outcome.status, total_cost=outcome.total_cost, branch=None
+            )
+            await event_log.announce_status(self.ctx, self.session_id, conn=conn)
+        log.info("run of session %s ended: %s", self.session_id, outcome.status)
+        if final["deleted_at"] is None:  # a trashed session is not on anyone's list
+            session = session_json(final)
+            keys = ("id", "status", "completedAt", "totalCost", "branch", "remoteSessionId", "remoteWebUrl")
+            await session_list.announce(self.ctx, final["user_id"], "status_changed", {k: session[k] for k in keys})
+        return True

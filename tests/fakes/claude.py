@@ -1,0 +1,594 @@
+"""A fake Claude Remote Sessions API and Claude OAuth token endpoint: a real Tornado HTTP server on
+127.0.0.1 speaking the protocol of CONTRACT.md 5.2 and 5.8.
+
+Sessions are scripted: creating a session, or sending it a user message, starts a "turn" whose
+events (system, assistant, tool use, a tool result naming the `claude/...` branch, result) are
+released a few at a time as the events are read, so a poller sees the run unfold. While a turn
+has events left the session is `running`, afterwards `end_status` (`idle` by default). A user
+message is echoed as a `user` event with the uuid it was sent with; so is the first prompt of a
+created session.
+
+Knobs: `fail(...)` queues faults for matching requests (a status such as 500, a `malformed`
+200 reply, or a `slow` reply that sleeps before answering normally), `flaky_every` (every n-th
+API request answers 503), `hold_at` (no more events released once a session holds that many),
+`idle_polls_before_start` (a session stays `idle` for that many reads after a message before its
+turn starts), `events_per_read`, `page_size`, `ignore_after_id`, `token_delay`, `token_status`. The token endpoint
+rotates refresh tokens: each one works once, a used one is refused with 400 `invalid_grant`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from tests.sse import SSEEvent, SSEStream
+
+FAKE_ENVIRONMENT = "env_fake_0001"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Fault:
+    """What to do instead of (or before) answering a matching request."""
+
+    kind: str  # "status", "malformed" or "slow"
+    status: int = 500
+    seconds: float = 0.0
+    count: float = 1  # how many requests it applies to (float("inf") for all)
+    method: str | None = None
+    path: re.Pattern[str] | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (self.path is None or bool(self.path.search(path)))
+
+
+@dataclass
+class FakeSession:
+    id: str
+    title: str
+    environment_id: str
+    repo_url: str
+    repo: str
+    branch_prefix: str
+    model: str
+    created_at: str
+    updated_at: str
+    status: str = "running"
+    events: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    turns: int = 0
+    idle_reads_left: int = 0
+    prompts: list[Any] = field(default_factory=list)
+    interrupts: int = 0
+    archived: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "session_status": "archived" if self.archived else self.status,
+            "environment_id": self.environment_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "session_context": {
+                "model": self.model,
+                "sources": [{"type": "git_repository", "url": self.repo_url}],
+                "outcomes": [
+                    {
+                        "type": "git_repository",
+                        "git_info": {"type": "github", "repo": self.repo, "branches": [self.branch_prefix]},
+                    }
+                ],
+            },
+        }
+
+
+def prompt_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+def default_turn(session: FakeSession, prompt: str) -> list[dict[str, Any]]:
+    """One turn of Claude Code: init, a reply, a tool call that names the branch, a result."""
+    branch = f"{session.branch_prefix}-{session.id[-6:].lower()}"
+    return [
+        {"type": "system", "subtype": "init", "uuid": new_uuid(), "session_id": session.id, "model": session.model},
+        {
+            "type": "assistant",
+            "uuid": new_uuid(),
+            "message": {
+                "role": "assistant",
+                "model": session.model,
+                "content": [{"type": "text", "text": f"Working on: {prompt}"}],
+            },
+        },
+        {
+            "type": "assistant",
+            "uuid": new_uuid(),
+            "message": {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": f"toolu_{session.turns}",
+                        "name": "Bash",
+                        "input": {"command": "git push"},
+                    }
+                ],
+            },
+        },
+        {
+            "type": "user",
+            "uuid": new_uuid(),
+            "message": {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": f"toolu_{session.turns}", "content": "ok"}],
+            },
+            "tool_use_result": {"stdout": f"Switched to a new branch '{branch}'\npushed {branch}", "stderr": ""},
+        },
+        {
+            "type": "assistant",
+            "uuid": new_uuid(),
+            "message": {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+        },
+        {
+            "type": "result",
+            "subtype": "success",
+            "uuid": new_uuid(),
+            "is_error": False,
+            "total_cost_usd": round(0.0125 * session.turns, 6),
+            "duration_ms": 1500,
+            "num_turns": 3,
+            "result": "Done.",
+        },
+    ]
+
+
+class FakeClaude:
+    """The fake's state, knobs and Tornado server."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.sessions: dict[str, FakeSession] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.access_tokens: set[str] = set()
+        self.refresh_tokens: dict[str, bool] = {}  # token -> still usable
+        self.token_requests: list[dict[str, Any]] = []
+        self.token_delay = 0.0
+        self.token_status: int | None = None  # answer the token endpoint with this status
+        self.token_lifetime_seconds = 3600
+        self.check_auth = True
+        self.faults: list[Fault] = []
+        self.flaky_every = 0
+        self.hold_at: int | None = None
+        self.idle_polls_before_start = 0
+        self.events_per_read = 2
+        self.page_size = 100
+        self.ignore_after_id = False
+        self.end_status = "idle"
+        self.interrupt_result = False
+        self.turn_factory: Callable[[FakeSession, str], list[dict[str, Any]]] = default_turn
+        self._api_count = itertools.count(1)
+        self._server: tornado.httpserver.HTTPServer | None = None
+
+    # ---- arranging ----------------------------------------------------------------------------
+
+    def reset_knobs(self) -> None:
+        """Back to a healthy, prompt upstream (sessions and tokens are kept)."""
+        self.faults.clear()
+        self.flaky_every = 0
+        self.hold_at = None
+        self.idle_polls_before_start = 0
+        self.events_per_read = 2
+        self.page_size = 100
+        self.ignore_after_id = False
+        self.end_status = "idle"
+        self.interrupt_result = False
+        self.token_delay = 0.0
+        self.token_status = None
+        self.check_auth = True
+        self.turn_factory = default_turn
+
+    def issue_tokens(self) -> tuple[str, str]:
+        """A fresh (access token, refresh token) pair the fake accepts."""
+        access, refresh = f"sk-ant-oat-{secrets.token_hex(8)}", f"sk-ant-ort-{secrets.token_hex(8)}"
+        self.access_tokens.add(access)
+        self.refresh_tokens[refresh] = True
+        return access, refresh
+
+    def fail(
+        self,
+        kind: str = "status",
+        *,
+        status: int = 500,
+        seconds: float = 0.0,
+        count: float = 1,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> Fault:
+        fault = Fault(kind, status, seconds, count, method, re.compile(path) if path else None)
+        self.faults.append(fault)
+        return fault
+
+    def seed_session(self, environment_id: str = FAKE_ENVIRONMENT, title: str = "Earlier session") -> FakeSession:
+        """A finished session made elsewhere (claude.ai), for environment detection."""
+        session = self._new_session(title, environment_id, "https://github.com/o/r", "o/r", "claude/earlier", "m")
+        session.status = "idle"
+        return session
+
+    def only_session(self) -> FakeSession:
+        assert len(self.sessions) == 1, list(self.sessions)
+        return next(iter(self.sessions.values()))
+
+    def api_requests(self, method: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.requests
+            if (method is None or r["method"] == method) and (path is None or re.search(path, r["path"]))
+        ]
+
+    # ---- server -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        app = tornado.web.Application([(r"/.*", FakeClaudeHandler, {"fake": self})])
+        self._server = tornado.httpserver.HTTPServer(app)
+        self._server.add_sockets(sockets)
+        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.close_all_connections(), 5)
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/v1/oauth/token"
+
+    # ---- behaviour ----------------------------------------------------------------------------
+
+    def _new_session(
+        self, title: str, environment_id: str, repo_url: str, repo: str, branch_prefix: str, model: str
+    ) -> FakeSession:
+        session_id = f"session_{secrets.token_hex(12)}"
+        stamp = now_iso()
+        session = FakeSession(session_id, title, environment_id, repo_url, repo, branch_prefix, model, stamp, stamp)
+        self.sessions[session_id] = session
+        return session
+
+    def _start_turn(self, session: FakeSession, content: Any) -> None:
+        session.turns += 1
+        session.prompts.append(content)
+        session.pending = self.turn_factory(session, prompt_text(content))
+        session.idle_reads_left = self.idle_polls_before_start
+        session.status = "idle" if session.idle_reads_left > 0 else "running"
+        session.updated_at = now_iso()
+
+    def _read_status(self, session: FakeSession) -> None:
+        """A read of the session: a turn that waits to start counts the reads down."""
+        if session.idle_reads_left > 0:
+            session.idle_reads_left -= 1
+            if session.idle_reads_left == 0:
+                session.status = "running"
+
+    def _advance(self, session: FakeSession) -> None:
+        """Release the next scripted events (on every read of the events)."""
+        if session.idle_reads_left > 0:
+            return
+        for _ in range(self.events_per_read):
+            if not session.pending or (self.hold_at is not None and len(session.events) >= self.hold_at):
+                break
+            session.events.append(session.pending.pop(0))
+            session.updated_at = now_iso()
+        if not session.pending and session.status == "running":
+            session.status = self.end_status
+
+    def create_session(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            title = body["title"]
+            first = body["events"][0]
+            assert first["type"] == "event"
+            data = first["data"]
+            assert data["type"] == "user" and data["message"]["role"] == "user"
+            context = body["session_context"]
+            repo_url = context["sources"][0]["url"]
+            git_info = context["outcomes"][0]["git_info"]
+            environment_id = body["environment_id"]
+            assert isinstance(title, str) and isinstance(environment_id, str) and environment_id
+        except (KeyError, IndexError, TypeError, AssertionError):
+            raise FakeError(400, "invalid_request_error", "malformed create session request") from None
+        session = self._new_session(
+            title, environment_id, repo_url, git_info["repo"], git_info["branches"][0], context.get("model", "")
+        )
+        session.events.append(
+            {"type": "user", "uuid": data["uuid"], "session_id": session.id, "message": data["message"]}
+        )
+        self._start_turn(session, data["message"]["content"])
+        return session.as_json()
+
+    def post_events(self, session: FakeSession, body: dict[str, Any]) -> dict[str, Any]:
+        events = body.get("events")
+        if not isinstance(events, list) or not events:
+            raise FakeError(400, "invalid_request_error", "events must be a non-empty list")
+        for event in events:
+            if event.get("type") == "control_request" and event.get("action") == "interrupt":
+                session.interrupts += 1
+                session.pending = []
+                session.idle_reads_left = 0
+                if self.interrupt_result:
+                    session.events.append(
+                        {"type": "result", "subtype": "error_during_execution", "uuid": new_uuid(), "is_error": True}
+                    )
+                session.status = "idle"
+            elif event.get("type") == "user" and isinstance(event.get("uuid"), str):
+                session.events.append(
+                    {"type": "user", "uuid": event["uuid"], "session_id": session.id, "message": event["message"]}
+                )
+                self._start_turn(session, event["message"]["content"])
+            else:
+                raise FakeError(400, "invalid_request_error", f"unknown event {event.get('type')!r}")
+        return {"data": []}
+
+    def list_events(self, session: FakeSession, after_id: str | None, limit: int | None) -> dict[str, Any]:
+        self._advance(session)
+        start = 0
+        if after_id and not self.ignore_after_id:
+            for index, event in enumerate(session.events):
+                if event["uuid"] == after_id:
+                    start = index + 1
+                    break
+        size = limit or self.page_size
+        page = session.events[start : start + size]
+        return {
+            "data": page,
+            "has_more": start + size < len(session.events),
+            "first_id": page[0]["uuid"] if page else None,
+            "last_id": page[-1]["uuid"] if page else None,
+        }
+
+    def issue_refresh(self, body: dict[str, Any]) -> dict[str, Any]:
+        refresh = body.get("refresh_token")
+        if body.get("grant_type") != "refresh_token" or not body.get("client_id"):
+            raise FakeError(400, "invalid_request", "grant_type and client_id are required")
+        if not isinstance(refresh, str) or not self.refresh_tokens.get(refresh):
+            raise FakeError(400, "invalid_grant", "Refresh token is invalid, expired or already used")
+        self.refresh_tokens[refresh] = False
+        access, new_refresh = self.issue_tokens()
+        return {"access_token": access, "refresh_token": new_refresh, "expires_in": self.token_lifetime_seconds}
+
+
+class FakeError(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
+class FakeClaudeHandler(tornado.web.RequestHandler):
+    SUPPORTED_METHODS = ("GET", "POST", "PATCH")
+
+    def initialize(self, fake: FakeClaude) -> None:
+        self.fake = fake
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def body_json(self) -> dict[str, Any]:
+        try:
+            value = orjson.loads(self.request.body or b"{}")
+        except orjson.JSONDecodeError:
+            raise FakeError(400, "invalid_request_error", "body is not JSON") from None
+        if not isinstance(value, dict):
+            raise FakeError(400, "invalid_request_error", "body is not an object")
+        return value
+
+    def reply(self, status: int, value: Any) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(value))
+
+    async def handle(self) -> None:
+        fake = self.fake
+        method, path = self.request.method or "GET", self.request.path
+        record = {
+            "method": method,
+            "path": path,
+            "query": {k: self.get_query_argument(k) for k in self.request.query_arguments},
+            "headers": {k.lower(): v for k, v in self.request.headers.items()},
+            "body": None,
+        }
+        with contextlib.suppress(orjson.JSONDecodeError):
+            record["body"] = orjson.loads(self.request.body) if self.request.body else None
+        try:
+            if path == "/v1/oauth/token" and method == "POST":
+                fake.token_requests.append(record)
+                if fake.token_delay:
+                    await asyncio.sleep(fake.token_delay)
+                if fake.token_status is not None:
+                    raise FakeError(fake.token_status, "server_error", "token endpoint unavailable")
+                self.reply(200, fake.issue_refresh(self.body_json()))
+                return
+            fake.requests.append(record)
+            count = next(fake._api_count)
+            for fault in fake.faults:
+                if fault.count > 0 and fault.matches(method, path):
+                    fault.count -= 1
+                    if fault.kind == "slow":
+                        await asyncio.sleep(fault.seconds)
+                        break
+                    if fault.kind == "malformed":
+                        self.set_status(200)
+                        self.set_header("Content-Type", "text/html")
+                        self.finish(b"<html><body>upstream proxy hiccup</body></html>")
+                        return
+                    raise FakeError(fault.status, "api_error", "Internal server error")
+            if fake.flaky_every and count % fake.flaky_every == 0:
+                raise FakeError(503, "overloaded_error", "Overloaded")
+            self._check_headers()
+            self.reply(200, self.route(method, path))
+        except FakeError as exc:
+            self.reply(exc.status, {"type": "error", "error": {"type": exc.kind, "message": exc.message}})
+
+    def _check_headers(self) -> None:
+        headers = self.request.headers
+        if headers.get("anthropic-version") != "2023-06-01" or headers.get("anthropic-beta") != "ccr-byoc-2025-07-29":
+            raise FakeError(400, "invalid_request_error", "missing anthropic-version or anthropic-beta header")
+        if self.fake.check_auth:
+            header = headers.get("Authorization", "")
+            token = header.removeprefix("Bearer ")
+            if token not in self.fake.access_tokens:
+                raise FakeError(401, "authentication_error", "Invalid bearer token")
+
+    def session_or_404(self, session_id: str) -> FakeSession:
+        session = self.fake.sessions.get(session_id)
+        if session is None:
+            raise FakeError(404, "not_found_error", f"Session {session_id} not found")
+        return session
+
+    def route(self, method: str, path: str) -> Any:
+        fake = self.fake
+        if path == "/v1/sessions" and method == "POST":
+            return fake.create_session(self.body_json())
+        if path == "/v1/sessions" and method == "GET":
+            limit = int(self.get_query_argument("limit", "20"))
+            sessions = sorted(fake.sessions.values(), key=lambda s: s.created_at, reverse=True)
+            page = [s.as_json() for s in sessions[:limit]]
+            return {
+                "data": page,
+                "has_more": len(sessions) > limit,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+            }
+        match = re.fullmatch(r"/v1/sessions/([^/]+)(/events|/archive)?", path)
+        if match is None:
+            raise FakeError(404, "not_found_error", "Not found")
+        session = self.session_or_404(match.group(1))
+        suffix = match.group(2)
+        if suffix is None and method == "GET":
+            fake._read_status(session)
+            return session.as_json()
+        if suffix is None and method == "PATCH":
+            session.title = self.body_json().get("title", session.title)
+            return session.as_json()
+        if suffix == "/events" and method == "GET":
+            limit = self.get_query_argument("limit", None)
+            return fake.list_events(session, self.get_query_argument("after_id", None), int(limit) if limit else None)
+        if suffix == "/events" and method == "POST":
+            return fake.post_events(session, self.body_json())
+        if suffix == "/archive" and method == "POST":
+            session.archived = True
+            return session.as_json()
+        raise FakeError(405, "invalid_request_error", "Method not allowed")
+
+    get = post = patch = handle  # type: ignore[assignment]
+
+
+@contextlib.asynccontextmanager
+async def running_fake_claude() -> AsyncIterator[FakeClaude]:
+    """A started fake Claude, stopped afterwards."""
+    fake = FakeClaude()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+def claude_env(fake: FakeClaude, **overrides: Any) -> dict[str, str]:
+    """Settings that point a server at the fake, with the run driver's timers made small."""
+    env = {
+        "CLAUDE_API_BASE_URL": fake.url,
+        "CLAUDE_OAUTH_TOKEN_URL": fake.token_url,
+        "CLAUDE_POLL_INTERVAL_MS": "50",
+        "RUN_ADOPT_INTERVAL_SECONDS": "0.5",
+        "CLAUDE_RETRY_WINDOW_SECONDS": "3",
+        "CLAUDE_REQUEST_TIMEOUT_SECONDS": "2",
+    }
+    env.update({key: str(value) for key, value in overrides.items()})
+    return env
+
+
+async def connect_claude(client: Any, fake: FakeClaude, expires_in_seconds: float = 3600) -> tuple[str, str]:
+    """Store fresh fake credentials for the person logged in with `client`; returns the pair."""
+    access, refresh = fake.issue_tokens()
+    expires_at = int((datetime.now(UTC).timestamp() + expires_in_seconds) * 1000)
+    response = await client.post(
+        "/api/user/claude-auth", json={"accessToken": access, "refreshToken": refresh, "expiresAt": expires_at}
+    )
+    assert response.status_code == 200, response.text
+    return access, refresh
+
+
+# ---- helpers for tests that run sessions against the fake ------------------------------------------
+
+REPO = {"repoUrl": "https://github.com/octo/widgets.git"}
+# The upstream events of one default turn, as the streams name them.
+UPSTREAM_TYPES = ["system", "assistant", "assistant", "user", "assistant", "result"]
+
+
+@contextlib.asynccontextmanager
+async def post_sse(client: httpx.AsyncClient, body: dict[str, Any]) -> AsyncIterator[SSEStream]:
+    async with client.stream(
+        "POST",
+        "/api/execute-remote",
+        json=body,
+        headers={"Accept": "text/event-stream"},
+        timeout=httpx.Timeout(30, read=None),
+    ) as response:
+        stream = SSEStream(response)
+        stream._lines = response.aiter_lines()
+        yield stream
+
+
+async def run_to_end(client: httpx.AsyncClient, body: dict[str, Any]) -> list[SSEEvent]:
+    async with post_sse(client, body) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        return await stream.until(lambda e: e.event in ("completed", "error"))
+
+
+async def wait_status(client: httpx.AsyncClient, session_id: str, wanted: str, timeout: float = 15) -> dict[str, Any]:
+    async def poll() -> dict[str, Any]:
+        while True:
+            session = (await client.get(f"/api/sessions/{session_id}")).json()["session"]
+            if session["status"] == wanted:
+                return session
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+async def stored(client: httpx.AsyncClient, session_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/api/sessions/{session_id}/events")
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["events"]
+
+
+def types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["eventData"]["type"] for e in events]

@@ -1,0 +1,126 @@
+"""Runs outlive their replica: two `server.py` processes on one database, one of them killed (or
+stopped) in the middle of a run, the other one carrying the run on with no event lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.claude import (
+    REPO,
+    UPSTREAM_TYPES,
+    FakeClaude,
+    claude_env,
+    connect_claude,
+    post_sse,
+    running_fake_claude,
+    stored,
+    types,
+    wait_status,
+)
+from tests.helpers import Replica, register, spawn_replica, test_env
+from tests.sse import open_sse
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeClaude]:
+    async with running_fake_claude() as running:
+        yield running
+
+
+async def start_replicas(database_url: str, fake: FakeClaude, tmp_path: Path) -> list[Replica]:
+    env = test_env(
+        database_url,
+        **claude_env(fake, CLAUDE_ENVIRONMENT_ID="env_replicas", RUN_ADOPT_INTERVAL_SECONDS="0.3", LOG_LEVEL="INFO"),
+    )
+    # Started in threads: waiting for them must not block the fake, which runs on this loop.
+    return list(await asyncio.gather(*(asyncio.to_thread(spawn_replica, env, tmp_path) for _ in range(2))))
+
+
+@contextlib.asynccontextmanager
+async def replicas(database_url: str, fake: FakeClaude, tmp_path: Path) -> AsyncIterator[list[Replica]]:
+    started = await start_replicas(database_url, fake, tmp_path)
+    try:
+        yield started
+    finally:
+        for replica in started:
+            await asyncio.to_thread(replica.stop, signal.SIGTERM, 15)
+
+
+async def run_until_stalled(client: httpx.AsyncClient, prompt: str, kill: Replica, sig: int) -> tuple[str, str | None]:
+    """Start a run on `kill`'s replica, read its stream into the run, then signal the replica."""
+    async with post_sse(client, {"userRequest": prompt, "github": REPO}) as stream:
+        frames = await stream.until("assistant")
+        session_id = frames[1].json()["websiteSessionId"]
+        last_id = stream.last_event_id
+        kill.process.send_signal(sig)
+        with contextlib.suppress(httpx.HTTPError, AssertionError, TimeoutError):
+            await stream.rest(timeout=10)
+    await asyncio.to_thread(kill.process.wait, 15)
+    return session_id, last_id
+
+
+async def test_a_killed_replicas_run_is_finished_by_another(
+    database_url: str, fake: FakeClaude, tmp_path: Path
+) -> None:
+    fake.hold_at = 4  # upstream stalls after three events of the turn: the run is mid-way
+    async with (
+        replicas(database_url, fake, tmp_path) as (first, second),
+        httpx.AsyncClient(base_url=first.url, timeout=30) as on_first,
+    ):
+        await register(on_first)
+        await connect_claude(on_first, fake)
+        session_id, last_id = await run_until_stalled(on_first, "Migrate the build to Gradle", first, signal.SIGKILL)
+        assert first.process.returncode == -signal.SIGKILL
+        fake.hold_at = None  # upstream carries on; nobody polls it until the lease runs out
+
+        async with httpx.AsyncClient(base_url=second.url, timeout=30, cookies=on_first.cookies) as on_second:
+            session = await wait_status(on_second, session_id, "completed", timeout=30)
+            log = await stored(on_second, session_id)
+            assert types(log) == ["input_preview", "title_generation", *UPSTREAM_TYPES]
+            ids = [e["id"] for e in log]
+            assert ids == sorted(ids) and len(set(ids)) == len(ids)
+            assert len({e["eventData"]["uuid"] for e in log if "uuid" in e["eventData"]}) == len(log) - 1
+            assert session["totalCost"] == "0.0125" and session["branch"].startswith("claude/migrate-build-gradle-")
+            assert len(fake.sessions) == 1 and fake.only_session().prompts == ["Migrate the build to Gradle"]
+
+            # The browser reconnects (to the surviving replica) and gets exactly what it missed.
+            params = {
+                "userRequest": "Migrate the build to Gradle",
+                "github": '{"repoUrl": "https://github.com/octo/widgets"}',
+            }
+            async with open_sse(on_second, "/api/execute-remote", params=params, last_event_id=last_id) as stream:
+                rest = await stream.until("completed")
+            assert [int(f.id) for f in rest if f.id] == [i for i in ids if i > int(last_id or 0)]
+            assert rest[-1].json()["remoteSessionId"] == fake.only_session().id
+    assert "adopting run of session" in second.log()
+
+
+async def test_a_stopping_replica_hands_its_run_over(database_url: str, fake: FakeClaude, tmp_path: Path) -> None:
+    fake.hold_at = 4
+    async with (
+        replicas(database_url, fake, tmp_path) as (first, second),
+        httpx.AsyncClient(base_url=first.url, timeout=30) as on_first,
+    ):
+        await register(on_first)
+        await connect_claude(on_first, fake)
+        session_id, _ = await run_until_stalled(on_first, "Split the monolith", first, signal.SIGTERM)
+        assert first.process.returncode == 0
+        fake.hold_at = None
+        async with httpx.AsyncClient(base_url=second.url, timeout=30, cookies=on_first.cookies) as on_second:
+            await wait_status(on_second, session_id, "completed", timeout=30)
+            assert types(await stored(on_second, session_id)) == ["input_preview", "title_generation", *UPSTREAM_TYPES]
+        # A follow-up sent through the survivor is delivered once.
+        async with httpx.AsyncClient(base_url=second.url, timeout=30, cookies=on_first.cookies) as on_second:
+            response = await on_second.post(f"/api/sessions/{session_id}/send", json={"content": "And the tests"})
+            assert response.status_code == 200
+            await wait_status(on_second, session_id, "completed", timeout=30)
+            log = await stored(on_second, session_id)
+    assert fake.only_session().prompts == ["Split the monolith", "And the tests"]
+    assert types(log)[-len(UPSTREAM_TYPES) - 1 :] == ["input_preview", *UPSTREAM_TYPES]
