@@ -23,9 +23,13 @@ import uvloop
 
 from handlers.app import make_app
 from services import db, migrations
+from services.claude.runs import RunDriver
+from services.cleanup import OrphanCleanup
 from services.config import Config, ConfigError, load_config
 from services.context import AppContext
+from services.hub import Hub
 from services.logs import setup_logging
+from services.sync import SessionSync
 
 log = logging.getLogger("webedt.server")
 
@@ -52,10 +56,28 @@ async def start_background(ctx: AppContext) -> None:
     """Start the long-lived services that later capabilities add (hub, run driver, sync)."""
     ctx.gauges.register("webedt_db_pool_connections", "Connections open in the pool", ctx.pool.get_size)
     ctx.gauges.register("webedt_db_pool_idle_connections", "Idle connections in the pool", ctx.pool.get_idle_size)
+    ctx.hub = Hub(ctx)
+    await ctx.hub.start()
+    ctx.gauges.register("webedt_hub_subscribers", "Streams in the event hub", lambda: ctx.hub.stats()["subscribers"])
+    ctx.runs = RunDriver(ctx)
+    await ctx.runs.start()  # adopts running sessions whose driver is gone, then drives them
+    ctx.cleanup = OrphanCleanup(ctx)
+    await ctx.cleanup.start()  # finishes or hands to the run driver sessions whose driver is long gone
+    if ctx.config.claude_sync_enabled:
+        ctx.sync = SessionSync(ctx)
+        await ctx.sync.start()
 
 
 async def stop_background(ctx: AppContext) -> None:
     """Stop what start_background started, in reverse order."""
+    if ctx.sync is not None:
+        await ctx.sync.stop()
+    if ctx.cleanup is not None:
+        await ctx.cleanup.stop()
+    if ctx.runs is not None:
+        await ctx.runs.stop()  # releases this replica's runs so another one adopts them at once
+    if ctx.hub is not None:
+        await ctx.hub.stop()  # ends every open stream ("draining"): clients reconnect to another replica
 
 
 async def serve(config: Config) -> None:

@@ -1,0 +1,174 @@
+"""/api/sessions: create, list, read, rename, trash and restore chat sessions (CONTRACT.md 1.6).
+
+The streams (/updates, /:id/events, /:id/stream) live in handlers/streams.py and the run routes
+(/:id/send, /:id/interrupt, /:id/abort) in handlers/runs.py. The legacy worker-status callback is
+retired: nothing answers it but the 404 of unknown paths.
+"""
+
+from __future__ import annotations
+
+from handlers.base import APIHandler, authenticated
+from services import sessions, sync
+
+# Literal names under /api/sessions/ that the `:id` routes must never capture, whichever order
+# the route modules are registered in.
+_RESERVED = "updates|deleted|sync|create-code-session|bulk-delete|bulk-restore|bulk-delete-permanent"
+SESSION_ID = rf"(?!(?:{_RESERVED})$)([^/]+)"
+
+
+class CreateCodeSessionHandler(APIHandler):
+    @authenticated
+    async def post(self) -> None:
+        assert self.current_user is not None
+        session = await sessions.create_code_session(self.ctx, self.current_user.id, self.json_body())
+        self.write_json({"success": True, "session": session})
+
+
+class SessionListHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        assert self.current_user is not None
+        self.ok(
+            await sessions.list_sessions(
+                self.ctx,
+                self.current_user.id,
+                limit=self.get_query_argument("limit", None),
+                offset=self.get_query_argument("offset", None),
+                cursor=self.get_query_argument("cursor", None) or None,
+            )
+        )
+
+
+class DeletedSessionsHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        assert self.current_user is not None
+        self.ok(
+            await sessions.list_deleted(
+                self.ctx,
+                self.current_user.id,
+                self.get_query_argument("limit", None),
+                self.get_query_argument("offset", None),
+            )
+        )
+
+
+class SessionHandler(APIHandler):
+    @authenticated
+    async def get(self, session_id: str) -> None:
+        assert self.current_user is not None
+        session = await sessions.get_session(self.ctx, self.current_user.id, session_id)
+        self.write_json({"success": True, "session": session})
+
+    @authenticated
+    async def patch(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.update_session(self.ctx, self.current_user, session_id, self.json_body()))
+
+    @authenticated
+    async def delete(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.delete_session(self.ctx, self.current_user, session_id))
+
+
+class MessagesHandler(APIHandler):
+    @authenticated
+    async def get(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(
+            await sessions.list_messages(
+                self.ctx,
+                self.current_user.id,
+                session_id,
+                self.get_query_argument("limit", None),
+                self.get_query_argument("offset", None),
+            )
+        )
+
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.add_message(self.ctx, self.current_user.id, session_id, self.json_body()))
+
+
+class EventsHandler(APIHandler):
+    """POST only; GET /api/sessions/:id/events belongs to handlers/streams.py."""
+
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.add_event(self.ctx, self.current_user.id, session_id, self.json_body()))
+
+
+class UnlockHandler(APIHandler):
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.unlock(self.ctx, self.current_user.id, session_id))
+
+
+class RestoreHandler(APIHandler):
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.restore_session(self.ctx, self.current_user.id, session_id))
+
+
+class BulkDeleteHandler(APIHandler):
+    @authenticated
+    async def post(self) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.bulk_delete(self.ctx, self.current_user, self.json_body()))
+
+
+class BulkRestoreHandler(APIHandler):
+    @authenticated
+    async def post(self) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.bulk_restore(self.ctx, self.current_user.id, self.json_body()))
+
+
+class BulkDeletePermanentHandler(APIHandler):
+    @authenticated
+    async def post(self) -> None:
+        assert self.current_user is not None
+        self.ok(await sessions.bulk_delete_permanent(self.ctx, self.current_user.id, self.json_body()))
+
+
+class SyncHandler(APIHandler):
+    @authenticated
+    async def post(self) -> None:
+        assert self.current_user is not None
+        self.ok(
+            await sync.sync_route(
+                self.ctx,
+                self.current_user.id,
+                self.get_query_argument("activeOnly", None),
+                self.get_query_argument("limit", None),
+            )
+        )
+
+
+class SyncEventsHandler(APIHandler):
+    @authenticated
+    async def post(self, session_id: str) -> None:
+        assert self.current_user is not None
+        self.ok(await sync.sync_events(self.ctx, self.current_user.id, session_id))
+
+
+# Literal paths first (Tornado matches in list order); the `:id` pattern also refuses them.
+ROUTES = [
+    (r"/api/sessions/create-code-session", CreateCodeSessionHandler),
+    (r"/api/sessions", SessionListHandler),
+    (r"/api/sessions/deleted", DeletedSessionsHandler),
+    (r"/api/sessions/bulk-delete", BulkDeleteHandler),
+    (r"/api/sessions/bulk-restore", BulkRestoreHandler),
+    (r"/api/sessions/bulk-delete-permanent", BulkDeletePermanentHandler),
+    (r"/api/sessions/sync", SyncHandler),
+    (rf"/api/sessions/{SESSION_ID}", SessionHandler),
+    (rf"/api/sessions/{SESSION_ID}/messages", MessagesHandler),
+    (rf"/api/sessions/{SESSION_ID}/events", EventsHandler),
+    (rf"/api/sessions/{SESSION_ID}/unlock", UnlockHandler),
+    (rf"/api/sessions/{SESSION_ID}/restore", RestoreHandler),
+    (rf"/api/sessions/{SESSION_ID}/sync-events", SyncEventsHandler),
+]

@@ -1,0 +1,274 @@
+"""Administration: users, statistics and audited impersonation (CONTRACT.md 1.8).
+
+Unlike the original, no response carries a secret (GitHub token, Claude credentials, password
+hash), e-mails are normalized like self-registration, passwords follow the same 8..72 rule, and
+impersonation is recorded in `impersonations` and can be undone: the impersonation login session
+remembers the admin, and stopping gives the admin a fresh session of their own.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services import auth
+from services.context import AppContext
+from services.db import queries
+from services.errors import ServiceError
+from services.sessions import page_params
+from services.users import claude_auth_summary, iso
+
+USER_NOT_FOUND = "User not found"
+EMAIL_TAKEN = "User with this email already exists"
+USERS_PAGE_DEFAULT = 100
+USERS_PAGE_MAX = 500
+
+
+def user_summary(row: asyncpg.Record) -> dict[str, Any]:
+    """A user as the admin list shows it."""
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "displayName": row["display_name"],
+        "githubId": row["github_id"],
+        "isAdmin": row["is_admin"],
+        "createdAt": iso(row["created_at"]),
+    }
+
+
+def user_detail(ctx: AppContext, row: asyncpg.Record) -> dict[str, Any]:
+    """One user for an admin: what is connected, never the credentials themselves."""
+    detail = user_summary(row)
+    detail.update(
+        {
+            # Kept as keys for old clients; the token itself never leaves the server.
+            "githubAccessToken": None,
+            "githubConnected": bool(row["github_access_token"]),
+            "claudeAuth": claude_auth_summary(ctx.secrets.decrypt_json(row["claude_auth"])),
+            "imageResizeMaxDimension": row["image_resize_max_dimension"],
+            "voiceCommandKeywords": row["voice_command_keywords"],
+        }
+    )
+    return detail
+
+
+async def list_users(ctx: AppContext, limit: Any, offset: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One page of users in creation order, and its pagination facts."""
+    limit_value, offset_value = page_params(limit, offset, default=USERS_PAGE_DEFAULT, maximum=USERS_PAGE_MAX)
+    rows = [r async for r in queries.admin.list_users_page(ctx.pool, limit=limit_value, offset=offset_value)]
+    total = await queries.admin.count_users(ctx.pool)
+    pagination = {
+        "total": total,
+        "limit": limit_value,
+        "offset": offset_value,
+        "hasMore": offset_value + len(rows) < total,
+    }
+    return [user_summary(r) for r in rows], pagination
+
+
+async def get_user(ctx: AppContext, user_id: str) -> asyncpg.Record:
+    row = await queries.users.get_user_by_id(ctx.pool, id=user_id) if user_id else None
+    if row is None:
+        raise ServiceError(404, USER_NOT_FOUND)
+    return row
+
+
+def _display_name(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ServiceError(400, "displayName must be a string")
+    cleaned = value.strip()
+    if len(cleaned) > 100:
+        raise ServiceError(400, "Display name must be 100 characters or less")
+    return cleaned or None
+
+
+def _is_admin_flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ServiceError(400, "isAdmin must be true or false")
+    return value
+
+
+async def create_user(ctx: AppContext, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/admin/users."""
+    email, password = body.get("email"), body.get("password")
+    if not email or not password:
+        raise ServiceError(400, "Email and password are required")
+    normalized = auth.normalize_email(email)
+    encoded = auth.check_password_rules(password)
+    display_name = _display_name(body.get("displayName"))
+    is_admin = _is_admin_flag(body["isAdmin"]) if body.get("isAdmin") is not None else False
+    if await queries.users.get_user_by_email(ctx.pool, email=normalized) is not None:
+        raise ServiceError(400, EMAIL_TAKEN)
+    password_hash = await auth.hash_password(ctx, encoded)
+    row = await queries.admin.insert_user(
+        ctx.pool,
+        id=auth.new_user_id(),
+        email=normalized,
+        display_name=display_name,
+        password_hash=password_hash,
+        is_admin=is_admin,
+    )
+    if row is None:
+        raise ServiceError(400, EMAIL_TAKEN)
+    return user_summary(row)
+
+
+async def update_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """PATCH /api/admin/users/:id: any of email, displayName, isAdmin, password."""
+    fields = {name for name in ("email", "displayName", "isAdmin", "password") if name in body}
+    if not fields:
+        raise ServiceError(400, "No fields to update")
+    changes: dict[str, Any] = {
+        "set_email": False,
+        "email": None,
+        "set_display_name": False,
+        "display_name": None,
+        "set_is_admin": False,
+        "is_admin": None,
+        "set_password": False,
+        "password_hash": None,
+    }
+    if "isAdmin" in fields:
+        changes["set_is_admin"], changes["is_admin"] = True, _is_admin_flag(body["isAdmin"])
+        if user_id == admin.id and not changes["is_admin"]:
+            raise ServiceError(400, "Cannot remove your own admin status")
+    if "email" in fields:
+        if not isinstance(body["email"], str) or not body["email"].strip():
+            raise ServiceError(400, "Please enter a valid email address")
+        changes["set_email"], changes["email"] = True, auth.normalize_email(body["email"])
+    if "displayName" in fields:
+        changes["set_display_name"], changes["display_name"] = True, _display_name(body["displayName"])
+    encoded = auth.check_password_rules(body["password"]) if "password" in fields else None
+    await get_user(ctx, user_id)
+    if changes["set_email"]:
+        holder = await queries.users.get_user_by_email(ctx.pool, email=changes["email"])
+        if holder is not None and holder["id"] != user_id:
+            raise ServiceError(400, EMAIL_TAKEN)
+    if encoded is not None:
+        changes["set_password"], changes["password_hash"] = True, await auth.hash_password(ctx, encoded)
+    try:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            row = await queries.admin.update_user(conn, id=user_id, **changes)
+            if row is not None and encoded is not None:
+                # A reset password signs the person out everywhere (but not the admin doing it).
+                await queries.admin.delete_login_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
+    except asyncpg.UniqueViolationError:
+        raise ServiceError(400, EMAIL_TAKEN) from None
+    if row is None:
+        raise ServiceError(404, USER_NOT_FOUND)
+    return user_summary(row)
+
+
+async def delete_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str) -> dict[str, Any]:
+    """DELETE /api/admin/users/:id: the user and everything they own."""
+    if user_id == admin.id:
+        raise ServiceError(400, "Cannot delete your own account")
+    deleted = await queries.admin.delete_user(ctx.pool, id=user_id) if user_id else None
+    if deleted is None:
+        raise ServiceError(404, USER_NOT_FOUND)
+    return {"id": deleted}
+
+
+async def stats(ctx: AppContext) -> dict[str, Any]:
+    """GET /api/admin/stats."""
+    row = await queries.admin.get_stats(ctx.pool)
+    return {
+        "totalUsers": row["total_users"],
+        "totalAdmins": row["total_admins"],
+        "activeSessions": row["active_sessions"],
+        "totalChatSessions": row["total_chat_sessions"],
+        "runningChatSessions": row["running_chat_sessions"],
+    }
+
+
+# ---- impersonation ----------------------------------------------------------------------------
+
+
+async def impersonate(
+    ctx: AppContext, admin: auth.CurrentUser, target_id: str, client_ip: str
+) -> tuple[str, asyncpg.Record]:
+    """Switch the admin's login to `target_id`; returns the new cookie token and the target row.
+
+    Records the start in `impersonations`; the admin's own login session is closed, and a new
+    one is opened by `stop_impersonating`.
+    """
+    if target_id == admin.id:
+        raise ServiceError(400, "Cannot impersonate yourself")
+    if await queries.admin.get_impersonation_of_session(ctx.pool, id=admin.session_id) is not None:
+        raise ServiceError(400, "Stop impersonating before impersonating someone else")
+    target = await get_user(ctx, target_id)
+    token = secrets.token_urlsafe(32)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        audit_id = await queries.admin.insert_impersonation(
+            conn,
+            admin_id=admin.id,
+            admin_email=admin.user["email"],
+            target_user_id=target["id"],
+            target_email=target["email"],
+            client_ip=client_ip,
+        )
+        await queries.admin.insert_impersonation_session(
+            conn,
+            id=auth.hash_token(token),
+            user_id=target["id"],
+            expires_at=datetime.now(UTC) + auth.SESSION_LIFETIME,
+            impersonator_id=admin.id,
+            impersonation_id=audit_id,
+        )
+        await queries.auth_sessions.delete_auth_session(conn, id=admin.session_id)
+    return token, target
+
+
+async def stop_impersonating(ctx: AppContext, current: auth.CurrentUser) -> tuple[str, asyncpg.Record]:
+    """Back to the admin's own account: a fresh login session for them, the end recorded."""
+    link = await queries.admin.get_impersonation_of_session(ctx.pool, id=current.session_id)
+    if link is None:
+        raise ServiceError(400, "You are not impersonating anyone")
+    admin = await queries.users.get_user_by_id(ctx.pool, id=link["impersonator_id"])
+    if admin is None:
+        raise ServiceError(400, "You are not impersonating anyone")
+    token, _ = await auth.start_session(ctx, admin["id"])
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await queries.auth_sessions.delete_auth_session(conn, id=current.session_id)
+        if link["impersonation_id"] is not None:
+            await queries.admin.end_impersonation(conn, id=link["impersonation_id"])
+    return token, admin
+
+
+async def impersonation_of(ctx: AppContext, current: auth.CurrentUser) -> dict[str, Any] | None:
+    """Who is impersonating behind this login session, or None."""
+    link = await queries.admin.get_impersonation_of_session(ctx.pool, id=current.session_id)
+    if link is None:
+        return None
+    return {"impersonatorId": link["impersonator_id"], "impersonatorEmail": link["impersonator_email"]}
+
+
+async def list_impersonations(ctx: AppContext, limit: Any, offset: Any) -> dict[str, Any]:
+    """GET /api/admin/impersonations: the audit trail, newest first."""
+    limit_value, offset_value = page_params(limit, offset, default=USERS_PAGE_DEFAULT, maximum=USERS_PAGE_MAX)
+    rows = [r async for r in queries.admin.list_impersonations(ctx.pool, limit=limit_value, offset=offset_value)]
+    total = await queries.admin.count_impersonations(ctx.pool)
+    return {
+        "impersonations": [
+            {
+                "id": r["id"],
+                "adminId": r["admin_id"],
+                "adminEmail": r["admin_email"],
+                "targetUserId": r["target_user_id"],
+                "targetEmail": r["target_email"],
+                "clientIp": r["client_ip"],
+                "startedAt": iso(r["started_at"]),
+                "endedAt": iso(r["ended_at"]),
+            }
+            for r in rows
+        ],
+        "total": total,
+        "limit": limit_value,
+        "offset": offset_value,
+        "hasMore": offset_value + len(rows) < total,
+    }

@@ -1,0 +1,177 @@
+"""Orphan cleanup: running sessions whose driver is gone (CONTRACT.md 6.2, without defects 11, 12).
+
+A run's driver renews `worker_last_activity` (its lease heartbeat) every few seconds on whichever
+replica drives it, so a running session whose heartbeat is older than
+`ORPHAN_SESSION_TIMEOUT_MINUTES` has no driver anywhere. For each such session (never a pending
+one, never one whose lease is fresh):
+
+- when upstream says the remote session has ended, its remaining events are stored and the
+  session finishes with the status upstream reports (completed, or error for a failed session);
+- when the remote session is gone (404) or the person's Claude credentials are gone, it finishes
+  as error with one error event saying why;
+- otherwise (still running upstream, not created yet, or upstream unreachable) the run driver
+  adopts it and carries it on.
+
+Finishing takes the session's lease first with a conditional UPDATE, so a replica that adopted
+the run meanwhile keeps it and the cleanup leaves it alone. One replica leads each cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any
+
+import asyncpg
+
+from services import event_log, session_list
+from services.chat_sessions import session_json
+from services.claude.client import UpstreamError
+from services.claude.provider import RemoteState
+from services.claude.runs import error_event
+from services.context import AppContext
+from services.db import UNAVAILABLE_ERRORS, queries
+from services.errors import ServiceError
+from services.sessions import claude_provider
+from services.sync import fetch_all_events, session_cost, stored_event
+
+log = logging.getLogger(__name__)
+
+CLEANUP_LOCK_KEY = 7_215_334_005
+BATCH = 100
+ENDED = {
+    RemoteState.COMPLETED: "completed",
+    RemoteState.IDLE: "completed",
+    RemoteState.ARCHIVED: "completed",
+    RemoteState.FAILED: "error",
+}
+REMOTE_GONE = "The remote session no longer exists"
+FAILED = "Claude reported that the session failed"
+
+
+async def _finish(
+    ctx: AppContext, row: asyncpg.Record, status: str, events: list[dict[str, Any]], error: str | None
+) -> bool:
+    """Take the lease (only if it is still stale) and end the run; False when someone holds it."""
+    owner = f"orphan-cleanup:{secrets.token_hex(6)}"
+    timeout = ctx.config.orphan_session_timeout_minutes * 60
+    claimed = await queries.runs.claim_run(ctx.pool, id=row["id"], run_owner=owner, lease_seconds=timeout)
+    if claimed is None:
+        return False
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        locked = await queries.runs.lock_owned_run(conn, id=row["id"], run_owner=owner)
+        if locked is None:
+            return False
+        stored = [stored_event(e) for e in events]
+        if error is not None:
+            stored.append(error_event(error, source="cleanup"))
+        if stored:
+            await event_log.append(ctx, row["id"], stored, conn=conn)
+        final = await queries.runs.finish_run(
+            conn, id=row["id"], status=status, total_cost=session_cost(ctx, events), branch=None
+        )
+        await event_log.announce_status(ctx, row["id"], conn=conn)
+    if final["deleted_at"] is None:
+        with contextlib.suppress(Exception):
+            await session_list.announce(ctx, final["user_id"], "status_changed", session_json(final))
+    log.info("orphaned session %s finished as %s", row["id"], status)
+    return True
+
+
+async def _adopt(ctx: AppContext, row: asyncpg.Record) -> str:
+    """Give the run to this replica's run driver: take its lease for the driver (only while it is
+    still stale), then have the driver start on it."""
+    if ctx.runs is None:
+        return "skipped"
+    timeout = ctx.config.orphan_session_timeout_minutes * 60
+    claimed = await queries.runs.claim_run(ctx.pool, id=row["id"], run_owner=ctx.runs.owner, lease_seconds=timeout)
+    if claimed is None:
+        return "alive"
+    await ctx.runs.ensure_driving(row["id"])
+    return "adopted"
+
+
+async def handle_orphan(ctx: AppContext, row: asyncpg.Record) -> str:
+    """Finish or hand over one orphaned session; returns what was done."""
+    remote_id = row["remote_session_id"]
+    if not remote_id:
+        # Never reached upstream (or its creation reply was lost): the driver creates or finds it.
+        return await _adopt(ctx, row)
+    provider = claude_provider(ctx)
+    try:
+        token = await provider.authenticate(row["user_id"])
+    except ServiceError as exc:
+        if exc.status >= 500:
+            return await _adopt(ctx, row)
+        return "finished" if await _finish(ctx, row, "error", [], exc.message) else "alive"
+    try:
+        remote = await provider.get(token, remote_id)
+        status = ENDED.get(remote.state)
+        if status is None:
+            return await _adopt(ctx, row)
+        events = await fetch_all_events(ctx, token, remote_id)
+    except UpstreamError as exc:
+        if exc.not_found:
+            return "finished" if await _finish(ctx, row, "error", [], REMOTE_GONE) else "alive"
+        return await _adopt(ctx, row)
+    error = FAILED if status == "error" else None
+    return "finished" if await _finish(ctx, row, status, events, error) else "alive"
+
+
+async def run_once(ctx: AppContext) -> dict[str, int] | None:
+    """One cleanup pass if this replica leads it (None if another one does)."""
+    async with ctx.pool.acquire() as lock_conn:
+        if not await queries.chat_sessions.try_maintenance_lock(lock_conn, key=CLEANUP_LOCK_KEY):
+            return None
+        try:
+            timeout = ctx.config.orphan_session_timeout_minutes * 60
+            rows = [
+                r
+                async for r in queries.chat_sessions.list_orphaned_runs(
+                    ctx.pool, timeout_seconds=float(timeout), limit=BATCH
+                )
+            ]
+            totals = {"finished": 0, "adopted": 0, "alive": 0, "skipped": 0}
+            for row in rows:
+                try:
+                    totals[await handle_orphan(ctx, row)] += 1
+                except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
+                    log.warning("orphan cleanup of session %s failed", row["id"], exc_info=True)
+                    totals["skipped"] += 1
+            return totals
+        finally:
+            await queries.chat_sessions.release_maintenance_lock(lock_conn, key=CLEANUP_LOCK_KEY)
+
+
+class OrphanCleanup:
+    """The background loop: a pass at start, then every ORPHAN_CLEANUP_INTERVAL_MINUTES."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.interval = ctx.config.orphan_cleanup_interval_minutes * 60
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="orphan-cleanup")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                totals = await run_once(self.ctx)
+                if totals and (totals["finished"] or totals["adopted"]):
+                    log.info("orphan cleanup: %s", totals)
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE_ERRORS:
+                log.warning("orphan cleanup skipped: database unavailable")
+            except Exception:
+                log.exception("orphan cleanup failed")
+            await asyncio.sleep(self.interval)
