@@ -50,7 +50,7 @@ class ExecuteRemoteHandler(SSEHandler):
                 await self.send("input_preview", plan.preview, plan.preview_id)
             if plan.created:
                 await self.send("session-created", {"websiteSessionId": plan.session_id})
-            reason = await self.follow_session(plan.session_id, plan.after_id)
+            reason = await self.follow_session(plan.session_id, plan.after_id, all_live=True)
             if reason in ENDS_WITH_COMPLETED:
                 frame = await execute.stream_end(self.ctx, plan.session_id)
                 if frame is not None:

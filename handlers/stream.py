@@ -260,7 +260,9 @@ class SSEHandler(APIHandler):
             return "draining"
         return None
 
-    async def follow_session(self, chat_session_id: str, after_id: int, *, until_run_ends: bool = True) -> str:
+    async def follow_session(
+        self, chat_session_id: str, after_id: int, *, until_run_ends: bool = True, all_live: bool = False
+    ) -> str:
         """Replay the session's events after `after_id`, then its live events.
 
         Registers with the hub first, then replays in keyset batches, then goes live; every
@@ -268,7 +270,9 @@ class SSEHandler(APIHandler):
         existed when the stream started carry `_replayed` and `_originalTimestamp`. An
         `after_id` that is not in this session's history means a full replay, announced by an
         `event: history_reset` frame. With `until_run_ends` it returns once the session is not
-        (or no longer) `running`; otherwise it follows until the stream ends.
+        (or no longer) `running`; otherwise it follows until the stream ends. With `all_live`
+        nothing is marked `_replayed` (execute-remote: everything after `after_id` belongs to the
+        run the client is watching, even what was stored before the stream caught up).
 
         Returns why it stopped: "not_running", "run_ended", "client_gone", "lifetime",
         "draining" or "overflow". Only the first two should be followed by `completed`.
@@ -281,7 +285,7 @@ class SSEHandler(APIHandler):
         sub.on_drop = self._drop_connection
         self._subscriber = sub
         try:
-            replay = await self._replay(sub, chat_session_id, after_id)
+            replay = await self._replay(sub, chat_session_id, after_id, all_live)
             if replay is None:
                 return self._stop_reason(sub) or "client_gone"
             if until_run_ends and replay.status != "running":
@@ -321,16 +325,17 @@ class SSEHandler(APIHandler):
             self._subscriber = None
             hub.unsubscribe(sub, "finished")
 
-    async def _replay(self, sub: Subscriber, chat_session_id: str, after_id: int) -> Replay | None:
+    async def _replay(self, sub: Subscriber, chat_session_id: str, after_id: int, all_live: bool) -> Replay | None:
         """Send the stored events after `after_id` (keyset batches) and hand the position to the
         hub. None when the stream ended meanwhile."""
         ctx = self.ctx
         # Read the status before replaying: if the run ends during the replay, its last events are
         # in the replay or queued ahead of the status change, never lost behind an early return.
         status = await event_log.session_status(ctx, chat_session_id)
-        boundary = await event_log.last_id(ctx, chat_session_id)
+        newest = await event_log.last_id(ctx, chat_session_id)
+        boundary = 0 if all_live else newest
         replay = Replay(chat_session_id, max(after_id, 0), boundary, status, requested_id=after_id)
-        known = 0 < after_id <= boundary and await event_log.has_event(ctx, chat_session_id, after_id)
+        known = 0 < after_id <= newest and await event_log.has_event(ctx, chat_session_id, after_id)
         if after_id != 0 and not known:
             replay.after_id = 0
             replay.history_reset = True
@@ -370,6 +375,9 @@ class SSEHandler(APIHandler):
         await self.on_replay_end(replay)
         return replay
 
+    async def on_list_subscribed(self) -> None:
+        """Hook: the session-list subscription is registered; nothing is sent yet."""
+
     async def follow_session_list(self, user_id: str, after_id: int) -> str:
         """The person's session-list announcements: those after `after_id` still kept (when the
         client reconnects with Last-Event-ID), then live ones. Returns why it stopped."""
@@ -383,6 +391,8 @@ class SSEHandler(APIHandler):
         try:
             high = await session_list.last_id(self.ctx)
             last = high
+            # Subscribed before the first frame: a change announced right after it is not lost.
+            await self.on_list_subscribed()
             if 0 < after_id < high:
                 position = after_id
                 while True:

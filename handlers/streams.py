@@ -184,13 +184,18 @@ class SessionUpdatesHandler(SSEHandler):
         assert self.current_user is not None
         user_id = self.current_user.id
         await self.open_stream()
-        await self.send("connected", {"subscriberId": str(uuid.uuid4()), "userId": user_id, "timestamp": now_iso()})
         reason = "error"
         try:
             reason = await self.follow_session_list(user_id, self.requested_last_event_id())
         except Exception:
             log.exception("session-list stream failed", extra=self.log_extra())
         await self.close_stream(reason)
+
+    async def on_list_subscribed(self) -> None:
+        assert self.current_user is not None
+        await self.send(
+            "connected", {"subscriberId": str(uuid.uuid4()), "userId": self.current_user.id, "timestamp": now_iso()}
+        )
 
     @authenticated
     async def head(self) -> None:
