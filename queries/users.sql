@@ -20,10 +20,6 @@ SELECT claude_auth FROM users WHERE id = :id FOR UPDATE;
 -- name: set_github_connection(id, github_id, github_access_token)!
 UPDATE users SET github_id = :github_id, github_access_token = :github_access_token WHERE id = :id;
 
--- name: clear_github_id_elsewhere(id, github_id)!
-UPDATE users SET github_id = NULL, github_access_token = NULL
-WHERE github_id = :github_id AND id <> :id;
-
 -- name: set_preferred_provider(id, value)!
 UPDATE users SET preferred_provider = :value WHERE id = :id;
 

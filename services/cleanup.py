@@ -134,6 +134,8 @@ async def run_once(ctx: AppContext) -> dict[str, int] | None:
                 )
             ]
             totals = {"finished": 0, "adopted": 0, "alive": 0, "skipped": 0}
+            # Expired login sessions are refused when presented; this keeps them from piling up.
+            await queries.auth_sessions.delete_expired_auth_sessions(ctx.pool)
             for row in rows:
                 try:
                     totals[await handle_orphan(ctx, row)] += 1

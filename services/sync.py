@@ -44,7 +44,7 @@ from services.sessions import claude_provider
 
 log = logging.getLogger(__name__)
 
-# Names the sync among advisory locks (migrations and event appends use other keys).
+# Names the sync among advisory locks (migrations and the orphan cleanup use other keys).
 SYNC_LOCK_KEY = 7_215_334_004
 MANUAL_LIMIT_DEFAULT = 50
 MANUAL_LIMIT_MAX = 100

@@ -161,3 +161,14 @@ async def test_one_replica_leads_a_pass(setup: Setup) -> None:
         finally:
             await other_replica.fetchval("SELECT pg_advisory_unlock($1)", cleanup.CLEANUP_LOCK_KEY)
     assert await cleanup.run_once(setup.server.ctx) is not None
+
+
+async def test_expired_login_sessions_are_purged(setup: Setup) -> None:
+    pool = setup.server.ctx.pool
+    async with httpx.AsyncClient(base_url=setup.server.url) as other:
+        person = await register(other)
+    await pool.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1", person["id"])
+    await cleanup.run_once(setup.server.ctx)
+    assert await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", person["id"]) == 0
+    # Live ones stay.
+    assert await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", setup.user["id"]) >= 1
