@@ -24,12 +24,12 @@ import uvloop
 from handlers.app import make_app
 from services import db, migrations
 from services.claude.runs import RunDriver
-from services.cleanup import OrphanCleanup
+from services.cleanup import orphan_cleanup
 from services.config import Config, ConfigError, load_config
 from services.context import AppContext
 from services.hub import Hub
 from services.logs import setup_logging
-from services.sync import SessionSync
+from services.sync import session_sync
 
 log = logging.getLogger("webedt.server")
 
@@ -61,10 +61,10 @@ async def start_background(ctx: AppContext) -> None:
     ctx.gauges.register("webedt_hub_subscribers", "Streams in the event hub", lambda: ctx.hub.stats()["subscribers"])
     ctx.runs = RunDriver(ctx)
     await ctx.runs.start()  # adopts running sessions whose driver is gone, then drives them
-    ctx.cleanup = OrphanCleanup(ctx)
+    ctx.cleanup = orphan_cleanup(ctx)
     await ctx.cleanup.start()  # finishes or hands to the run driver sessions whose driver is long gone
     if ctx.config.claude_sync_enabled:
-        ctx.sync = SessionSync(ctx)
+        ctx.sync = session_sync(ctx)
         await ctx.sync.start()
 
 

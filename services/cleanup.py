@@ -18,7 +18,6 @@ the run meanwhile keeps it and the cleanup leaves it alone. One replica leads ea
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -34,6 +33,7 @@ from services.claude.runs import error_event
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, queries
 from services.errors import ServiceError
+from services.periodic import PeriodicTask
 from services.sessions import claude_provider
 from services.sync import fetch_all_events, session_cost, stored_event
 
@@ -147,33 +147,11 @@ async def run_once(ctx: AppContext) -> dict[str, int] | None:
             await queries.chat_sessions.release_maintenance_lock(lock_conn, key=CLEANUP_LOCK_KEY)
 
 
-class OrphanCleanup:
+def orphan_cleanup(ctx: AppContext) -> PeriodicTask:
     """The background loop: a pass at start, then every ORPHAN_CLEANUP_INTERVAL_MINUTES."""
-
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.interval = ctx.config.orphan_cleanup_interval_minutes * 60
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="orphan-cleanup")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                totals = await run_once(self.ctx)
-                if totals and (totals["finished"] or totals["adopted"]):
-                    log.info("orphan cleanup: %s", totals)
-            except asyncio.CancelledError:
-                raise
-            except UNAVAILABLE_ERRORS:
-                log.warning("orphan cleanup skipped: database unavailable")
-            except Exception:
-                log.exception("orphan cleanup failed")
-            await asyncio.sleep(self.interval)
+    return PeriodicTask(
+        "orphan cleanup",
+        lambda: run_once(ctx),
+        interval=ctx.config.orphan_cleanup_interval_minutes * 60,
+        worth_logging=lambda totals: bool(totals and (totals["finished"] or totals["adopted"])),
+    )

@@ -37,8 +37,8 @@ class AppContext:
     # import graph one-way): the event hub and the run driver.
     hub: Any = None
     runs: Any = None
-    sync: Any = None  # services.sync.SessionSync when CLAUDE_SYNC_ENABLED
-    cleanup: Any = None  # services.cleanup.OrphanCleanup
+    sync: Any = None  # services.sync.session_sync() when CLAUDE_SYNC_ENABLED
+    cleanup: Any = None  # services.cleanup.orphan_cleanup()
 
     @classmethod
     def create(cls, config: Config, pool: asyncpg.Pool, dsn: str) -> AppContext:

@@ -20,7 +20,6 @@ How this differs from the original:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -37,9 +36,10 @@ from services.claude.client import UpstreamError
 from services.claude.provider import RemoteState
 from services.claude.runs import stored_upstream_event
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS, queries
+from services.db import queries
 from services.errors import ServiceError
 from services.github.workspaces import session_path
+from services.periodic import PeriodicTask
 from services.sessions import claude_provider
 
 log = logging.getLogger(__name__)
@@ -377,34 +377,13 @@ async def _sync_everyone(ctx: AppContext) -> dict[str, int]:
         after = users[-1]
 
 
-class SessionSync:
+def session_sync(ctx: AppContext) -> PeriodicTask:
     """The background loop: a cycle shortly after start, then every CLAUDE_SYNC_INTERVAL_MS."""
-
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.interval = ctx.config.claude_sync_interval_ms / 1000
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="claude-session-sync")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        await asyncio.sleep(min(INITIAL_DELAY_SECONDS, self.interval))
-        while True:
-            try:
-                totals = await run_cycle(self.ctx)
-                if totals is not None and (totals["imported"] or totals["errors"]):
-                    log.info("session sync: %s", totals)
-            except asyncio.CancelledError:
-                raise
-            except UNAVAILABLE_ERRORS:
-                log.warning("session sync skipped: database unavailable")
-            except Exception:
-                log.exception("session sync cycle failed")
-            await asyncio.sleep(self.interval)
+    interval = ctx.config.claude_sync_interval_ms / 1000
+    return PeriodicTask(
+        "session sync",
+        lambda: run_cycle(ctx),
+        interval=interval,
+        initial_delay=min(INITIAL_DELAY_SECONDS, interval),
+        worth_logging=lambda totals: totals is not None and bool(totals["imported"] or totals["errors"]),
+    )
