@@ -18,7 +18,6 @@ the run meanwhile keeps it and the cleanup leaves it alone. One replica leads ea
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 from typing import Any
@@ -74,8 +73,7 @@ async def _finish(
         )
         await event_log.announce_status(ctx, row["id"], conn=conn)
     if final["deleted_at"] is None:
-        with contextlib.suppress(Exception):
-            await session_list.announce(ctx, final["user_id"], "status_changed", session_json(final))
+        await session_list.announce(ctx, final["user_id"], "status_changed", session_json(final))
     log.info("orphaned session %s finished as %s", row["id"], status)
     return True
 

@@ -9,13 +9,16 @@ wake-up, catches up from the table after a reconnect, and a viewer that reconnec
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
 
 from services.context import AppContext
-from services.db import queries
+from services.db import UNAVAILABLE_ERRORS, queries
 from services.users import iso
+
+log = logging.getLogger(__name__)
 
 KINDS = frozenset({"created", "updated", "status_changed", "deleted"})
 LIST_CHANNEL = "webedt_session_list"
@@ -26,16 +29,21 @@ async def announce(ctx: AppContext, user_id: str, kind: str, session: dict[str, 
     """Deliver a session-list change to `user_id`'s viewers on every replica.
 
     `kind` is created, updated, status_changed or deleted; `session` is a (partial) SessionRow
-    that always has `id` (`services.chat_sessions.session_json` builds full rows).
+    that always has `id` (`services.chat_sessions.session_json` builds full rows). A database
+    failure is logged, never raised: the change being announced has already happened.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown session-list announcement kind {kind!r}")
     if not isinstance(session, dict) or not session.get("id"):
         raise ValueError("a session-list announcement needs the session's id")
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        await queries.events.lock_announcements(conn)
-        await queries.events.insert_announcement(conn, user_id=user_id, kind=kind, session=session)
-        await queries.events.notify_announcement(conn, user_id=user_id)
+    try:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await queries.events.lock_announcements(conn)
+            await queries.events.insert_announcement(conn, user_id=user_id, kind=kind, session=session)
+            await queries.events.notify_announcement(conn, user_id=user_id)
+    except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
+        # The change itself is already made; a page that missed it catches up on its next load.
+        log.warning("could not announce %s of session %s", kind, session["id"], exc_info=True)
 
 
 def frame_data(row: asyncpg.Record) -> dict[str, Any]:

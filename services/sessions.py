@@ -88,11 +88,8 @@ def _required_text(body: dict[str, Any], name: str) -> str | None:
 
 
 async def announce(ctx: AppContext, user_id: str, kind: str, row: asyncpg.Record | dict[str, Any]) -> None:
-    """Tell the person's session-list viewers (on every replica); never fails the change itself."""
-    try:
-        await session_list.announce(ctx, user_id, kind, session_json(row))
-    except Exception:
-        log.exception("could not announce %s of session %s", kind, row["id"])
+    """Tell the person's session-list viewers (on every replica) about a whole row."""
+    await session_list.announce(ctx, user_id, kind, session_json(row))
 
 
 async def get_live(ctx: AppContext, session_id: str, user_id: str) -> asyncpg.Record:

@@ -20,7 +20,6 @@ How this differs from the original:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import uuid
@@ -224,8 +223,7 @@ async def _import_one(
             return
         if events:
             await event_log.append(ctx, row["id"], [stored_event(e) for e in events], conn=conn)
-    with contextlib.suppress(Exception):
-        await session_list.announce(ctx, user_id, "created", session_json(row))
+    await session_list.announce(ctx, user_id, "created", session_json(row))
     if status == "running" and ctx.runs is not None:
         # No run of ours drives it: the run driver follows it from here to its end.
         await ctx.runs.ensure_driving(row["id"])
@@ -326,8 +324,7 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
                 local = updated["status"]
                 await event_log.announce_status(ctx, row["id"])
                 if updated["deleted_at"] is None:
-                    with contextlib.suppress(Exception):
-                        await session_list.announce(ctx, user_id, "status_changed", session_json(updated))
+                    await session_list.announce(ctx, user_id, "status_changed", session_json(updated))
                 if local == "running" and ctx.runs is not None:
                     await ctx.runs.ensure_driving(row["id"])
     return {

@@ -240,8 +240,10 @@ class RunDriver:
             log.warning("run of session %s paused: database unavailable", session_id)
         except Exception:
             log.exception("run of session %s failed unexpectedly", session_id)
-            with contextlib.suppress(Exception):
+            try:
                 await _Run(self, session_id).finish(Outcome("error", "The run stopped because of an internal error"))
+            except Exception:
+                log.exception("could not record the failure of session %s", session_id)
         finally:
             if self.tasks.get(session_id) is asyncio.current_task():
                 del self.tasks[session_id]
