@@ -20,6 +20,8 @@ import pytest
 from tests.helpers import TestServer, free_port, start_app, test_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Fixtures for the GitHub test modules (fake, app, browser, octo); a module may override any.
+pytest_plugins = ["tests.github_fixtures"]
 
 
 def _with_database(url: str, name: str) -> str:

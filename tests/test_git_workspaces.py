@@ -15,7 +15,7 @@ import pytest
 
 from services.errors import ServiceError
 from services.github import git, workspaces
-from tests.fakes.github import FakeGitHub, FakeRepo, FakeUser, connect_github, github_env, running_fake_github
+from tests.fakes.github import FakeGitHub, FakeRepo, FakeUser, github_env
 from tests.helpers import ORIGIN, TestServer, register, start_app, test_env
 
 JSON = {"Origin": ORIGIN}
@@ -51,12 +51,6 @@ def make_bare(root: Path, name: str, files: dict[str, str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeGitHub]:
-    async with running_fake_github() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def workspace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workspaces")
 
@@ -65,18 +59,6 @@ def workspace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def app(database_url: str, fake: FakeGitHub, workspace_dir: Path) -> AsyncIterator[TestServer]:
     async with start_app(test_env(database_url, **github_env(fake, WORKSPACE_DIR=workspace_dir))) as running:
         yield running
-
-
-@pytest.fixture
-async def browser(app: TestServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=app.url, timeout=60) as http:
-        yield http
-
-
-@pytest.fixture
-async def octo(browser: httpx.AsyncClient, fake: FakeGitHub) -> FakeUser:
-    await register(browser)
-    return await connect_github(browser, fake)
 
 
 @pytest.fixture

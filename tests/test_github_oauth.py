@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlparse
 
 import httpx
@@ -13,28 +12,10 @@ import orjson
 import pytest
 
 from services.github.oauth import OAuthState, sign_state
-from tests.fakes.github import FakeGitHub, connect_github, github_env, oauth_round_trip, running_fake_github
+from tests.fakes.github import FakeGitHub, connect_github, oauth_round_trip
 from tests.helpers import ORIGIN, TestServer, register, start_app, test_env
 
 SETTINGS = f"{ORIGIN}/#/settings"
-
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeGitHub]:
-    async with running_fake_github() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def app(database_url: str, fake: FakeGitHub) -> AsyncIterator[TestServer]:
-    async with start_app(test_env(database_url, **github_env(fake))) as running:
-        yield running
-
-
-@pytest.fixture
-async def browser(app: TestServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
-        yield http
 
 
 @pytest.fixture(autouse=True)

@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from tests.fakes.github import FakeGitHub, FakeRepo, FakeUser, connect_github, github_env, running_fake_github
-from tests.helpers import ORIGIN, TestServer, register, start_app, test_env
+from tests.fakes.github import FakeGitHub, FakeRepo, FakeUser
+from tests.helpers import ORIGIN, TestServer, register
 
 JSON = {"Origin": ORIGIN}
-
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeGitHub]:
-    async with running_fake_github() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def app(database_url: str, fake: FakeGitHub) -> AsyncIterator[TestServer]:
-    async with start_app(test_env(database_url, **github_env(fake))) as running:
-        yield running
-
-
-@pytest.fixture
-async def browser(app: TestServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=app.url, timeout=60) as http:
-        yield http
-
-
-@pytest.fixture
-async def octo(browser: httpx.AsyncClient, fake: FakeGitHub) -> FakeUser:
-    await register(browser)
-    return await connect_github(browser, fake)
 
 
 @pytest.fixture
