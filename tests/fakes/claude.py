@@ -35,6 +35,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from tests.fakes import LoopbackServer
 from tests.sse import SSEEvent, SSEStream
 
 FAKE_ENVIRONMENT = "env_fake_0001"
@@ -168,11 +169,11 @@ def default_turn(session: FakeSession, prompt: str) -> list[dict[str, Any]]:
     ]
 
 
-class FakeClaude:
+class FakeClaude(LoopbackServer):
     """The fake's state, knobs and Tornado server."""
 
     def __init__(self) -> None:
-        self.url = ""
+        super().__init__()
         self.sessions: dict[str, FakeSession] = {}
         self.requests: list[dict[str, Any]] = []
         self.access_tokens: set[str] = set()
@@ -193,7 +194,6 @@ class FakeClaude:
         self.interrupt_result = False
         self.turn_factory: Callable[[FakeSession, str], list[dict[str, Any]]] = default_turn
         self._api_count = itertools.count(1)
-        self._server: tornado.httpserver.HTTPServer | None = None
 
     # ---- arranging ----------------------------------------------------------------------------
 
@@ -254,17 +254,7 @@ class FakeClaude:
     # ---- server -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        app = tornado.web.Application([(r"/.*", FakeClaudeHandler, {"fake": self})])
-        self._server = tornado.httpserver.HTTPServer(app)
-        self._server.add_sockets(sockets)
-        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.close_all_connections(), 5)
+        await self.serve(FakeClaudeHandler)
 
     @property
     def token_url(self) -> str:

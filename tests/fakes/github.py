@@ -36,6 +36,8 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from tests.fakes import LoopbackServer
+
 API_PREFIX = "/api/v3"
 TEXT_MODE = "100644"
 
@@ -209,13 +211,13 @@ class FakeRepo:
         return merged, conflicts
 
 
-class FakeGitHub:
+class FakeGitHub(LoopbackServer):
     """The fake's state and its Tornado server."""
 
     def __init__(self, client_id: str = "fake-client-id", client_secret: str = "fake-client-secret") -> None:
         self.client_id = client_id
         self.client_secret = client_secret
-        self.url = ""
+        super().__init__()
         self.users: dict[str, FakeUser] = {}
         self.tokens: dict[str, FakeUser] = {}
         self.repos: dict[tuple[str, str], FakeRepo] = {}
@@ -229,7 +231,6 @@ class FakeGitHub:
         self.mergeable_unknown_polls = 0
         # Ids differ between fakes: test modules share one database, where github_id is unique.
         self._ids = itertools.count(secrets.randbelow(10**9) * 1000 + 1)
-        self._server: tornado.httpserver.HTTPServer | None = None
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = []
         self._build_routes()
 
@@ -275,16 +276,7 @@ class FakeGitHub:
     # ---- server ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        app = tornado.web.Application([(r"/.*", FakeHandler, {"fake": self})])
-        self._server = tornado.httpserver.HTTPServer(app)
-        self._server.add_sockets(sockets)
-        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            await self._server.close_all_connections()
+        await self.serve(FakeHandler)
 
     # ---- routing -------------------------------------------------------------------------------
 
