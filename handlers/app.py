@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import tornado.web
 
-from handlers import admin, auth, execute, github, health, metrics, runs, sessions, streams, user
+from handlers import admin, auth, execute, github, health, metrics, openapi, runs, sessions, streams, user
 from handlers.base import NotFoundHandler, log_request
 from services.context import AppContext
 
-ROUTE_MODULES = [health, metrics, auth, user, streams, execute, runs, sessions, admin, github]
+ROUTE_MODULES = [health, metrics, openapi, auth, user, streams, execute, runs, sessions, admin, github]
 
 
 def make_app(ctx: AppContext) -> tornado.web.Application:

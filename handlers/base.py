@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import logging
@@ -44,6 +45,25 @@ STATUS_MESSAGES = {
     429: "Too many requests",
     503: "Service temporarily unavailable, please retry shortly",
 }
+
+
+NUL_MESSAGE = "Request must not contain NUL characters"
+
+
+def _contains_nul(value: Any) -> bool:
+    """Whether a parsed JSON value holds a NUL in any string (keys too); iterative, as JSON may nest deeply."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 _request_prefix = secrets.token_hex(4)
@@ -157,7 +177,19 @@ class APIHandler(tornado.web.RequestHandler):
             raise ServiceError(400, "Request body must be valid JSON") from None
         if not isinstance(value, dict):
             raise ServiceError(400, "Request body must be a JSON object")
+        # JSON can carry a NUL only as the escape \u0000; PostgreSQL stores NUL in neither text
+        # nor jsonb, so such a body is refused here instead of failing in the database (a 500).
+        if b"\\u0000" in raw and _contains_nul(value):
+            raise ServiceError(400, NUL_MESSAGE)
         return value
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Path and query arguments as text; one holding a NUL (%00) is a 400, for the same reason."""
+        text = super().decode_argument(value, name)
+        # An optional path group that did not match arrives as None.
+        if text is not None and "\x00" in text:
+            raise ServiceError(400, NUL_MESSAGE)
+        return text
 
     def client_ip(self) -> str:
         return self.request.remote_ip or "unknown"
@@ -175,6 +207,11 @@ class APIHandler(tornado.web.RequestHandler):
             body["data"] = data
         self.write_json(body, status)
 
+    def compute_etag(self) -> str | None:
+        # Answers are `Cache-Control: no-store`, so an ETag is never used; it would cost a SHA-1 of
+        # every body (50 KB for a session list).
+        return None
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = STATUS_MESSAGES.get(status_code, "Internal server error")
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -184,13 +221,37 @@ class APIHandler(tornado.web.RequestHandler):
                 self.set_header(name, value)
         elif isinstance(exc, tornado.web.HTTPError):
             message = STATUS_MESSAGES.get(exc.status_code, message)
+            if exc.status_code == 405:
+                # RFC 9110: a 405 names the methods the resource does support.
+                self.set_header("Allow", ", ".join(self.allowed_methods()))
         elif isinstance(exc, UNAVAILABLE_ERRORS):
             status_code, message = 503, STATUS_MESSAGES[503]
             self.set_header("Retry-After", "2")
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        prepared = getattr(self, "_prepared_future", None)
+        if prepared is not None and not prepared.done():
+            # The error came before the request body was read (from prepare() or the path
+            # arguments: a 503 while the database is away, an unknown path's 404, a 403, a 413).
+            # Tornado then closes the connection after this answer but does not say so, and a
+            # client (or proxy) reusing the kept-alive connection gets a reset instead of its
+            # next answer. Saying it makes the client open a new connection.
+            self.set_header("Connection", "close")
         self.set_status(status_code)
         self.finish(json_bytes({"success": False, "error": message}))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this path answers, over every route that matches it (for `Allow`)."""
+        allowed = []
+        for method in self.SUPPORTED_METHODS:
+            probe = copy.copy(self.request)
+            probe.method = method
+            delegate = self.application.wildcard_router.find_handler(probe)
+            handler = getattr(delegate, "handler_class", None)
+            unimplemented = getattr(tornado.web.RequestHandler, method.lower())
+            if handler is not None and getattr(handler, method.lower()) is not unimplemented:
+                allowed.append(method)
+        return allowed
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ServiceError | tornado.web.HTTPError):
@@ -238,25 +299,40 @@ def admin_required(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 
 
 class NotFoundHandler(APIHandler):
-    """Every unknown path: a JSON 404 whatever the method."""
+    """Every unknown path: a JSON 404 whatever the method; a 405 (with `Allow`) when the path is
+    a route for other methods only (the read-only stream routes pass writes on to later rules)."""
 
     async def prepare(self) -> None:
+        if any(method != "OPTIONS" for method in self.allowed_methods()):
+            raise tornado.web.HTTPError(405)
         raise ServiceError(404, "Not found")
+
+
+ACCESS_LOG = logging.getLogger("webedt.access")
+# The metric children of each (handler, method, status): `labels()` takes a lock and hashes its
+# arguments on every call, a noticeable share of a /health answer.
+_request_counters: dict[tuple[str, str, int], Any] = {}
+_latency_histograms: dict[str, Any] = {}
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access-log hook: one line a request, with its id and user."""
     request: HTTPServerRequest = handler.request
     status = handler.get_status()
-    extra = handler.log_extra() if isinstance(handler, APIHandler) else {}
-    extra.update(
-        status=status,
-        method=request.method,
-        path=request.path,
-        duration_ms=round(request.request_time() * 1000, 1),
-    )
     name = handler.__class__.__name__
-    metrics.HTTP_REQUESTS.labels(name, request.method, str(status)).inc()
-    metrics.HTTP_LATENCY.labels(name).observe(request.request_time())
+    method = request.method or ""
+    seconds = request.request_time()
+    counter = _request_counters.get((name, method, status))
+    if counter is None:
+        counter = _request_counters[(name, method, status)] = metrics.HTTP_REQUESTS.labels(name, method, str(status))
+    counter.inc()
+    histogram = _latency_histograms.get(name)
+    if histogram is None:
+        histogram = _latency_histograms[name] = metrics.HTTP_LATENCY.labels(name)
+    histogram.observe(seconds)
     level = logging.WARNING if status >= 500 else logging.INFO
-    logging.getLogger("webedt.access").log(level, "%s %s %s", request.method, request.path, status, extra=extra)
+    if not ACCESS_LOG.isEnabledFor(level):
+        return  # no line will be written: skip building its fields
+    extra = handler.log_extra() if isinstance(handler, APIHandler) else {}
+    extra.update(status=status, method=method, path=request.path, duration_ms=round(seconds * 1000, 1))
+    ACCESS_LOG.log(level, "%s %s %s", method, request.path, status, extra=extra)

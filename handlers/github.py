@@ -59,6 +59,10 @@ class OAuthCallbackHandler(GitHubHandler):
                 error=self.get_query_argument("error", None),
                 user=self.current_user,
             )
+        except ServiceError as exc:
+            # Unreadable parameters (a NUL): bad input, not worth a traceback in the log.
+            log.info("GitHub OAuth callback refused: %s", exc.message, extra=self.log_extra())
+            target = f"{self.ctx.config.allowed_origins[0]}/#/settings?error=oauth_failed"
         except Exception:
             # The browser is mid-navigation: always send it back to the site, never a JSON error.
             log.exception("GitHub OAuth callback failed", extra=self.log_extra())

@@ -228,7 +228,10 @@ class SSEHandler(APIHandler):
         (which then counts as "not in this session's history")."""
         raw = self.request.headers.get("Last-Event-ID")
         if raw is None:
-            raw = self.get_query_argument("lastEventId", None)
+            # Read as is: the stream may be open already, and a value that is not clean text (a
+            # NUL, bad UTF-8) is just "not an id", not an error to raise mid-stream.
+            values = self.request.query_arguments.get("lastEventId")
+            raw = values[-1].decode("utf-8", "replace") if values else None
         if raw is None or raw.strip() == "":
             return 0
         raw = raw.strip()

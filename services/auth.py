@@ -176,7 +176,9 @@ async def login(ctx: AppContext, email: Any, password: Any, client_ip: str) -> a
     if not isinstance(email, str) or not email.strip() or not isinstance(password, str) or not password:
         raise ServiceError(400, "Email and password are required")
     normalized = email.strip().lower()
-    keys = [f"email:{normalized}", f"ip:{client_ip}"]
+    # Bounded like a registered e-mail (254 characters): the key is a primary key, and an index
+    # entry of 100 KB would fail in PostgreSQL (a 500). No account has a longer e-mail anyway.
+    keys = [f"email:{normalized[:254]}", f"ip:{client_ip[:64]}"]
     await _check_rate_limit(ctx, keys)
     user = await queries.users.get_user_by_email(ctx.pool, email=normalized)
     ok = await verify_password(ctx, password.encode(), user["password_hash"] if user else None)

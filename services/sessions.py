@@ -46,6 +46,7 @@ BULK_MAX_IDS = 100
 # Cleanup calls to GitHub and Claude made at once by a bulk delete.
 CLEANUP_CONCURRENCY = 8
 MESSAGE_TYPES = ("user", "assistant", "system", "error")
+EVENT_UUID_MAX_CHARS = 200
 
 
 # ---- small helpers ----------------------------------------------------------------------------
@@ -311,6 +312,10 @@ async def add_event(ctx: AppContext, user_id: str, session_id: str, body: dict[s
         raise ServiceError(400, "eventData must be a JSON object")
     if "type" in event_data and not isinstance(event_data["type"], str):
         raise ServiceError(400, "eventData.type must be a string")
+    uuid_value = event_data.get("uuid")
+    if isinstance(uuid_value, str) and len(uuid_value) > EVENT_UUID_MAX_CHARS:
+        # The uuid is indexed (one per session); PostgreSQL refuses index entries this large.
+        raise ServiceError(400, f"eventData.uuid must be at most {EVENT_UUID_MAX_CHARS} characters")
     row = await get_owned(ctx, session_id, user_id)
     ids = await event_log.append(ctx, row["id"], [event_data])
     if not ids:
@@ -326,6 +331,10 @@ async def add_event(ctx: AppContext, user_id: str, session_id: str, body: dict[s
 async def update_session(ctx: AppContext, user: CurrentUser, session_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """PATCH /api/sessions/:id: the title (`userRequest`, renamed upstream too) and/or branch."""
     title, branch = body.get("userRequest"), body.get("branch")
+    for name, value in (("userRequest", title), ("branch", branch)):
+        # A blank string or null means "not this field" (CONTRACT.md 1.6); another type is a mistake.
+        if value is not None and not isinstance(value, str):
+            raise ServiceError(400, f"{name} must be a string")
     title = title.strip() if isinstance(title, str) and title.strip() else None
     branch = branch.strip() if isinstance(branch, str) and branch.strip() else None
     if title is None and branch is None:

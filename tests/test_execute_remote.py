@@ -224,6 +224,18 @@ async def test_a_refused_token_refresh_is_a_401(env: Env, http: httpx.AsyncClien
     assert response.json()["error"] == "Claude token expired. Please reconnect your Claude account."
 
 
+async def test_a_token_refused_while_finding_the_environment_is_a_401(
+    env: Env, http: httpx.AsyncClient, person: dict[str, Any]
+) -> None:
+    # Stored credentials that look valid but that Claude no longer accepts.
+    far = 4_102_444_800_000
+    await http.post("/api/user/claude-auth", json={"accessToken": "revoked", "refreshToken": "r", "expiresAt": far})
+    response = await http.post("/api/execute-remote", json={"userRequest": "Do it", "github": REPO})
+    assert response.status_code == 401
+    assert response.json()["error"] == "Claude token expired. Please reconnect your Claude account."
+    assert not any(r["headers"].get("authorization") == "Bearer revoked" for r in env.fake.api_requests("POST"))
+
+
 async def test_no_environment_is_a_400_with_the_contract_message(database_url: str) -> None:
     async with (
         running_fake_claude() as fake,

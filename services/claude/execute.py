@@ -236,7 +236,13 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
             repo = parse_repo(params.repo_url)
         else:
             raise ServiceError(400, "github.repoUrl is required")
-    environment_id = await provider.environment(token) if needs_remote else None
+    try:
+        environment_id = await provider.environment(token) if needs_remote else None
+    except UpstreamError as exc:
+        # Detection lets only a refused token through (anything else reads as "not found").
+        if exc.unauthorized:
+            raise ServiceError(401, claude_auth.EXPIRED) from None
+        raise ServiceError(502, exc.message) from None
 
     text, images = serialize_prompt(params.user_request)
     message_uuid = str(uuid.uuid4())

@@ -165,6 +165,9 @@ async def delete_file(
     path = api.check_path(path)
     branch = _required_branch(body)
     sha = body.get("sha") or None
+    if sha is not None and not isinstance(sha, str):
+        # PyGithub asserts on a non-string sha (an AssertionError, so a 500 without this check).
+        raise ServiceError(400, "sha must be a string")
     message = api.optional_text(body.get("message"), "message") or f"Delete {path}"
 
     def remove(client: Github) -> dict[str, Any]:
