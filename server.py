@@ -60,6 +60,7 @@ async def start_background(ctx: AppContext) -> None:
     await ctx.hub.start()
     ctx.gauges.register("webedt_hub_subscribers", "Streams in the event hub", lambda: ctx.hub.stats()["subscribers"])
     ctx.runs = RunDriver(ctx)
+    ctx.gauges.register("webedt_active_runs", "Runs this process drives", lambda: len(ctx.runs.tasks))
     await ctx.runs.start()  # adopts running sessions whose driver is gone, then drives them
     ctx.cleanup = orphan_cleanup(ctx)
     await ctx.cleanup.start()  # finishes or hands to the run driver sessions whose driver is long gone

@@ -27,3 +27,22 @@ async def test_requests_are_counted_by_handler_and_status(client: httpx.AsyncCli
     assert after[key] == before + 3
     assert after["webedt_db_pool_connections{}"] >= 1
     assert any(name.startswith("webedt_http_request_duration_seconds_bucket") for name in after)
+
+
+async def test_upstream_calls_and_runs_are_measured(client: httpx.AsyncClient) -> None:
+    from tests.helpers import register
+
+    await register(client)
+    far = 4_102_444_800_000
+    await client.post("/api/user/claude-auth", json={"accessToken": "a", "refreshToken": "b", "expiresAt": far})
+    key = "webedt_upstream_calls_total{outcome=network,service=claude}"
+    before = (await scrape(client)).get(key, 0)
+    # Claude is unreachable in tests (127.0.0.1:9): finding the environment fails at the network.
+    response = await client.post(
+        "/api/execute-remote", json={"userRequest": "x", "github": {"repoUrl": "https://github.com/o/r"}}
+    )
+    assert response.status_code == 400
+    after = await scrape(client)
+    assert after[key] == before + 1
+    assert after["webedt_active_runs{}"] == 0
+    assert "webedt_sse_open_streams{}" in after and "webedt_hub_subscribers{}" in after

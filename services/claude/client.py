@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import orjson
 
+from services.metrics import UPSTREAM_CALLS
+
 ANTHROPIC_VERSION = "2023-06-01"
 ANTHROPIC_BETA = "ccr-byoc-2025-07-29"
 WEB_URL_PREFIX = "https://claude.ai/code/"
@@ -105,7 +107,25 @@ class ClaudeRemoteClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
     ) -> Any:
-        """Send one request; the decoded JSON body of a 2xx, else an UpstreamError."""
+        """Send one request; the decoded JSON body of a 2xx, else an UpstreamError (both counted)."""
+        try:
+            result = await self._send(operation, method, path, token, json=json, params=params)
+        except UpstreamError as exc:
+            UPSTREAM_CALLS.labels("claude", exc.kind).inc()
+            raise
+        UPSTREAM_CALLS.labels("claude", "ok").inc()
+        return result
+
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        token: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
         content = orjson.dumps(json) if json is not None else None
         try:
             response = await self._http.request(

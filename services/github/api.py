@@ -28,6 +28,7 @@ from github import Auth, Github, GithubException
 
 from services.context import AppContext
 from services.errors import ServiceError
+from services.metrics import UPSTREAM_CALLS
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,18 @@ async def run(ctx: AppContext, token: str, fn: Callable[[Github], T], per_page: 
             client.close()
 
     try:
-        return await asyncio.get_running_loop().run_in_executor(ctx.github_executor, call)
+        result = await asyncio.get_running_loop().run_in_executor(ctx.github_executor, call)
     except (GithubException, requests.RequestException) as exc:
+        UPSTREAM_CALLS.labels("github", "http" if isinstance(exc, GithubException) else "network").inc()
         raise translate(exc) from None
     except (KeyError, TypeError, ValueError, AttributeError, github.BadAttributeException):
+        UPSTREAM_CALLS.labels("github", "malformed").inc()
         # An answer without the fields GitHub documents (a proxy's error page, a broken
         # deployment): GitHub's side failed, not the request. Logged in full in case it is ours.
         log.exception("unreadable answer from GitHub")
         raise ServiceError(502, UNREADABLE) from None
+    UPSTREAM_CALLS.labels("github", "ok").inc()
+    return result
 
 
 # ---- errors ------------------------------------------------------------------------------------
