@@ -28,6 +28,7 @@ from services import auth, metrics
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS
 from services.errors import ServiceError
+from services.logs import REQUEST_CONTEXT
 
 log = logging.getLogger("webedt.http")
 
@@ -136,6 +137,7 @@ class APIHandler(tornado.web.RequestHandler):
                 self.clear_auth_cookie()
             elif self.current_user.renewed:
                 self.set_auth_cookie(token, auth.SESSION_LIFETIME.days)
+        REQUEST_CONTEXT.set(self.log_extra())
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)

@@ -41,6 +41,8 @@ import orjson
 
 from services import event_log, session_list
 from services.context import AppContext
+from services.db import UNAVAILABLE_ERRORS
+from services.logs import detached_context
 from services.users import iso
 
 log = logging.getLogger("webedt.hub")
@@ -373,7 +375,9 @@ class Hub:
         if not (topic.dirty or topic.status_dirty) or not len(topic):
             return
         reader = self._read_list if topic is self._list else self._read_session
-        topic.worker = asyncio.create_task(self._run(topic, reader), name=f"hub-read-{topic.key or 'list'}")
+        topic.worker = asyncio.create_task(
+            self._run(topic, reader), name=f"hub-read-{topic.key or 'list'}", context=detached_context()
+        )
 
     # ---- readers --------------------------------------------------------------------------------
 
@@ -464,7 +468,7 @@ class Hub:
         while not self.stopping:
             try:
                 conn, lost = await self._connect()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("hub cannot LISTEN (%s); retrying in %.1f s", exc.__class__.__name__, delay)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
@@ -487,7 +491,9 @@ class Hub:
                         pass
                     try:
                         await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_TIMEOUT_SECONDS)
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+                        # Any of these (InternalClientError too) would otherwise end the
+                        # supervisor, and with it every live stream of this replica.
                         break
                     if time.monotonic() - last_prune > PRUNE_INTERVAL_SECONDS:
                         last_prune = time.monotonic()

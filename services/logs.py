@@ -6,13 +6,39 @@ never passed to a logger; this module does not try to scrub them after the fact.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+# The request being served (request_id, user_id), set by the base handler; every log line written
+# while serving it carries these fields. Long-lived tasks start with an empty context of their own.
+REQUEST_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("request", default=None)
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds the current request's fields to records that do not carry them already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = REQUEST_CONTEXT.get()
+        if context:
+            for key, value in context.items():
+                if getattr(record, key, None) is None:
+                    setattr(record, key, value)
+        return True
+
+
+def detached_context() -> contextvars.Context:
+    """A context for a task that outlives the request that started it (runs, hub readers)."""
+    context = contextvars.copy_context()
+    context.run(REQUEST_CONTEXT.set, None)
+    return context
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
@@ -46,6 +72,7 @@ class ReadableFormatter(logging.Formatter):
 def setup_logging(level: str, production: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if production else ReadableFormatter())
+    handler.addFilter(RequestContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -51,6 +51,7 @@ from services.claude.provider import PROVIDERS, AgentProvider, ClaudeRemoteProvi
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, queries
 from services.errors import ServiceError
+from services.logs import detached_context
 from services.users import iso
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,9 @@ class RunDriver:
         task = self.tasks.get(session_id)
         if task is not None and not task.done():
             return
-        self.tasks[session_id] = asyncio.create_task(self._drive(session_id), name=f"run-{session_id}")
+        self.tasks[session_id] = asyncio.create_task(
+            self._drive(session_id), name=f"run-{session_id}", context=detached_context()
+        )
 
     async def ensure_driving(self, session_id: str) -> None:
         """Drive the run here unless another live replica does (it then sees the outbox itself)."""
