@@ -7,6 +7,7 @@ and return Python objects.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionFailureError,
+    # A connection the server has just cut (shutdown, failover) may still be handed out by the
+    # pool for an instant; a query on it fails with "cannot switch to state ...; another
+    # operation is in progress". Our code never shares a connection between operations, so this
+    # means the connection died under us.
+    asyncpg.InternalClientError,
     TimeoutError,
 )
 
@@ -64,14 +70,71 @@ async def _skip_session_reset(conn: asyncpg.Connection) -> None:
     """
 
 
+class FairPool(asyncpg.Pool):
+    """asyncpg's pool, except that requests waiting for a connection get one in arrival order.
+
+    asyncpg hands a released connection to whoever asks next, and a waiter it wakes goes to the
+    back of the line when a newcomer took the connection first. Under saturation (more requests
+    in flight than connections) some requests therefore wait many times longer than the rest: at
+    50 concurrent requests on 10 connections, a p99 of 1.3 s against a median of 12 ms. A FIFO
+    semaphore with one permit per connection in front of the pool makes waiting fair: nobody
+    reaches asyncpg's queue unless a connection is free for them. (`_acquire` is the one path of
+    both `await pool.acquire()` and `async with pool.acquire()` in asyncpg 0.32, which is pinned.)
+    """
+
+    _dir_names: list[str] | None = None
+
+    def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, max_size=max_size, **kwargs)
+        self._turns = asyncio.Semaphore(max_size)  # FIFO: a newcomer never passes a waiter
+        self._holding: set[object] = set()
+
+    def __dir__(self) -> list[str]:
+        # aiosql asks `"acquire" in dir(pool)` before every query, and the default dir() walks the
+        # class hierarchy each time (9 µs, 2 % of an authenticated request). The names never change.
+        if FairPool._dir_names is None:
+            FairPool._dir_names = sorted(super().__dir__())
+        return FairPool._dir_names
+
+    async def _acquire(self, timeout: float | None) -> Any:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if timeout is None:
+            await self._turns.acquire()
+        else:
+            await asyncio.wait_for(self._turns.acquire(), timeout)
+            timeout = max(0.0, timeout - (loop.time() - started))
+        try:
+            connection = await super()._acquire(timeout)
+        except BaseException:
+            self._turns.release()
+            raise
+        self._holding.add(connection)
+        return connection
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            # Once per acquisition, however often release() is called for it.
+            if connection in self._holding:
+                self._holding.discard(connection)
+                self._turns.release()
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections have the codecs above."""
-    return await asyncpg.create_pool(
+    """A pool (fair to waiters) whose connections have the codecs above."""
+    return await FairPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
         init=init_connection,
         reset=_skip_session_reset,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=30,
         server_settings={"timezone": "UTC", "application_name": "webedt-api"},
     )

@@ -181,8 +181,8 @@ async def create_code_session(ctx: AppContext, user_id: str, body: dict[str, Any
     return session_json(row)
 
 
-def _encode_cursor(row: asyncpg.Record) -> str:
-    raw = orjson.dumps([row["created_at"].isoformat(), row["id"]])
+def _encode_cursor(created_at: datetime, session_id: str) -> str:
+    raw = orjson.dumps([created_at.isoformat(), session_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -205,27 +205,24 @@ async def list_sessions(
     """
     limit_value, offset_value = page_params(limit, offset, default=SESSIONS_PAGE_MAX, maximum=SESSIONS_PAGE_MAX)
     before_created, before_id = _decode_cursor(cursor) if cursor else (None, "")
-    rows = [
-        r
-        async for r in queries.chat_sessions.list_live_sessions(
-            ctx.pool,
-            user_id=user_id,
-            before_created_at=before_created,
-            before_id=before_id,
-            limit=limit_value + 1,
-            offset=offset_value,
-        )
-    ]
-    has_more = len(rows) > limit_value
-    rows = rows[:limit_value]
-    total = await queries.chat_sessions.count_live_sessions(ctx.pool, user_id=user_id)
+    page = await queries.chat_sessions.list_live_sessions(
+        ctx.pool,
+        user_id=user_id,
+        before_created_at=before_created,
+        before_id=before_id,
+        limit=limit_value,
+        offset=offset_value,
+    )
+    has_more = bool(page["has_more"])
     return {
-        "sessions": [session_json(r) for r in rows],
-        "total": total,
+        # The query made the SessionRow objects: building them in Python cost this process twice
+        # as much as the rest of the request.
+        "sessions": orjson.Fragment("[" + page["sessions_json"] + "]"),
+        "total": page["total"],
         "limit": limit_value,
         "offset": offset_value,
         "hasMore": has_more,
-        "nextCursor": _encode_cursor(rows[-1]) if has_more and rows else None,
+        "nextCursor": _encode_cursor(page["last_created_at"], page["last_id"]) if has_more else None,
     }
 
 
