@@ -78,6 +78,36 @@ class EventBatch:
     complete: bool = True
 
 
+@dataclass
+class PushItem:
+    """One thing an upstream push channel delivered: an event, or a session status, or both empty
+    for a frame that carries nothing for the run (a heartbeat, an acknowledgement)."""
+
+    event: dict[str, Any] | None = None
+    # A `RemoteState` value, when the upstream announced the session's status.
+    status: str | None = None
+
+
+class PushChannel(abc.ABC):
+    """An open push connection to one remote session (a WebSocket, an SSE stream).
+
+    Events it delivers are keyed like polled ones (`event_key`), so a channel, a backfill and a
+    fallback poll may overlap: the run driver stores each upstream event once."""
+
+    @abc.abstractmethod
+    async def receive(self) -> PushItem | None:
+        """The next item, waiting as long as it takes; None once the channel has closed."""
+
+    async def interrupt(self) -> bool:
+        """Interrupt the current turn over the channel; False when this channel cannot (the caller
+        then interrupts the usual way)."""
+        return False
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+
+
 class AgentProvider(abc.ABC):
     """What the run driver needs from an agent backend."""
 
@@ -128,6 +158,11 @@ class AgentProvider(abc.ABC):
     @abc.abstractmethod
     def branch(self, event: dict[str, Any]) -> str | None:
         """The git branch the agent works on, when this event reveals it."""
+
+    async def open_push(self, token: str, remote_id: str) -> PushChannel | None:
+        """Open the backend's push channel for a remote session, or None when it has none (or it
+        is turned off); raises UpstreamError when the channel exists but cannot be opened."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional for providers without connections
         """Release connections."""
