@@ -140,8 +140,12 @@ RETURNING *;
 SELECT COALESCE(max(id), 0) FROM events WHERE chat_session_id = :chat_session_id;
 
 -- name: run_progress(chat_session_id, after_id, end_types, quiet_types)^
--- Since the run's baseline: the latest event that ends a turn, and whether the agent did anything.
+-- Since the run's baseline: the latest event that ends a turn, how many turns ended, and whether
+-- the agent did anything.
 SELECT
+    (SELECT count(*) FROM events
+     WHERE chat_session_id = :chat_session_id AND id > :after_id
+       AND event_data ->> 'type' = ANY(:end_types)) AS end_count,
     (SELECT event_data FROM events
      WHERE chat_session_id = :chat_session_id AND id > :after_id AND event_data ->> 'type' = ANY(:end_types)
      ORDER BY id DESC LIMIT 1) AS last_end,

@@ -252,3 +252,34 @@ async def test_a_token_endpoint_outage_during_a_run_is_waited_out(env: Env, http
         rest = await stream.until(lambda e: e.event in ("completed", "error"))
     assert rest[-1].event == "completed"
     assert [f.event for f in rest[:-1]] == UPSTREAM_TYPES[2:]
+
+
+async def test_a_follow_up_sent_mid_turn_gets_its_own_result_before_the_run_ends(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    # Claude Code queues a prompt sent while it works and answers it as a turn of its own: the run
+    # may end only after that second turn's result, not at the first turn's.
+    env.fake.hold_at = 4  # turn 1 stalls upstream before its result
+    async with post_sse(http, {"userRequest": "Refactor the parser", "github": REPO}) as stream:
+        frames = await stream.until("assistant")
+        session_id = frames[1].json()["websiteSessionId"]
+        response = await http.post(f"/api/sessions/{session_id}/send", json={"content": "And keep the old API"})
+        assert response.status_code == 200
+        remote_id = (await http.get(f"/api/sessions/{session_id}")).json()["session"]["remoteSessionId"]
+
+        async def delivered() -> None:
+            while len(env.fake.sessions[remote_id].prompts) < 2:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(delivered(), 10)
+        env.fake.hold_at = None  # turn 1 goes on, then the queued turn 2
+        rest = await stream.until(lambda e: e.event in ("completed", "error"), timeout=20)
+    names = [f.event for f in frames + rest]
+    assert names.count("result") == 2, names
+    assert names[-1] == "completed" and names[-2] == "result"
+    session = await wait_status(http, session_id, "completed")
+    assert session["totalCost"] == "0.025"  # the second turn's result
+    log = types(await stored(http, session_id))
+    assert log.count("result") == 2 and log[-1] == "result"
+    # The follow-up's own turn came after the first result, and nothing was left unstored.
+    assert log.index("result") < len(log) - 1

@@ -9,9 +9,11 @@ module then does the rest in a task of its own:
 2. every `CLAUDE_POLL_INTERVAL_MS` reads the remote status and the events after its cursor,
    appends new ones to the event log (the upstream `uuid` makes repeats harmless), detects the
    branch, and delivers prompts waiting in the outbox (follow-ups sent from any replica);
-3. ends the run when a new `result` event arrives, or the remote session is completed, failed,
-   or idle after having worked (CONTRACT.md 5.6 without defects 13 and 15): one transaction
-   stores the final status, cost, branch and completedAt (and, for a failure, ONE `error` event).
+3. ends the run once every prompt it delivered has had its `result` (Claude Code queues a prompt
+   sent mid-turn and answers it as a turn of its own, so a run that delivered two prompts waits
+   for two results), or the remote session is completed, failed, or idle after having worked
+   (CONTRACT.md 5.6 without defects 13 and 15): one transaction stores the final status, cost,
+   branch and completedAt (and, for a failure, ONE `error` event).
 
 Upstream 5xx, timeouts and malformed replies are retried with exponential backoff; once they have
 lasted `CLAUDE_RETRY_WINDOW_SECONDS` the run ends in error.
@@ -272,6 +274,8 @@ class _Run:
         self.seen: set[str] = set()
         self.caught_up = False
         self.baseline = 0
+        # Prompts delivered in this run (run_state `turns_delivered`); each ends with one result.
+        self.turns_delivered = 0
         self.branch: str | None = None
         self.saw_running = False
         self.idle_polls = 0
@@ -314,6 +318,8 @@ class _Run:
             state = control["run_state"] or {}
             if isinstance(state.get("baseline_event_id"), int):
                 self.baseline = state["baseline_event_id"]
+            if isinstance(state.get("turns_delivered"), int):
+                self.turns_delivered = state["turns_delivered"]
             delay = self.driver.poll_seconds
             try:
                 outcome = await self._step(state, control["has_pending"])
@@ -352,8 +358,8 @@ class _Run:
         self.failing_since.pop("get events", None)
         self.retried_unauthorized = False
         if has_pending:
-            # Deliver only after catching up, so that late events of an earlier turn are stored
-            # before the new baseline and cannot end this run; no verdict while prompts wait.
+            # Deliver only after catching up, so that `seen` holds every echo of a prompt already
+            # sent (no prompt goes out twice); no verdict while prompts wait.
             if self.caught_up:
                 await self._deliver(token)
             return None
@@ -394,7 +400,7 @@ class _Run:
             quiet_types=[*self.provider.quiet_event_types, *SERVER_EVENT_TYPES],
         )
         last_end = progress["last_end"] if progress else None
-        if last_end is not None:
+        if last_end is not None and progress["end_count"] >= max(self.turns_delivered, 1):
             return Outcome("completed", total_cost=self.provider.cost(last_end))
         if remote_state in (RemoteState.COMPLETED, RemoteState.ARCHIVED):
             return Outcome("completed")
@@ -471,7 +477,20 @@ class _Run:
                 "updated",
                 {"id": self.session_id, "remoteSessionId": remote.id, "remoteWebUrl": remote.web_url},
             )
-        await queries.runs.mark_prompt_delivered(self.ctx.pool, id=first["id"])
+        await self._mark_delivered(first["id"])
+
+    async def _mark_delivered(self, message_id: int) -> None:
+        """The prompt left the outbox, and the run waits for one more `result` (in one transaction,
+        so an adopting replica counts the same turns)."""
+        turns = self.turns_delivered + 1
+        async with self.ctx.pool.acquire() as conn, conn.transaction():
+            await queries.runs.mark_prompt_delivered(conn, id=message_id)
+            await queries.runs.patch_run_state(
+                conn, id=self.session_id, patch={"turns_delivered": turns, "interrupted": False}
+            )
+        self.turns_delivered = turns
+        self.saw_running = False
+        self.idle_polls = 0
 
     async def _deliver(self, token: str) -> None:
         assert self.remote_id is not None
@@ -481,13 +500,7 @@ class _Run:
             # list), so a prompt sent by a replica that died before recording it is not sent twice.
             if prompt["upstream_uuid"] not in self.seen:
                 await self.provider.send(token, self.remote_id, prompt_content(prompt), prompt["upstream_uuid"])
-            await queries.runs.mark_prompt_delivered(self.ctx.pool, id=prompt["id"])
-            self.baseline = await queries.runs.max_event_id(self.ctx.pool, chat_session_id=self.session_id)
-            self.saw_running = False
-            self.idle_polls = 0
-            await queries.runs.patch_run_state(
-                self.ctx.pool, id=self.session_id, patch={"baseline_event_id": self.baseline, "interrupted": False}
-            )
+            await self._mark_delivered(prompt["id"])
 
     # ---- failures and the end --------------------------------------------------------------------
 

@@ -274,6 +274,11 @@ class FakeClaude(LoopbackServer):
     def _start_turn(self, session: FakeSession, content: Any) -> None:
         session.turns += 1
         session.prompts.append(content)
+        if session.pending:
+            # Mid-turn, Claude Code queues the prompt and answers it as a turn of its own.
+            session.pending.extend(self.turn_factory(session, prompt_text(content)))
+            session.updated_at = now_iso()
+            return
         session.pending = self.turn_factory(session, prompt_text(content))
         session.idle_reads_left = self.idle_polls_before_start
         session.status = "idle" if session.idle_reads_left > 0 else "running"
