@@ -112,8 +112,13 @@ async def test_a_new_session_runs_to_completion(env: Env, http: httpx.AsyncClien
     assert session["repositoryUrl"] == "https://github.com/octo/widgets" and session["baseBranch"] == "main"
     log = await stored(http, session_id)
     assert [e["id"] for e in log] == ids
-    # The upstream echo of the prompt is the stored input_preview (same uuid), not a second event.
+    # The log holds every upstream event, the echo of the prompt included; the server's own
+    # input_preview carries no upstream uuid, so nobody mistakes one for the other.
     assert types(log) == ["input_preview", "title_generation", *UPSTREAM_TYPES]
+    assert "uuid" not in log[0]["eventData"]
+    echo = log[2]["eventData"]
+    prompt_uuid = remote.events[0]["uuid"]
+    assert echo["type"] == "user" and echo["uuid"] == prompt_uuid and echo["message"]["content"] == prompt
     messages = (await http.get(f"/api/sessions/{session_id}/messages")).json()["data"]["messages"]
     assert [(m["type"], m["content"]) for m in messages] == [("user", prompt)]
 
@@ -285,7 +290,7 @@ async def test_closing_the_stream_never_stops_the_run_and_a_reconnect_joins_it(
     assert [f.event for f in frames] == [*UPSTREAM_TYPES, "completed"]
     assert frames[-1].json()["remoteSessionId"] == session["remoteSessionId"]
     assert len(env.fake.sessions) == sessions_before + 1
-    assert len(await stored(http, session_id)) == 8
+    assert len(await stored(http, session_id)) == 2 + len(UPSTREAM_TYPES)
     messages = (await http.get(f"/api/sessions/{session_id}/messages")).json()["data"]["messages"]
     assert len(messages) == 1
 
@@ -305,7 +310,7 @@ async def test_a_reconnect_during_the_run_joins_the_same_run(
     ) as stream:
         env.fake.hold_at = None
         rest = await stream.until("completed")
-    assert [f.event for f in rest] == [*UPSTREAM_TYPES[2:], "completed"]
+    assert [f.event for f in rest] == [*UPSTREAM_TYPES[3:], "completed"]
     assert len(env.fake.api_requests("POST", r"^/v1/sessions$")) == creates
     remote = env.fake.sessions[rest[-1].json()["remoteSessionId"]]
     assert remote.prompts == ["Update the docs"]

@@ -251,7 +251,7 @@ async def test_a_token_endpoint_outage_during_a_run_is_waited_out(env: Env, http
         env.fake.token_status = None
         rest = await stream.until(lambda e: e.event in ("completed", "error"))
     assert rest[-1].event == "completed"
-    assert [f.event for f in rest[:-1]] == UPSTREAM_TYPES[2:]
+    assert [f.event for f in rest[:-1]] == UPSTREAM_TYPES[3:]
 
 
 async def test_a_follow_up_sent_mid_turn_gets_its_own_result_before_the_run_ends(

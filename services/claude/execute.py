@@ -142,14 +142,13 @@ def serialize_prompt(prompt: str | list[dict[str, Any]]) -> tuple[str, list[dict
     return f"{text} [{len(images)} image(s)]", images
 
 
-def input_preview(text: str, message_uuid: str) -> dict[str, Any]:
-    """execute-remote's stored `input_preview` (CONTRACT.md 4.2). Its uuid is the prompt's
-    upstream uuid, so the upstream echo of the same prompt is not stored a second time."""
+def input_preview(text: str) -> dict[str, Any]:
+    """execute-remote's stored `input_preview` (CONTRACT.md 4.2). A server event: it has no uuid
+    (CONTRACT.md 9), so the upstream echo of the prompt is stored as an event of its own."""
     truncated = len(text) > PREVIEW_CHARS
     preview = text[:PREVIEW_CHARS] + (f"... ({len(text)} characters in total)" if truncated else "")
     return {
         "type": "input_preview",
-        "uuid": message_uuid,
         "message": f"Request received: {preview}",
         "source": "claude",
         "timestamp": now_iso(),
@@ -157,12 +156,11 @@ def input_preview(text: str, message_uuid: str) -> dict[str, Any]:
     }
 
 
-def follow_up_preview(text: str, message_uuid: str) -> dict[str, Any]:
+def follow_up_preview(text: str) -> dict[str, Any]:
     """The `input_preview` that `POST /api/sessions/:id/send` stores (CONTRACT.md 1.6)."""
     truncated = len(text) > PREVIEW_CHARS
     return {
         "type": "input_preview",
-        "uuid": message_uuid,
         "message": f"Request received: {text[:PREVIEW_CHARS]}{'...' if truncated else ''}",
         "source": "user",
         "timestamp": now_iso(),
@@ -246,7 +244,7 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
 
     text, images = serialize_prompt(params.user_request)
     message_uuid = str(uuid.uuid4())
-    preview = input_preview(text, message_uuid)
+    preview = input_preview(text)
     title, branch = titles.derive(params.user_request)
     title_event = {
         "type": "title_generation",
@@ -383,7 +381,7 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
         await queries.runs.insert_prompt(
             conn, chat_session_id=session_id, content=content, images=None, upstream_uuid=message_uuid
         )
-        await event_log.append(ctx, session_id, [follow_up_preview(content, message_uuid)], conn=conn)
+        await event_log.append(ctx, session_id, [follow_up_preview(content)], conn=conn)
     if started:
         await session_list.announce(ctx, user_id, "status_changed", {"id": session_id, "status": "running"})
     await runs.ensure_driving(session_id)

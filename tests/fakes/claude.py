@@ -543,8 +543,9 @@ async def connect_claude(client: Any, fake: FakeClaude, expires_in_seconds: floa
 # ---- helpers for tests that run sessions against the fake ------------------------------------------
 
 REPO = {"repoUrl": "https://github.com/octo/widgets.git"}
-# The upstream events of one default turn, as the streams name them.
-UPSTREAM_TYPES = ["system", "assistant", "assistant", "user", "assistant", "result"]
+# The upstream events of one default turn, as the streams name them: the echo of the prompt, then
+# Claude's turn.
+UPSTREAM_TYPES = ["user", "system", "assistant", "assistant", "user", "assistant", "result"]
 
 
 @contextlib.asynccontextmanager
