@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 CLAUDE_CODE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 REFRESH_MARGIN_MS = 10 * 60 * 1000
+# Kept beside the tokens, never shown: when the server obtained them (ms), which gives their lifetime.
+OBTAINED_AT = "obtainedAt"
 NOT_CONFIGURED = "Claude authentication not configured. Please connect your Claude account in settings."
 EXPIRED = "Claude token expired. Please reconnect your Claude account."
 
@@ -34,10 +36,22 @@ class RefreshRefused(ServiceError):
 
 
 def needs_refresh(credentials: dict[str, Any]) -> bool:
+    """Whether less than min(10 minutes, half the token's lifetime) remains. The half keeps a token
+    that lives under the margin (5 minutes, say) from being refreshed again on every use; the
+    lifetime is known only for tokens this server obtained itself."""
     expires_at = credentials.get("expiresAt")
     if not isinstance(expires_at, int | float):
         return False
-    return expires_at - time.time() * 1000 <= REFRESH_MARGIN_MS
+    margin: float = REFRESH_MARGIN_MS
+    obtained_at = credentials.get(OBTAINED_AT)
+    if isinstance(obtained_at, int | float) and obtained_at < expires_at:
+        margin = min(margin, (expires_at - obtained_at) / 2)
+    return expires_at - time.time() * 1000 <= margin
+
+
+def public(credentials: dict[str, Any]) -> dict[str, Any]:
+    """The credentials as their owner sees them (without the server's own bookkeeping)."""
+    return {key: value for key, value in credentials.items() if key != OBTAINED_AT}
 
 
 async def _refresh_at_token_endpoint(ctx: AppContext, credentials: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +87,9 @@ async def _refresh_at_token_endpoint(ctx: AppContext, credentials: dict[str, Any
     refreshed["refreshToken"] = (
         new_refresh_token if isinstance(new_refresh_token, str) and new_refresh_token else refresh_token
     )
-    refreshed["expiresAt"] = int(time.time() * 1000 + expires_in * 1000)
+    now_ms = int(time.time() * 1000)
+    refreshed["expiresAt"] = int(now_ms + expires_in * 1000)
+    refreshed[OBTAINED_AT] = now_ms
     return refreshed
 
 
@@ -116,7 +132,7 @@ async def refresh_route(ctx: AppContext, user_id: str) -> dict[str, Any]:
     refreshed_credentials, refreshed = await valid_credentials(ctx, user_id)
     return {
         "message": "Token refreshed successfully" if refreshed else "Token is still valid",
-        "claudeAuth": refreshed_credentials,
+        "claudeAuth": public(refreshed_credentials),
         "refreshed": refreshed,
     }
 
@@ -134,4 +150,4 @@ async def credentials_route(ctx: AppContext, user_id: str) -> dict[str, Any]:
         log.info("credential refresh failed (%s); returning stored token", exc.status)
     expires_at = credentials.get("expiresAt")
     expires_in = max(0, int(expires_at - time.time() * 1000)) if isinstance(expires_at, int | float) else None
-    return {"claudeAuth": credentials, "refreshed": refreshed, "expiresAt": expires_at, "expiresIn": expires_in}
+    return {"claudeAuth": public(credentials), "refreshed": refreshed, "expiresAt": expires_at, "expiresIn": expires_in}

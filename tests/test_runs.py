@@ -283,3 +283,27 @@ async def test_a_follow_up_sent_mid_turn_gets_its_own_result_before_the_run_ends
     assert log.count("result") == 2 and log[-1] == "result"
     # The follow-up's own turn came after the first result, and nothing was left unstored.
     assert log.index("result") < len(log) - 1
+
+
+async def test_a_short_lived_token_is_refreshed_once_not_on_every_use(env: Env, http: httpx.AsyncClient) -> None:
+    # Tokens that live 5 minutes, under the 10-minute margin: a just-refreshed one is used until
+    # it nears its own expiry instead of being refreshed (and its refresh token rotated) again.
+    env.fake.token_lifetime_seconds = 300
+    try:
+        await connect_claude(http, env.fake, expires_in_seconds=60)
+        env.fake.token_requests.clear()
+        frames = await run_to_end(http, {"userRequest": "Use the short token", "github": REPO})
+        assert frames[-1].event == "completed"
+        assert len(env.fake.token_requests) == 1
+        credentials = (await http.get("/api/user/claude-auth/credentials")).json()["data"]
+        assert credentials["refreshed"] is False and len(env.fake.token_requests) == 1
+        assert set(credentials["claudeAuth"]) <= {
+            "accessToken",
+            "refreshToken",
+            "expiresAt",
+            "scopes",
+            "subscriptionType",
+            "rateLimitTier",
+        }
+    finally:
+        env.fake.token_lifetime_seconds = 3600
