@@ -17,7 +17,7 @@ import itertools
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ import tornado.httputil
 import tornado.netutil
 import tornado.web
 from tornado.httputil import HTTPServerRequest
+from tornado.iostream import StreamClosedError
 
 from services import auth, metrics
 from services.context import AppContext
@@ -245,6 +246,19 @@ class APIHandler(tornado.web.RequestHandler):
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json_bytes(value))
+
+    async def write_json_chunks(self, data: AsyncIterator[bytes]) -> None:
+        """`{"success": true, "data": <the chunks>}`, each chunk flushed as it comes (chunked
+        transfer), for answers too long to build in memory."""
+        self.set_status(200)
+        self.write(b'{"success":true,"data":')
+        try:
+            async for chunk in data:
+                self.write(chunk)
+                await self.flush()
+        except StreamClosedError:
+            return  # the client went away; nothing is left to answer
+        self.finish(b"}")
 
     def ok(self, data: Any = None, status: int = 200) -> None:
         """`{"success": true, "data": data}` (no `data` key when data is None)."""

@@ -162,16 +162,19 @@ def reconnected(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class SessionEventsListHandler(APIHandler):
-    """GET /api/sessions/:id/events: one keyset page (`after`, `limit`) of stored events."""
+    """GET /api/sessions/:id/events: the whole history without paging parameters (streamed in
+    chunks), one keyset page with `after` or `limit`."""
 
     @authenticated
     async def get(self, session_id: str) -> None:
         assert self.current_user is not None
         row = await get_owned(self.ctx, session_id, self.current_user.id)
-        after_id, limit = event_log.page_arguments(
-            self.get_query_argument("after", None), self.get_query_argument("limit", None)
-        )
-        self.ok(await event_log.page(self.ctx, row, after_id, limit))
+        after, limit = self.get_query_argument("after", None), self.get_query_argument("limit", None)
+        if after is None and limit is None:
+            await self.write_json_chunks(event_log.whole_history(self.ctx, row))
+            return
+        after_id, size = event_log.page_arguments(after, limit)
+        self.ok(await event_log.page(self.ctx, row, after_id, size))
 
 
 class SessionUpdatesHandler(SSEHandler):

@@ -12,9 +12,11 @@ streams that follow a live run end once the row is no longer `running`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.context import AppContext
 from services.db import queries
@@ -120,6 +122,8 @@ async def session_status(ctx: AppContext, chat_session_id: str) -> str | None:
 
 PAGE_DEFAULT_LIMIT = 1000
 PAGE_MAX_LIMIT = 5000
+# Rows read (and sent) at a time when the whole history is asked for.
+HISTORY_BATCH = 1000
 _MAX_ID = 2**63 - 1
 
 
@@ -169,3 +173,36 @@ async def page(ctx: AppContext, session: asyncpg.Record, after_id: int, limit: i
         "hasMore": has_more,
         "lastId": rows[-1]["id"] if rows else after_id,
     }
+
+
+async def whole_history(ctx: AppContext, session: asyncpg.Record) -> AsyncIterator[bytes]:
+    """The JSON of `page()` for the whole history, in chunks of `HISTORY_BATCH` events, so that
+    memory stays flat however long the session is (the website's `getEvents` never pages).
+
+    Read in keyset batches; `total` and `lastId` describe exactly the events sent (events appended
+    while it streams are included up to the last batch read)."""
+    chat_session_id = session["id"]
+    yield b'{"events":['
+    after_id = 0
+    total = 0
+    while True:
+        rows = await read_after(ctx, chat_session_id, after_id, HISTORY_BATCH)
+        if rows:
+            events = orjson.dumps([event_json(chat_session_id, row) for row in rows], option=orjson.OPT_NON_STR_KEYS)
+            # The batch's array without its brackets, after a comma unless it is the first.
+            yield (b"," if total else b"") + events[1:-1]
+            total += len(rows)
+            after_id = rows[-1]["id"]
+        if len(rows) < HISTORY_BATCH:
+            break
+    tail = {
+        "total": total,
+        "sessionId": chat_session_id,
+        "sessionPath": session["session_path"],
+        "status": session["status"],
+        "after": 0,
+        "limit": None,
+        "hasMore": False,
+        "lastId": after_id,
+    }
+    yield b"]," + orjson.dumps(tail)[1:]

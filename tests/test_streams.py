@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from services import event_log, session_list
@@ -297,9 +298,36 @@ async def test_events_list_pages(server: TestServer, client: httpx.AsyncClient, 
     assert [e["id"] for e in collected] == ids
     everything = (await client.get(f"/api/sessions/{session_id}/events")).json()["data"]
     assert [e["id"] for e in everything["events"]] == ids and everything["hasMore"] is False
-    assert everything["limit"] == 1000
+    assert everything["limit"] is None and everything["total"] == 7 and everything["lastId"] == ids[-1]
     capped = (await client.get(f"/api/sessions/{session_id}/events", params={"limit": 99999})).json()["data"]
     assert capped["limit"] == 5000
+
+
+async def test_without_paging_the_events_list_is_the_whole_history_streamed(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    # The website's getEvents(id) never pages: a long session must come back whole, its end (and
+    # its result) included, sent in chunks rather than built in memory.
+    session_id = await new_session(server, user["id"])
+    ids: list[int] = []
+    for start in range(0, 2_600, 1_300):
+        ids += await append(server, session_id, 1_300, start=start)
+    async with client.stream("GET", f"/api/sessions/{session_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/json")
+        assert "content-length" not in response.headers  # chunked, batch by batch
+        body = b"".join([chunk async for chunk in response.aiter_raw()])
+    data = orjson.loads(body)["data"]
+    assert [e["id"] for e in data["events"]] == ids
+    assert [e["eventData"]["n"] for e in data["events"]] == list(range(2_600))
+    assert data["total"] == 2_600 and data["hasMore"] is False and data["lastId"] == ids[-1]
+    assert data["sessionId"] == session_id and data["status"] == "completed" and data["after"] == 0
+    # Paging stays for clients that ask for it.
+    page = (await client.get(f"/api/sessions/{session_id}/events", params={"after": ids[999]})).json()["data"]
+    assert [e["id"] for e in page["events"]] == ids[1000:2000] and page["hasMore"] is True
+    empty = await new_session(server, user["id"])
+    nothing = (await client.get(f"/api/sessions/{empty}/events")).json()
+    assert nothing["success"] is True and nothing["data"]["events"] == [] and nothing["data"]["lastId"] == 0
 
 
 @pytest.mark.parametrize("params", [{"after": "x"}, {"after": "-1"}, {"limit": "0"}, {"limit": "many"}])
