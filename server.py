@@ -32,6 +32,8 @@ from services.logs import setup_logging
 from services.sync import session_sync
 
 log = logging.getLogger("webedt.server")
+# After the streams: how long requests still being answered may take before connections close.
+CLOSE_CONNECTIONS_SECONDS = 10.0
 
 
 def raise_open_files_limit() -> None:
@@ -69,8 +71,10 @@ async def start_background(ctx: AppContext) -> None:
         await ctx.sync.start()
 
 
-async def stop_background(ctx: AppContext) -> None:
-    """Stop what start_background started, in reverse order."""
+async def hand_over(ctx: AppContext) -> None:
+    """The first half of a drain: stop the background work and hand this replica's runs to the
+    others at once (their leases released); the hub stays, so open streams keep being fed from the
+    shared log while other replicas drive their runs. Session-list streams end (they reconnect)."""
     if ctx.sync is not None:
         await ctx.sync.stop()
     if ctx.cleanup is not None:
@@ -78,7 +82,28 @@ async def stop_background(ctx: AppContext) -> None:
     if ctx.runs is not None:
         await ctx.runs.stop()  # releases this replica's runs so another one adopts them at once
     if ctx.hub is not None:
-        await ctx.hub.stop()  # ends every open stream ("draining"): clients reconnect to another replica
+        ctx.hub.end_list_streams()
+
+
+async def wait_for_streams(ctx: AppContext, seconds: float) -> None:
+    """Wait until no session stream is open any more (each ends with its run), at most `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while ctx.hub is not None and ctx.hub.stats()["sessionSubscribers"] > 0:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            log.warning("grace period over; ending %d open streams", ctx.hub.stats()["sessionSubscribers"])
+            return
+        await asyncio.sleep(min(0.1, remaining))
+
+
+async def stop_background(ctx: AppContext, grace_seconds: float = 0.0) -> None:
+    """Stop what start_background started, in reverse order; with `grace_seconds`, the open
+    streams are fed (by the hub) until their runs end, that long at most, before the hub stops."""
+    await hand_over(ctx)
+    if grace_seconds > 0:
+        await wait_for_streams(ctx, grace_seconds)
+    if ctx.hub is not None:
+        await ctx.hub.stop()  # ends every stream still open ("draining")
 
 
 async def serve(config: Config) -> None:
@@ -95,14 +120,15 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    log.info("shutting down: draining for up to %.0f s", config.shutdown_grace_seconds)
+    log.info("shutting down: streams fed until their runs end, for up to %.0f s", config.shutdown_grace_seconds)
     ctx.draining = True
     server.stop()
-    await stop_background(ctx)
+    await stop_background(ctx, config.shutdown_grace_seconds)
     try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=config.shutdown_grace_seconds)
+        # What is left is idle keep-alive connections and requests finishing their answers.
+        await asyncio.wait_for(server.close_all_connections(), timeout=CLOSE_CONNECTIONS_SECONDS)
     except TimeoutError:
-        log.warning("grace period over; closing remaining connections")
+        log.warning("closing the remaining connections")
     await ctx.pool.close()
     ctx.close_executors()
     log.info("stopped")

@@ -6,8 +6,11 @@
   loses track of a flush started while another is pending).
 - A heartbeat comment after every `sse_heartbeat_seconds` of silence, on every stream, driven by
   a timer so it also runs while the route waits on something else.
-- A lifetime cap (`stream_lifetime_seconds`, minus up to 10 % so that reconnects spread out):
-  the stream then ends without `completed`, and the client reconnects with Last-Event-ID.
+- An optional lifetime cap (`stream_lifetime_seconds`, minus up to 10 % so that reconnects spread
+  out; 0, the default, means none, because the website's chat page never reconnects): the stream
+  then ends without `completed`, and a client that reconnects does so with Last-Event-ID.
+- Draining (SIGTERM) does not end a stream: it is fed from the shared log until its run ends, and
+  only the hub's stop, when `SHUTDOWN_GRACE_SECONDS` is over, ends what is still open.
 - A client that goes away is noticed by `on_connection_close`, which takes the stream out of
   the hub and wakes its coroutine at once (not at the next heartbeat).
 - `follow_session()` registers with the hub first, then replays the log after an id in keyset
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +102,8 @@ class SSEHandler(APIHandler):
         OPEN_STREAMS.inc()
         config = self.ctx.config
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + config.stream_lifetime_seconds * random.uniform(0.9, 1.0)
+        lifetime = config.stream_lifetime_seconds
+        self._deadline = loop.time() + lifetime * random.uniform(0.9, 1.0) if lifetime > 0 else math.inf
         self._timer = loop.call_at(min(self._deadline, loop.time() + config.sse_heartbeat_seconds), self._tick)
         self.write(b"retry: %d\n\n" % DEFAULT_RETRY_MS)
         await self.flush_stream()
@@ -259,7 +264,8 @@ class SSEHandler(APIHandler):
             return sub.reason
         if self.end_reason is not None:
             return self.end_reason
-        if self.ctx.draining or self.ctx.hub is None or self.ctx.hub.stopping:
+        # Not `ctx.draining`: a draining process keeps its streams fed until the hub stops.
+        if self.ctx.hub is None or self.ctx.hub.stopping:
             return "draining"
         return None
 

@@ -61,16 +61,24 @@ WHERE id = :id;
 UPDATE chat_sessions SET run_state = COALESCE(run_state, '{}'::jsonb) || :patch
 WHERE id = :id AND status = 'running';
 
+-- name: lock_driver_liveness(run_owner)$
+-- Taken once per process on a connection of its own: held, it says the driver `run_owner` is
+-- alive (see run_driver_gone in migrations/0008_run_driver_liveness.sql). False when taken.
+SELECT pg_try_advisory_lock(1464156740, hashtext(:run_owner));
+
+-- name: ping_driver_liveness()$
+-- The liveness connection still answers (and so still holds its lock).
+SELECT 1;
+
 -- name: claim_run(id, run_owner, lease_seconds)^
--- Take the lease of a running session unless another replica holds a fresh one.
+-- Take the run of a running session unless another live replica drives it.
 UPDATE chat_sessions SET run_owner = :run_owner, worker_last_activity = now()
 WHERE id = :id AND status = 'running'
-  AND (run_owner IS NULL OR run_owner = :run_owner OR worker_last_activity IS NULL
-       OR worker_last_activity < now() - make_interval(secs => :lease_seconds))
+  AND (run_owner = :run_owner OR run_driver_gone(run_owner, worker_last_activity, :lease_seconds))
 RETURNING id;
 
 -- name: claim_orphan_runs(run_owner, lease_seconds, limit)
--- Running sessions whose driver is gone (no lease, or a lease not renewed in time), taken over.
+-- Running sessions whose driver is gone (none, or one whose liveness lock is free), taken over.
 -- Only runs a driver can carry on: started by one (a run state) or linked to a remote session.
 -- SKIP LOCKED and the repeated condition make two replicas adopting at once split the rows.
 UPDATE chat_sessions SET run_owner = :run_owner, worker_last_activity = now()
@@ -78,14 +86,12 @@ WHERE id IN (
         SELECT id FROM chat_sessions
         WHERE status = 'running'
           AND (run_state IS NOT NULL OR remote_session_id IS NOT NULL)
-          AND (run_owner IS NULL OR worker_last_activity IS NULL
-               OR worker_last_activity < now() - make_interval(secs => :lease_seconds))
+          AND run_driver_gone(run_owner, worker_last_activity, :lease_seconds)
         ORDER BY worker_last_activity NULLS FIRST
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
   AND status = 'running'
-  AND (run_owner IS NULL OR worker_last_activity IS NULL
-       OR worker_last_activity < now() - make_interval(secs => :lease_seconds))
+  AND run_driver_gone(run_owner, worker_last_activity, :lease_seconds)
 RETURNING id;
 
 -- name: heartbeat_runs(run_owner)

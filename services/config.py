@@ -40,7 +40,8 @@ class Config:
     claude_poll_interval_ms: int = 2000
     claude_request_timeout_seconds: float = 30.0
     claude_retry_window_seconds: float = 300.0
-    run_adopt_interval_seconds: float = 30.0
+    run_adopt_interval_seconds: float = 1.0
+    run_lease_seconds: float = 30.0
     claude_sync_enabled: bool = True
     claude_sync_interval_ms: int = 300_000
     claude_sync_limit: int = 50
@@ -53,9 +54,9 @@ class Config:
     github_repos_max: int = 1000
     tmp_dir: Path = Path("/tmp")
     workspace_dir: Path = Path("/workspace")
-    stream_lifetime_seconds: float = 1800.0
+    stream_lifetime_seconds: float = 0.0  # 0: no cap
     sse_heartbeat_seconds: float = 15.0
-    shutdown_grace_seconds: float = 20.0
+    shutdown_grace_seconds: float = 300.0
     bcrypt_rounds: int = 12
     login_max_failures_per_email: int = 5
     login_max_failures_per_ip: int = 20
@@ -224,7 +225,8 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         claude_poll_interval_ms=_int(env, "CLAUDE_POLL_INTERVAL_MS", 2000, minimum=10),
         claude_request_timeout_seconds=_float(env, "CLAUDE_REQUEST_TIMEOUT_SECONDS", 30.0, 0.1),
         claude_retry_window_seconds=_float(env, "CLAUDE_RETRY_WINDOW_SECONDS", 300.0, 0.1),
-        run_adopt_interval_seconds=_float(env, "RUN_ADOPT_INTERVAL_SECONDS", 30.0, 0.1),
+        run_adopt_interval_seconds=_float(env, "RUN_ADOPT_INTERVAL_SECONDS", 1.0, 0.1),
+        run_lease_seconds=_float(env, "RUN_LEASE_SECONDS", 30.0, 1.0),
         claude_sync_enabled=_bool(env, "CLAUDE_SYNC_ENABLED", True),
         claude_sync_interval_ms=_int(env, "CLAUDE_SYNC_INTERVAL_MS", 300_000, minimum=1000),
         claude_sync_limit=_int(env, "CLAUDE_SYNC_LIMIT", 50, minimum=1),
@@ -237,9 +239,9 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         github_repos_max=_int(env, "GITHUB_REPOS_MAX", 1000, minimum=1),
         tmp_dir=Path(_read(env, "TMP_DIR") or "/tmp"),
         workspace_dir=Path(_read(env, "WORKSPACE_DIR") or "/workspace"),
-        stream_lifetime_seconds=_float(env, "STREAM_LIFETIME_SECONDS", 1800.0, 1.0),
+        stream_lifetime_seconds=_float(env, "STREAM_LIFETIME_SECONDS", 0.0, 0.0),
         sse_heartbeat_seconds=_float(env, "SSE_HEARTBEAT_SECONDS", 15.0, 0.05),
-        shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 20.0, 0.0),
+        shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 300.0, 0.0),
         bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", 12, minimum=4),
         login_max_failures_per_email=_int(env, "LOGIN_MAX_FAILURES_PER_EMAIL", 5, minimum=1),
         login_max_failures_per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1),

@@ -229,6 +229,13 @@ class Hub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), wait_seconds)
 
+    def end_list_streams(self) -> None:
+        """End the session-list streams ("draining"): a bare EventSource reconnects them to another
+        replica. Streams of sessions stay, fed until their runs end or the hub stops."""
+        for group in list(self._list.subscribers.values()):
+            for sub in list(group):
+                self._remove(sub, "draining")
+
     async def stop(self) -> None:
         """End every subscription ("draining": the streams close and clients reconnect
         elsewhere), then close the LISTEN connection and stop the readers."""

@@ -121,31 +121,35 @@ async def test_reconnecting_to_another_replica_continues_where_it_stopped(
         assert received == appended
 
 
-async def test_sigterm_ends_open_streams_so_clients_reconnect_elsewhere(
+async def test_sigterm_keeps_run_streams_fed_until_the_run_ends(
     server: TestServer, replicas: tuple[Replica, Replica]
 ) -> None:
-    first, second = replicas
-    async with (
-        httpx.AsyncClient(base_url=first.url, timeout=20) as on_first,
-        httpx.AsyncClient(base_url=second.url, timeout=20) as on_second,
-    ):
+    # The chat page never reconnects a stream: a draining replica keeps the streams of running
+    # sessions open and fed from the shared log (the run goes on elsewhere) until `completed`;
+    # the session-list stream, which a bare EventSource reconnects, ends at once.
+    _, second = replicas
+    async with httpx.AsyncClient(base_url=second.url, timeout=20) as on_second:
         user = await register(on_second)
-        on_first.cookies = on_second.cookies
         session_id = await running_session(server, user["id"])
+        stalled_id = await running_session(server, user["id"])
         path = f"/api/sessions/{session_id}/events/stream"
         before = await event_log.append(server.ctx, session_id, [{"type": "a"}])
         async with (
             open_sse(on_second, path) as stream,
+            open_sse(on_second, f"/api/sessions/{stalled_id}/events/stream") as stalled,
             open_sse(on_second, "/api/sessions/updates") as list_stream,
         ):
             assert int((await stream.next()).id) == before[0]
             assert (await list_stream.next()).event == "connected"
             second.process.send_signal(signal.SIGTERM)
-            rest = await stream.rest(timeout=10)
-            assert "completed" not in [e.event for e in rest]  # the client must reconnect
             assert await list_stream.rest(timeout=10) == []
-            last = stream.last_event_id
-        assert await asyncio.to_thread(second.process.wait, 10) == 0
-        after = await event_log.append(server.ctx, session_id, [{"type": "b"}])
-        async with open_sse(on_first, path, last_event_id=last) as stream:
-            assert int((await stream.next()).id) == after[0]
+            # Appended by "another replica" after the SIGTERM: still delivered, live.
+            after = await event_log.append(server.ctx, session_id, [{"type": "b"}, {"type": "c"}])
+            assert [int((await stream.next()).id) for _ in after] == after
+            await server.ctx.pool.execute("UPDATE chat_sessions SET status = 'completed' WHERE id = $1", session_id)
+            await event_log.announce_status(server.ctx, session_id)
+            completed = await stream.next()
+            assert completed.event == "completed" and completed.json()["replayed"] is False
+            # A run that outlasts SHUTDOWN_GRACE_SECONDS (5 s here) has its stream ended then.
+            assert await stalled.rest(timeout=15) == []
+        assert await asyncio.to_thread(second.process.wait, 15) == 0

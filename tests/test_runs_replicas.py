@@ -37,7 +37,13 @@ async def fake() -> AsyncIterator[FakeClaude]:
 async def start_replicas(database_url: str, fake: FakeClaude, tmp_path: Path) -> list[Replica]:
     env = test_env(
         database_url,
-        **claude_env(fake, CLAUDE_ENVIRONMENT_ID="env_replicas", RUN_ADOPT_INTERVAL_SECONDS="0.3", LOG_LEVEL="INFO"),
+        **claude_env(
+            fake,
+            CLAUDE_ENVIRONMENT_ID="env_replicas",
+            RUN_ADOPT_INTERVAL_SECONDS="0.3",
+            RUN_LEASE_SECONDS="1",
+            LOG_LEVEL="INFO",
+        ),
     )
     # Started in threads: waiting for them must not block the fake, which runs on this loop.
     return list(await asyncio.gather(*(asyncio.to_thread(spawn_replica, env, tmp_path) for _ in range(2))))
@@ -102,7 +108,12 @@ async def test_a_killed_replicas_run_is_finished_by_another(
     assert "adopting run of session" in second.log()
 
 
-async def test_a_stopping_replica_hands_its_run_over(database_url: str, fake: FakeClaude, tmp_path: Path) -> None:
+async def test_a_stopping_replica_hands_its_run_over_and_its_viewer_sees_the_end(
+    database_url: str, fake: FakeClaude, tmp_path: Path
+) -> None:
+    # SIGTERM mid-run: the run is handed over at once, and the viewer connected to the stopping
+    # replica (the chat page, which never reconnects) still receives every event and a live
+    # `completed`, fed from the shared log while the other replica drives.
     fake.hold_at = 4
     async with (
         replicas(database_url, fake, tmp_path) as (first, second),
@@ -110,17 +121,67 @@ async def test_a_stopping_replica_hands_its_run_over(database_url: str, fake: Fa
     ):
         await register(on_first)
         await connect_claude(on_first, fake)
-        session_id, _ = await run_until_stalled(on_first, "Split the monolith", first, signal.SIGTERM)
-        assert first.process.returncode == 0
-        fake.hold_at = None
+        async with post_sse(on_first, {"userRequest": "Split the monolith", "github": REPO}) as stream:
+            frames = await stream.until("assistant")
+            session_id = frames[1].json()["websiteSessionId"]
+            first.process.send_signal(signal.SIGTERM)
+            fake.hold_at = None
+            frames += await stream.until(lambda e: e.event in ("completed", "error"), timeout=30)
+        assert [f.event for f in frames] == [
+            "input_preview",
+            "session-created",
+            "title_generation",
+            *UPSTREAM_TYPES,
+            "completed",
+        ]
+        ids = [int(f.id) for f in frames if f.id]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert frames[-1].json()["totalCost"] == "0.0125" and "_replayed" not in frames[-1].json()
+        assert await asyncio.to_thread(first.process.wait, 15) == 0
         async with httpx.AsyncClient(base_url=second.url, timeout=30, cookies=on_first.cookies) as on_second:
             await wait_status(on_second, session_id, "completed", timeout=30)
-            assert types(await stored(on_second, session_id)) == ["input_preview", "title_generation", *UPSTREAM_TYPES]
-        # A follow-up sent through the survivor is delivered once.
-        async with httpx.AsyncClient(base_url=second.url, timeout=30, cookies=on_first.cookies) as on_second:
+            log = await stored(on_second, session_id)
+            assert [e["id"] for e in log] == ids
+            assert types(log) == ["input_preview", "title_generation", *UPSTREAM_TYPES]
+            # A follow-up sent through the survivor is delivered once.
             response = await on_second.post(f"/api/sessions/{session_id}/send", json={"content": "And the tests"})
             assert response.status_code == 200
             await wait_status(on_second, session_id, "completed", timeout=30)
             log = await stored(on_second, session_id)
+    assert "adopting run of session" in second.log()
     assert fake.only_session().prompts == ["Split the monolith", "And the tests"]
     assert types(log)[-len(UPSTREAM_TYPES) - 1 :] == ["input_preview", *UPSTREAM_TYPES]
+
+
+async def test_a_stalled_driver_keeps_its_run_and_a_dead_one_loses_it_at_once(
+    database_url: str, fake: FakeClaude, tmp_path: Path
+) -> None:
+    # Liveness is PostgreSQL's to judge: a driver that is merely stalled (SIGSTOP, far past its
+    # lease) still holds its connection and its run, so there are never two drivers; once it is
+    # dead (SIGKILL) the other replica carries the run on within a check or two, not a lease.
+    fake.hold_at = 4
+    async with (
+        replicas(database_url, fake, tmp_path) as (first, second),
+        httpx.AsyncClient(base_url=first.url, timeout=30) as on_first,
+    ):
+        await register(on_first)
+        await connect_claude(on_first, fake)
+        async with post_sse(on_first, {"userRequest": "Stall and die", "github": REPO}) as stream:
+            frames = await stream.until("assistant")
+            session_id = frames[1].json()["websiteSessionId"]
+            first.process.send_signal(signal.SIGSTOP)
+        try:
+            polls_before = len(fake.api_requests("GET", r"/events$"))
+            await asyncio.sleep(4)  # four leases (RUN_LEASE_SECONDS=1), and past the old 3 s lease
+            # Nobody else drove it meanwhile: upstream saw no reads of its events.
+            assert len(fake.api_requests("GET", r"/events$")) == polls_before
+        finally:
+            first.process.send_signal(signal.SIGKILL)
+            first.process.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(first.process.wait, 15)
+        fake.hold_at = None
+        async with httpx.AsyncClient(base_url=second.url, timeout=30, cookies=on_first.cookies) as on_second:
+            await wait_status(on_second, session_id, "completed", timeout=15)
+            log = await stored(on_second, session_id)
+    assert types(log) == ["input_preview", "title_generation", *UPSTREAM_TYPES]
+    assert "adopting run of session" in second.log()

@@ -18,15 +18,19 @@ module then does the rest in a task of its own:
 Upstream 5xx, timeouts and malformed replies are retried with exponential backoff; once they have
 lasted `CLAUDE_RETRY_WINDOW_SECONDS` the run ends in error.
 
-**Ownership (a lease, not an advisory lock).** `chat_sessions.run_owner` names the replica that
-drives the run and `worker_last_activity` is its heartbeat, renewed for all of a replica's runs by
-one UPDATE every lease/4 seconds. A replica takes a run with a conditional UPDATE (no owner, or a
-heartbeat older than the lease), so exactly one wins. A lease survives a dropped database
-connection (an advisory lock would not, and would pin one pooled connection per run), it is
-visible to the orphan cleanup and to people (`workerLastActivity`), and a killed replica's runs
-are taken over by whoever notices first. Everything a run needs to carry on is in the database
-(outbox, `run_state`, the events stored so far), so an adopting replica continues from the stored
-history with no gap (it re-reads the upstream list once) and no duplicate (uuids).
+**Ownership: a lease row, and liveness judged by PostgreSQL.** `chat_sessions.run_owner` names
+the process that drives the run (the record of who drives; `worker_last_activity` is its
+heartbeat, renewed for all of a process's runs by one UPDATE every lease/4 seconds). Whether that
+process is alive is told by one session-level advisory lock per process, held on a connection of
+its own (`Liveness`): PostgreSQL drops it by itself when the connection ends, whatever ended the
+process. Every `RUN_ADOPT_INTERVAL_SECONDS` each replica runs one cheap query that takes over
+running sessions whose owner's lock is free (`run_driver_gone`, migration 0008), so a killed
+driver's runs go on elsewhere within a second or two, and a stopping one's at once (it releases
+them). A driver that is only stalled still holds its lock and keeps its runs: two drivers never
+share a run. A process that loses its liveness connection stops driving at once, until it holds
+the lock again. Everything a run needs to carry on is in the database (outbox, `run_state`, the
+events stored so far), so an adopting replica continues from the stored history with no gap (it
+re-reads the upstream list once) and no duplicate (uuids).
 """
 
 from __future__ import annotations
@@ -129,18 +133,80 @@ class Outcome:
     total_cost: str | None = None
 
 
+class Liveness:
+    """This process's liveness lock: one session-level advisory lock on a connection outside the
+    pool, held for the life of the process (see the module docstring)."""
+
+    def __init__(self, dsn: str, owner: str) -> None:
+        self.dsn = dsn
+        self.owner = owner
+        self._conn: asyncpg.Connection | None = None
+        self._lost_logged = False
+
+    async def ensure(self) -> bool:
+        """Whether this process holds its lock now, (re)connecting and taking it if needed."""
+        if self._conn is not None and not self._conn.is_closed():
+            try:
+                await queries.runs.ping_driver_liveness(self._conn)
+                return True
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+                await self.close()
+        try:
+            # Keepalives make the server notice a vanished host in seconds, not hours.
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=5,
+                server_settings={
+                    "tcp_keepalives_idle": "5",
+                    "tcp_keepalives_interval": "2",
+                    "tcp_keepalives_count": "3",
+                    "application_name": "webedt-liveness",
+                },
+            )
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, OSError):
+            return self._lost()
+        try:
+            held = await queries.runs.lock_driver_liveness(conn, run_owner=self.owner)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            held = False
+        if not held:
+            # The server still keeps the lock of this process's previous connection; later.
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+            return self._lost()
+        self._conn = conn
+        if self._lost_logged:
+            log.info("run driver liveness lock held again")
+            self._lost_logged = False
+        return True
+
+    def _lost(self) -> bool:
+        if not self._lost_logged:
+            log.warning("run driver liveness lock lost; this process drives no run until it holds it again")
+            self._lost_logged = True
+        return False
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+
 class RunDriver:
     """Owns this replica's runs: starts, adopts, heartbeats, and releases them on shutdown."""
 
     def __init__(self, ctx: AppContext, provider: AgentProvider | None = None) -> None:
         self.ctx = ctx
         self.provider: ClaudeRemoteProvider = provider or ClaudeRemoteProvider(ctx)  # type: ignore[assignment]
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # `live:` says this owner proves it is alive with its lock (migration 0008).
+        self.owner = f"live:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.liveness = Liveness(ctx.dsn, self.owner)
         config = ctx.config
         self.poll_seconds = config.claude_poll_interval_ms / 1000
         self.adopt_seconds = config.run_adopt_interval_seconds
-        # A lease outlives a few missed heartbeats; adoption checks at least as often as it expires.
-        self.lease_seconds = max(3 * self.adopt_seconds, 3.0)
+        # Only for owners without a liveness lock (older servers, the orphan cleanup's claims).
+        self.lease_seconds = config.run_lease_seconds
         self.heartbeat_seconds = self.lease_seconds / 4
         self.retry_window_seconds = config.claude_retry_window_seconds
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -156,7 +222,8 @@ class RunDriver:
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Adopt orphaned runs now, then keep leases fresh and adopt periodically."""
+        """Take the liveness lock, then adopt orphaned runs, keep leases fresh and adopt periodically."""
+        await self.liveness.ensure()
         self._maintainer = asyncio.create_task(self._maintain(), name="run-driver-maintenance")
 
     async def stop(self) -> None:
@@ -171,27 +238,42 @@ class RunDriver:
                 await task
         with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
             await queries.runs.release_runs(self.ctx.pool, run_owner=self.owner)
+        await self.liveness.close()
         await self.provider.aclose()
 
+    def _stop_driving(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+
     async def _maintain(self) -> None:
-        next_adopt = 0.0
+        next_heartbeat = 0.0
         while True:
             try:
-                owned = {r["id"] async for r in queries.runs.heartbeat_runs(self.ctx.pool, run_owner=self.owner)}
-                for session_id, task in list(self.tasks.items()):
-                    if session_id not in owned and not task.done():
-                        # Aborted, finished elsewhere, or taken over after a stall: stop driving.
-                        task.cancel()
-                for session_id in owned - self.tasks.keys():
-                    self._spawn(session_id)
-                if time.monotonic() >= next_adopt:
-                    next_adopt = time.monotonic() + self.adopt_seconds
+                if not await self.liveness.ensure():
+                    # Others may take these runs over any moment now: drive none of them, and
+                    # once the lock is back, drive again what is still this process's at once.
+                    self._stop_driving()
+                    next_heartbeat = 0.0
+                else:
+                    if time.monotonic() >= next_heartbeat:
+                        next_heartbeat = time.monotonic() + self.heartbeat_seconds
+                        await self._heartbeat()
                     await self.adopt()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("run maintenance failed; trying again shortly")
-            await asyncio.sleep(min(self.heartbeat_seconds, self.adopt_seconds))
+            await asyncio.sleep(self.adopt_seconds)
+
+    async def _heartbeat(self) -> None:
+        """Renew this process's leases, stop driving what it no longer owns, drive what it does."""
+        owned = {r["id"] async for r in queries.runs.heartbeat_runs(self.ctx.pool, run_owner=self.owner)}
+        for session_id, task in list(self.tasks.items()):
+            if session_id not in owned and not task.done():
+                # Aborted, finished elsewhere, or taken over: stop driving.
+                task.cancel()
+        for session_id in owned - self.tasks.keys():
+            self._spawn(session_id)
 
     async def adopt(self) -> list[str]:
         """Take over running sessions whose driver is gone; returns their ids."""
