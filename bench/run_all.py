@@ -30,6 +30,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str] | None, float]] = {
     "streams": ([], ["--quick"], 1800),
     "load": ([], ["--quick"], 900),
     "history": ([], ["--quick"], 900),
+    "adoption": ([], ["--quick"], 900),
 }
 
 
