@@ -185,10 +185,18 @@ class SSEHandler(APIHandler):
 
     def _drop_connection(self) -> None:
         """The hub dropped this stream (its queue overflowed): cut the connection so that even a
-        flush stuck on a client that stopped reading ends; the client reconnects with its last id."""
+        flush stuck on a client that stopped reading ends; the client reconnects with its last id.
+
+        The socket (IOStream) is closed, not the HTTP connection: closing the HTTP1Connection
+        forgets its pending write future without resolving it and skips `on_connection_close`, so
+        the handler, its subscriber and its full queue would wait forever. A closed socket fails
+        the pending flush and calls `on_connection_close`, as when the client hangs up."""
         self._stop_timers()
         connection = self.request.connection
-        if connection is not None and hasattr(connection, "close"):
+        stream = getattr(connection, "stream", None)
+        if stream is not None:
+            stream.close()
+        elif connection is not None and hasattr(connection, "close"):
             connection.close()
 
     # ---- timers -------------------------------------------------------------------------------
