@@ -13,8 +13,9 @@
   only the hub's stop, when `SHUTDOWN_GRACE_SECONDS` is over, ends what is still open.
 - A client that goes away is noticed by `on_connection_close`, which takes the stream out of
   the hub and wakes its coroutine at once (not at the next heartbeat).
-- `follow_session()` registers with the hub first, then replays the log after an id in keyset
-  batches, then goes live, never sending an id twice and never skipping one.
+- `follow_session()` and `follow_session_list()` write what a subscription of
+  services/subscriber.py yields (which holds the no-gap, no-duplicate rule), calling the routes'
+  hooks at its marks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import dataclasses
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -32,27 +33,11 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from handlers.base import APIHandler
-from services import event_log, session_list
-from services.hub import EventFrame, StatusChange, Subscriber, event_frame, event_name, now_iso, sse_frame
+from services.hub import Subscriber, event_name, sse_frame
 from services.metrics import OPEN_STREAMS
-from services.users import iso
+from services.subscriber import ListSubscription, Mark, Replay, SessionSubscription
 
-REPLAY_BATCH = 500
 DEFAULT_RETRY_MS = 3000
-
-
-@dataclass(slots=True)
-class Replay:
-    """What `follow_session` is replaying; handed to the hooks so routes can add their frames."""
-
-    chat_session_id: str
-    after_id: int  # the position the replay starts after (0 after a history reset)
-    boundary: int  # the newest id when the stream started: ids up to it are `_replayed`
-    status: str | None  # the session's status when the stream started (None: row gone)
-    requested_id: int  # what the client asked for (Last-Event-ID), 0 when nothing
-    history_reset: bool = False  # the requested id was not in this session's history
-    replayed: int = 0  # frames sent with `_replayed: true`
-    final_status: str | None = None  # the status that ended a followed run
 
 
 class SSEHandler(APIHandler):
@@ -280,16 +265,10 @@ class SSEHandler(APIHandler):
     async def follow_session(
         self, chat_session_id: str, after_id: int, *, until_run_ends: bool = True, all_live: bool = False
     ) -> str:
-        """Replay the session's events after `after_id`, then its live events.
-
-        Registers with the hub first, then replays in keyset batches, then goes live; every
-        stored event is a frame named by its `type` with `id: <events.id>`; frames of ids that
-        existed when the stream started carry `_replayed` and `_originalTimestamp`. An
-        `after_id` that is not in this session's history means a full replay, announced by an
-        `event: history_reset` frame. With `until_run_ends` it returns once the session is not
-        (or no longer) `running`; otherwise it follows until the stream ends. With `all_live`
-        nothing is marked `_replayed` (execute-remote: everything after `after_id` belongs to the
-        run the client is watching, even what was stored before the stream caught up).
+        """Write a `SessionSubscription` (services/subscriber.py): the session's events after
+        `after_id`, then its live events, with the route's hooks at its marks. Every stored event
+        is a frame named by its `type` with `id: <events.id>`. With `until_run_ends` it returns
+        once the session is not (or no longer) `running`; with `all_live` nothing is `_replayed`.
 
         Returns why it stopped: "not_running", "run_ended", "client_gone", "lifetime",
         "draining" or "overflow". Only the first two should be followed by `completed`.
@@ -297,156 +276,54 @@ class SSEHandler(APIHandler):
         reason = self._stop_reason()
         if reason is not None:
             return reason
-        hub = self.ctx.hub
-        sub = hub.subscribe_session(chat_session_id)
-        sub.on_drop = self._drop_connection
-        self._subscriber = sub
-        try:
-            replay = await self._replay(sub, chat_session_id, after_id, all_live)
-            if replay is None:
-                return self._stop_reason(sub) or "client_gone"
-            if until_run_ends and replay.status != "running":
-                replay.final_status = replay.status
-                return "not_running"
-            await self.on_live_start(replay)
-            last = self.last_sent_id
-            loop = asyncio.get_running_loop()
-            while True:
-                reason = self._stop_reason(sub)
-                if reason is not None:
-                    return reason
-                items = sub.take()
-                if not items:
-                    # Waiting inline (not in a helper coroutine) keeps an idle stream's frames few.
-                    sub.waiter = loop.create_future()
-                    try:
-                        await sub.waiter
-                    finally:
-                        sub.waiter = None
-                    continue
-                wrote = False
-                for item in items:
-                    if isinstance(item, EventFrame):
-                        if item.id > last:
-                            self.write(item.data)
-                            last = self.last_sent_id = item.id
-                            wrote = True
-                    elif isinstance(item, StatusChange) and until_run_ends and item.status != "running":
-                        replay.final_status = item.status
-                        if wrote:
-                            await self.flush_stream()
-                        return "client_gone" if self.client_gone else "run_ended"
-                if wrote and not await self.flush_stream():
-                    return "client_gone"
-        finally:
-            self._subscriber = None
-            hub.unsubscribe(sub, "finished")
-
-    async def _replay(self, sub: Subscriber, chat_session_id: str, after_id: int, all_live: bool) -> Replay | None:
-        """Send the stored events after `after_id` (keyset batches) and hand the position to the
-        hub. None when the stream ended meanwhile."""
-        ctx = self.ctx
-        # Read the status before replaying: if the run ends during the replay, its last events are
-        # in the replay or queued ahead of the status change, never lost behind an early return.
-        status = await event_log.session_status(ctx, chat_session_id)
-        newest = await event_log.last_id(ctx, chat_session_id)
-        boundary = 0 if all_live else newest
-        replay = Replay(chat_session_id, max(after_id, 0), boundary, status, requested_id=after_id)
-        known = 0 < after_id <= newest and await event_log.has_event(ctx, chat_session_id, after_id)
-        if after_id != 0 and not known:
-            replay.after_id = 0
-            replay.history_reset = True
-        self.replay = replay
-        if replay.history_reset:
-            await self.send(
-                "history_reset",
-                {
-                    "type": "history_reset",
-                    "lastEventId": after_id,
-                    "message": "The requested event is not in this session's history; replaying it from the start",
-                    "timestamp": now_iso(),
-                },
-            )
-        await self.on_replay_start(replay)
-        last = self.last_sent_id = replay.after_id
-        while True:
-            if self._stop_reason(sub) is not None:
-                return None
-            rows = await event_log.read_after(ctx, chat_session_id, last, REPLAY_BATCH)
-            if len(rows) < REPLAY_BATCH:
-                # The end of the table as of this read: from here on the hub's queue has the rest.
-                ctx.hub.caught_up(sub, rows[-1]["id"] if rows else last)
-            for row in rows:
-                event_id = row["id"]
-                if event_id <= boundary:
-                    self.write(event_frame(event_id, row["event_data"], iso(row["timestamp"])))
-                    replay.replayed += 1
-                else:
-                    self.write(event_frame(event_id, row["event_data"]))
-            if rows:
-                last = self.last_sent_id = rows[-1]["id"]
-                if not await self.flush_stream():
-                    return None
-            if len(rows) < REPLAY_BATCH:
-                break
-        await self.on_replay_end(replay)
-        return replay
+        subscription = SessionSubscription(self.ctx, chat_session_id, until_run_ends=until_run_ends, all_live=all_live)
+        hooks = {
+            Mark.REPLAY_START: self.on_replay_start,
+            Mark.REPLAY_END: self.on_replay_end,
+            Mark.LIVE: self.on_live_start,
+        }
+        return await self._write_frames(subscription, subscription.frames(after_id), hooks)
 
     async def on_list_subscribed(self) -> None:
         """Hook: the session-list subscription is registered; nothing is sent yet."""
 
     async def follow_session_list(self, user_id: str, after_id: int) -> str:
-        """The person's session-list announcements: those after `after_id` still kept (when the
-        client reconnects with Last-Event-ID), then live ones. Returns why it stopped."""
+        """Write a `ListSubscription`: the person's session-list announcements after `after_id`
+        still kept (a reconnect with Last-Event-ID), then live ones. Returns why it stopped."""
         reason = self._stop_reason()
         if reason is not None:
             return reason
-        hub = self.ctx.hub
-        sub = hub.subscribe_user(user_id)
-        sub.on_drop = self._drop_connection
-        self._subscriber = sub
+        subscription = ListSubscription(self.ctx, user_id)
+        return await self._write_frames(subscription, subscription.frames(after_id), {})
+
+    async def _write_frames(
+        self,
+        subscription: SessionSubscription | ListSubscription,
+        frames: AsyncIterator[bytes | Mark],
+        hooks: dict[Mark, Callable[[Replay], Awaitable[None]]],
+    ) -> str:
+        """The one writing loop: each chunk written and flushed, each mark handed to its hook."""
+        subscription.on_drop(self._drop_connection)
+        self._subscriber = subscription.hub_subscriber
         try:
-            high = await session_list.last_id(self.ctx)
-            last = high
-            # Subscribed before the first frame: a change announced right after it is not lost.
-            await self.on_list_subscribed()
-            if 0 < after_id < high:
-                position = after_id
-                while True:
-                    rows = await session_list.read_for_user(self.ctx, user_id, position, high, REPLAY_BATCH)
-                    for row in rows:
-                        data = orjson.dumps(session_list.frame_data(row), option=orjson.OPT_NON_STR_KEYS)
-                        self.write(sse_frame(data, row["kind"].encode(), row["id"]))
-                    if rows:
-                        position = rows[-1]["id"]
-                        if not await self.flush_stream():
-                            return "client_gone"
-                    if len(rows) < REPLAY_BATCH:
-                        break
-            hub.caught_up(sub, high)
-            while True:
-                reason = self._stop_reason(sub)
-                if reason is not None:
-                    return reason
-                items = sub.take()
-                if not items:
-                    sub.waiter = asyncio.get_running_loop().create_future()
-                    try:
-                        await sub.waiter
-                    finally:
-                        sub.waiter = None
-                    continue
-                wrote = False
-                for item in items:
-                    if isinstance(item, EventFrame) and item.id > last:
-                        self.write(item.data)
-                        last = item.id
-                        wrote = True
-                if wrote and not await self.flush_stream():
-                    return "client_gone"
+            async with contextlib.aclosing(frames):
+                async for item in frames:
+                    if isinstance(item, Mark):
+                        if item is Mark.SUBSCRIBED:
+                            await self.on_list_subscribed()
+                        elif isinstance(subscription, SessionSubscription) and subscription.replay is not None:
+                            self.replay = subscription.replay
+                            await hooks[item](subscription.replay)
+                        continue
+                    self.write(item)
+                    self.last_sent_id = subscription.last_id
+                    if not await self.flush_stream():
+                        return "client_gone"
         finally:
             self._subscriber = None
-            hub.unsubscribe(sub, "finished")
+        if isinstance(subscription, SessionSubscription):
+            self.replay = subscription.replay
+        return self._stop_reason() or subscription.reason or "client_gone"
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

@@ -18,10 +18,11 @@ import tornado.routing
 from tornado.httputil import HTTPServerRequest
 
 from handlers.base import APIHandler, authenticated
-from handlers.stream import Replay, SSEHandler
+from handlers.stream import SSEHandler
 from services import event_log
 from services.chat_sessions import get_owned
 from services.hub import now_iso
+from services.subscriber import Replay
 from services.users import iso
 
 log = logging.getLogger("webedt.streams")

@@ -1,0 +1,242 @@
+"""The subscriber protocol: how a stream follows a chat session, or a person's session list, from
+any point, on any replica. Every streaming route iterates one of these; the SSE handler only
+writes what they yield.
+
+**The rule (no gap, no duplicate).** Register with the hub *before* reading the table. Replay the
+rows after the requested position in keyset batches; when a read returns less than a full batch,
+hand the last id read to the hub (`caught_up`). Then take live items from the hub's queue, and
+send an item only if its id is above the last id sent. Registering first means a row committed
+while the replay runs is either in the replay or in the queue (appends to one session become
+visible in id order, see services/event_log.py), and skipping ids at or below the last one sent
+means nothing is sent twice.
+
+A subscription ends when the hub ends it (`reason`: "client_gone", "lifetime", "overflow",
+"draining", set by whoever unsubscribes it), when the hub stops ("draining"), or, for a session
+followed `until_run_ends`, when the session is not or no longer running ("not_running",
+"run_ended": only these two are followed by `completed`). Model: Mercure's LocalSubscriber, whose
+history dispatch and live queue meet in one `Receive()`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from services import event_log, session_list
+from services.context import AppContext
+from services.hub import EventFrame, StatusChange, Subscriber, event_frame, now_iso, sse_frame
+from services.users import iso
+
+REPLAY_BATCH = 500
+
+
+class Mark(enum.Enum):
+    """Points in a subscription where a route may add frames of its own."""
+
+    SUBSCRIBED = "subscribed"  # registered with the hub, nothing sent yet (session list)
+    REPLAY_START = "replay_start"  # before the first replayed frame
+    REPLAY_END = "replay_end"  # after the replay, before going live
+    LIVE = "live"  # the session runs: live frames follow
+
+
+@dataclass(slots=True)
+class Replay:
+    """What a session subscription replays; the routes' hooks read it."""
+
+    chat_session_id: str
+    after_id: int  # the position the replay starts after (0 after a history reset)
+    boundary: int  # the newest id when the stream started: ids up to it are `_replayed`
+    status: str | None  # the session's status when the stream started (None: row gone)
+    requested_id: int  # what the client asked for (Last-Event-ID), 0 when nothing
+    history_reset: bool = False  # the requested id was not in this session's history
+    replayed: int = 0  # frames sent with `_replayed: true`
+    final_status: str | None = None  # the status that ended a followed run
+
+
+class _Subscription:
+    """A hub registration and the position sent so far; `frames()` is the one way to read it."""
+
+    def __init__(self, ctx: AppContext, sub: Subscriber) -> None:
+        self.ctx = ctx
+        self.sub = sub
+        self.last_id = 0  # the newest id yielded
+        self.reason: str | None = None
+
+    @property
+    def hub_subscriber(self) -> Subscriber:
+        return self.sub
+
+    def on_drop(self, callback: Callable[[], None]) -> None:
+        """Called if the hub drops this subscription because its queue overflowed."""
+        self.sub.on_drop = callback
+
+    def _stopped(self) -> bool:
+        if self.sub.reason is not None:
+            self.reason = self.sub.reason
+        elif self.ctx.hub is None or self.ctx.hub.stopping:
+            self.reason = "draining"
+        return self.reason is not None
+
+    def _close(self) -> None:
+        if self.ctx.hub is not None:
+            self.ctx.hub.unsubscribe(self.sub, "finished")
+        if self.reason is None:
+            self.reason = self.sub.reason or "finished"
+
+    async def _live(self, until_run_ends: bool) -> AsyncIterator[bytes]:
+        """The hub's queued items after `last_id`, a chunk of frames per wake-up."""
+        sub = self.sub
+        while not self._stopped():
+            items = sub.take()
+            if not items:
+                await sub.wait()
+                continue
+            chunk: list[bytes] = []
+            for item in items:
+                if isinstance(item, EventFrame):
+                    if item.id > self.last_id:
+                        chunk.append(item.data)
+                        self.last_id = item.id
+                elif isinstance(item, StatusChange) and until_run_ends and item.status != "running":
+                    if chunk:
+                        yield b"".join(chunk)
+                    self.ended_with(item.status)
+                    return
+            if chunk:
+                yield b"".join(chunk)
+
+    def ended_with(self, status: str | None) -> None:
+        """The followed run ended with `status`."""
+        self.reason = "run_ended"
+
+
+class SessionSubscription(_Subscription):
+    """A chat session's stored events after a position, then its live ones (see module doc).
+
+    With `all_live` nothing is marked `_replayed` (execute-remote: everything after the position
+    belongs to the run the client is watching, even what was stored before it caught up)."""
+
+    def __init__(self, ctx: AppContext, chat_session_id: str, *, until_run_ends: bool = True, all_live: bool = False):
+        assert ctx.hub is not None
+        super().__init__(ctx, ctx.hub.subscribe_session(chat_session_id))
+        self.chat_session_id = chat_session_id
+        self.until_run_ends = until_run_ends
+        self.all_live = all_live
+        self.replay: Replay | None = None
+
+    def ended_with(self, status: str | None) -> None:
+        self.reason = "run_ended"
+        if self.replay is not None:
+            self.replay.final_status = status
+
+    async def frames(self, after_id: int) -> AsyncIterator[bytes | Mark]:
+        """Encoded frames (a batch per item) and the marks between them; ends with `reason` set."""
+        try:
+            if not await self._start(after_id):
+                return
+            if self.replay is not None and self.replay.history_reset:
+                yield self._history_reset_frame()
+            yield Mark.REPLAY_START
+            async for chunk in self._replay():
+                yield chunk
+            if self._stopped():
+                return
+            yield Mark.REPLAY_END
+            assert self.replay is not None
+            if self.until_run_ends and self.replay.status != "running":
+                self.replay.final_status = self.replay.status
+                self.reason = "not_running"
+                return
+            yield Mark.LIVE
+            async for chunk in self._live(self.until_run_ends):
+                yield chunk
+        finally:
+            self._close()
+
+    async def _start(self, after_id: int) -> bool:
+        ctx, chat_session_id = self.ctx, self.chat_session_id
+        # The status is read before the replay: if the run ends during the replay, its last events
+        # are in the replay or queued ahead of the status change, never lost behind an early end.
+        status = await event_log.session_status(ctx, chat_session_id)
+        newest = await event_log.last_id(ctx, chat_session_id)
+        replay = Replay(chat_session_id, max(after_id, 0), 0 if self.all_live else newest, status, after_id)
+        known = 0 < after_id <= newest and await event_log.has_event(ctx, chat_session_id, after_id)
+        if after_id != 0 and not known:
+            replay.after_id = 0
+            replay.history_reset = True
+        self.replay = replay
+        self.last_id = replay.after_id
+        return not self._stopped()
+
+    def _history_reset_frame(self) -> bytes:
+        """The frame that tells a client its Last-Event-ID is not in this session's history."""
+        assert self.replay is not None
+        data = {
+            "type": "history_reset",
+            "lastEventId": self.replay.requested_id,
+            "message": "The requested event is not in this session's history; replaying it from the start",
+            "timestamp": now_iso(),
+        }
+        return sse_frame(orjson.dumps(data), b"history_reset")
+
+    async def _replay(self) -> AsyncIterator[bytes]:
+        """The stored events after the position, a keyset batch per chunk; hands over to the hub."""
+        ctx, replay = self.ctx, self.replay
+        assert replay is not None and ctx.hub is not None
+        while not self._stopped():
+            rows = await event_log.read_after(ctx, self.chat_session_id, self.last_id, REPLAY_BATCH)
+            if len(rows) < REPLAY_BATCH:
+                # The end of the table as of this read: from here on the hub's queue has the rest.
+                ctx.hub.caught_up(self.sub, rows[-1]["id"] if rows else self.last_id)
+            chunk: list[bytes] = []
+            for row in rows:
+                if row["id"] <= replay.boundary:
+                    chunk.append(event_frame(row["id"], row["event_data"], iso(row["timestamp"])))
+                    replay.replayed += 1
+                else:
+                    chunk.append(event_frame(row["id"], row["event_data"]))
+            if rows:
+                self.last_id = rows[-1]["id"]
+                yield b"".join(chunk)
+            if len(rows) < REPLAY_BATCH:
+                return
+
+
+class ListSubscription(_Subscription):
+    """A person's session-list announcements: those after a position still kept, then live ones."""
+
+    def __init__(self, ctx: AppContext, user_id: str) -> None:
+        assert ctx.hub is not None
+        super().__init__(ctx, ctx.hub.subscribe_user(user_id))
+        self.user_id = user_id
+
+    async def frames(self, after_id: int) -> AsyncIterator[bytes | Mark]:
+        try:
+            high = await session_list.last_id(self.ctx)
+            self.last_id = high
+            # Subscribed before the first frame: a change announced right after it is not lost.
+            yield Mark.SUBSCRIBED
+            position = after_id
+            while 0 < position < high and not self._stopped():
+                rows = await session_list.read_for_user(self.ctx, self.user_id, position, high, REPLAY_BATCH)
+                if rows:
+                    position = rows[-1]["id"]
+                    yield b"".join(
+                        sse_frame(
+                            orjson.dumps(session_list.frame_data(row), option=orjson.OPT_NON_STR_KEYS),
+                            row["kind"].encode(),
+                            row["id"],
+                        )
+                        for row in rows
+                    )
+                if len(rows) < REPLAY_BATCH:
+                    break
+            assert self.ctx.hub is not None
+            self.ctx.hub.caught_up(self.sub, high)
+            async for chunk in self._live(until_run_ends=False):
+                yield chunk
+        finally:
+            self._close()
