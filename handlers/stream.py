@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -262,68 +262,68 @@ class SSEHandler(APIHandler):
             return "draining"
         return None
 
-    async def follow_session(
+    def follow_session(
         self, chat_session_id: str, after_id: int, *, until_run_ends: bool = True, all_live: bool = False
-    ) -> str:
+    ) -> Awaitable[str]:
         """Write a `SessionSubscription` (services/subscriber.py): the session's events after
         `after_id`, then its live events, with the route's hooks at its marks. Every stored event
         is a frame named by its `type` with `id: <events.id>`. With `until_run_ends` it returns
         once the session is not (or no longer) `running`; with `all_live` nothing is `_replayed`.
 
-        Returns why it stopped: "not_running", "run_ended", "client_gone", "lifetime",
+        Resolves to why it stopped: "not_running", "run_ended", "client_gone", "lifetime",
         "draining" or "overflow". Only the first two should be followed by `completed`.
         """
-        reason = self._stop_reason()
-        if reason is not None:
-            return reason
-        subscription = SessionSubscription(self.ctx, chat_session_id, until_run_ends=until_run_ends, all_live=all_live)
-        hooks = {
-            Mark.REPLAY_START: self.on_replay_start,
-            Mark.REPLAY_END: self.on_replay_end,
-            Mark.LIVE: self.on_live_start,
-        }
-        return await self._write_frames(subscription, subscription.frames(after_id), hooks)
+        return self._write_frames(
+            lambda: SessionSubscription(self.ctx, chat_session_id, until_run_ends=until_run_ends, all_live=all_live),
+            after_id,
+        )
 
     async def on_list_subscribed(self) -> None:
         """Hook: the session-list subscription is registered; nothing is sent yet."""
 
-    async def follow_session_list(self, user_id: str, after_id: int) -> str:
+    def follow_session_list(self, user_id: str, after_id: int) -> Awaitable[str]:
         """Write a `ListSubscription`: the person's session-list announcements after `after_id`
-        still kept (a reconnect with Last-Event-ID), then live ones. Returns why it stopped."""
+        still kept (a reconnect with Last-Event-ID), then live ones. Resolves to why it stopped."""
+        return self._write_frames(lambda: ListSubscription(self.ctx, user_id), after_id)
+
+    async def _write_frames(
+        self, subscribe: Callable[[], SessionSubscription | ListSubscription], after_id: int
+    ) -> str:
+        """The one writing loop: each chunk written and flushed, each mark handed to its hook.
+        (Called directly by the two routes' methods, so an idle stream has one frame fewer.)"""
         reason = self._stop_reason()
         if reason is not None:
             return reason
-        subscription = ListSubscription(self.ctx, user_id)
-        return await self._write_frames(subscription, subscription.frames(after_id), {})
-
-    async def _write_frames(
-        self,
-        subscription: SessionSubscription | ListSubscription,
-        frames: AsyncIterator[bytes | Mark],
-        hooks: dict[Mark, Callable[[Replay], Awaitable[None]]],
-    ) -> str:
-        """The one writing loop: each chunk written and flushed, each mark handed to its hook."""
+        subscription = subscribe()
         subscription.on_drop(self._drop_connection)
         self._subscriber = subscription.hub_subscriber
+        frames = subscription.frames(after_id)
         try:
-            async with contextlib.aclosing(frames):
-                async for item in frames:
-                    if isinstance(item, Mark):
-                        if item is Mark.SUBSCRIBED:
-                            await self.on_list_subscribed()
-                        elif isinstance(subscription, SessionSubscription) and subscription.replay is not None:
-                            self.replay = subscription.replay
-                            await hooks[item](subscription.replay)
-                        continue
-                    self.write(item)
-                    self.last_sent_id = subscription.last_id
-                    if not await self.flush_stream():
-                        return "client_gone"
+            async for item in frames:
+                if isinstance(item, Mark):
+                    await self._on_mark(item, subscription)
+                    continue
+                self.write(item)
+                self.last_sent_id = subscription.last_id
+                if not await self.flush_stream():
+                    return "client_gone"
         finally:
+            await frames.aclose()
             self._subscriber = None
-        if isinstance(subscription, SessionSubscription):
-            self.replay = subscription.replay
         return self._stop_reason() or subscription.reason or "client_gone"
+
+    async def _on_mark(self, mark: Mark, subscription: SessionSubscription | ListSubscription) -> None:
+        if mark is Mark.SUBSCRIBED:
+            await self.on_list_subscribed()
+            return
+        assert isinstance(subscription, SessionSubscription) and subscription.replay is not None
+        self.replay = subscription.replay
+        if mark is Mark.REPLAY_START:
+            await self.on_replay_start(subscription.replay)
+        elif mark is Mark.REPLAY_END:
+            await self.on_replay_end(subscription.replay)
+        elif mark is Mark.LIVE:
+            await self.on_live_start(subscription.replay)
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

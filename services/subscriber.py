@@ -19,6 +19,7 @@ history dispatch and live queue meet in one `Receive()`.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -57,12 +58,18 @@ class Replay:
 
 
 class _Subscription:
-    """A hub registration and the position sent so far; `frames()` is the one way to read it."""
+    """A hub registration and the position sent so far; `frames()` is the one way to read it.
+
+    One async generator per stream, with no generator or coroutine nested in it while it waits:
+    a process holds thousands of idle streams, and each suspended frame costs memory."""
+
+    __slots__ = ("ctx", "last_id", "reason", "replaying", "sub")
 
     def __init__(self, ctx: AppContext, sub: Subscriber) -> None:
         self.ctx = ctx
         self.sub = sub
         self.last_id = 0  # the newest id yielded
+        self.replaying = True  # until a replay read comes back short
         self.reason: str | None = None
 
     @property
@@ -73,6 +80,53 @@ class _Subscription:
         """Called if the hub drops this subscription because its queue overflowed."""
         self.sub.on_drop = callback
 
+    async def frames(self, after_id: int) -> AsyncIterator[bytes | Mark]:
+        """Encoded frames (a batch per item) and the marks between them; when it ends, `reason`
+        says why."""
+        sub = self.sub
+        try:
+            for item in await self._before_replay(after_id):
+                yield item
+            while self.replaying and not self._stopped():
+                chunk = await self._replay_chunk()
+                if chunk:
+                    yield chunk
+            if self._stopped():
+                return
+            for item in self._after_replay():
+                yield item
+            if self.reason is not None:
+                return
+            # Live: the hub's queued items after `last_id`, a chunk of frames per wake-up.
+            loop = asyncio.get_running_loop()
+            while not self._stopped():
+                items = sub.take()
+                if not items:
+                    # Waiting inline (not in Subscriber.wait) keeps an idle stream's frames few.
+                    sub.waiter = loop.create_future()
+                    try:
+                        await sub.waiter
+                    finally:
+                        sub.waiter = None
+                    continue
+                chunk_parts: list[bytes] = []
+                for item in items:
+                    if isinstance(item, EventFrame):
+                        if item.id > self.last_id:
+                            chunk_parts.append(item.data)
+                            self.last_id = item.id
+                    elif isinstance(item, StatusChange) and self._ends_run(item.status):
+                        if chunk_parts:
+                            yield b"".join(chunk_parts)
+                        return
+                if chunk_parts:
+                    yield b"".join(chunk_parts)
+        finally:
+            if self.ctx.hub is not None:
+                self.ctx.hub.unsubscribe(sub, "finished")
+            if self.reason is None:
+                self.reason = sub.reason if sub.reason not in (None, "finished") else "client_gone"
+
     def _stopped(self) -> bool:
         if self.sub.reason is not None:
             self.reason = self.sub.reason
@@ -80,37 +134,22 @@ class _Subscription:
             self.reason = "draining"
         return self.reason is not None
 
-    def _close(self) -> None:
-        if self.ctx.hub is not None:
-            self.ctx.hub.unsubscribe(self.sub, "finished")
-        if self.reason is None:
-            self.reason = self.sub.reason or "finished"
+    # ---- what differs between a session and the session list ------------------------------------
 
-    async def _live(self, until_run_ends: bool) -> AsyncIterator[bytes]:
-        """The hub's queued items after `last_id`, a chunk of frames per wake-up."""
-        sub = self.sub
-        while not self._stopped():
-            items = sub.take()
-            if not items:
-                await sub.wait()
-                continue
-            chunk: list[bytes] = []
-            for item in items:
-                if isinstance(item, EventFrame):
-                    if item.id > self.last_id:
-                        chunk.append(item.data)
-                        self.last_id = item.id
-                elif isinstance(item, StatusChange) and until_run_ends and item.status != "running":
-                    if chunk:
-                        yield b"".join(chunk)
-                    self.ended_with(item.status)
-                    return
-            if chunk:
-                yield b"".join(chunk)
+    async def _before_replay(self, after_id: int) -> list[bytes | Mark]:
+        raise NotImplementedError
 
-    def ended_with(self, status: str | None) -> None:
-        """The followed run ended with `status`."""
-        self.reason = "run_ended"
+    async def _replay_chunk(self) -> bytes:
+        """The next batch of stored frames; clears `replaying` once a read comes back short (from
+        there on the hub's queue has the rest)."""
+        raise NotImplementedError
+
+    def _after_replay(self) -> list[Mark]:
+        return []
+
+    def _ends_run(self, status: str | None) -> bool:
+        """Whether a status change ends the subscription (a followed run that stopped running)."""
+        return False
 
 
 class SessionSubscription(_Subscription):
@@ -118,6 +157,8 @@ class SessionSubscription(_Subscription):
 
     With `all_live` nothing is marked `_replayed` (execute-remote: everything after the position
     belongs to the run the client is watching, even what was stored before it caught up)."""
+
+    __slots__ = ("all_live", "chat_session_id", "replay", "until_run_ends")
 
     def __init__(self, ctx: AppContext, chat_session_id: str, *, until_run_ends: bool = True, all_live: bool = False):
         assert ctx.hub is not None
@@ -127,36 +168,7 @@ class SessionSubscription(_Subscription):
         self.all_live = all_live
         self.replay: Replay | None = None
 
-    def ended_with(self, status: str | None) -> None:
-        self.reason = "run_ended"
-        if self.replay is not None:
-            self.replay.final_status = status
-
-    async def frames(self, after_id: int) -> AsyncIterator[bytes | Mark]:
-        """Encoded frames (a batch per item) and the marks between them; ends with `reason` set."""
-        try:
-            if not await self._start(after_id):
-                return
-            if self.replay is not None and self.replay.history_reset:
-                yield self._history_reset_frame()
-            yield Mark.REPLAY_START
-            async for chunk in self._replay():
-                yield chunk
-            if self._stopped():
-                return
-            yield Mark.REPLAY_END
-            assert self.replay is not None
-            if self.until_run_ends and self.replay.status != "running":
-                self.replay.final_status = self.replay.status
-                self.reason = "not_running"
-                return
-            yield Mark.LIVE
-            async for chunk in self._live(self.until_run_ends):
-                yield chunk
-        finally:
-            self._close()
-
-    async def _start(self, after_id: int) -> bool:
+    async def _before_replay(self, after_id: int) -> list[bytes | Mark]:
         ctx, chat_session_id = self.ctx, self.chat_session_id
         # The status is read before the replay: if the run ends during the replay, its last events
         # are in the replay or queued ahead of the status change, never lost behind an early end.
@@ -169,7 +181,9 @@ class SessionSubscription(_Subscription):
             replay.history_reset = True
         self.replay = replay
         self.last_id = replay.after_id
-        return not self._stopped()
+        if self._stopped():
+            return []
+        return [self._history_reset_frame(), Mark.REPLAY_START] if replay.history_reset else [Mark.REPLAY_START]
 
     def _history_reset_frame(self) -> bytes:
         """The frame that tells a client its Last-Event-ID is not in this session's history."""
@@ -182,61 +196,77 @@ class SessionSubscription(_Subscription):
         }
         return sse_frame(orjson.dumps(data), b"history_reset")
 
-    async def _replay(self) -> AsyncIterator[bytes]:
-        """The stored events after the position, a keyset batch per chunk; hands over to the hub."""
+    async def _replay_chunk(self) -> bytes:
         ctx, replay = self.ctx, self.replay
         assert replay is not None and ctx.hub is not None
-        while not self._stopped():
-            rows = await event_log.read_after(ctx, self.chat_session_id, self.last_id, REPLAY_BATCH)
-            if len(rows) < REPLAY_BATCH:
-                # The end of the table as of this read: from here on the hub's queue has the rest.
-                ctx.hub.caught_up(self.sub, rows[-1]["id"] if rows else self.last_id)
-            chunk: list[bytes] = []
-            for row in rows:
-                if row["id"] <= replay.boundary:
-                    chunk.append(event_frame(row["id"], row["event_data"], iso(row["timestamp"])))
-                    replay.replayed += 1
-                else:
-                    chunk.append(event_frame(row["id"], row["event_data"]))
-            if rows:
-                self.last_id = rows[-1]["id"]
-                yield b"".join(chunk)
-            if len(rows) < REPLAY_BATCH:
-                return
+        rows = await event_log.read_after(ctx, self.chat_session_id, self.last_id, REPLAY_BATCH)
+        if len(rows) < REPLAY_BATCH:
+            # The end of the table as of this read: from here on the hub's queue has the rest.
+            ctx.hub.caught_up(self.sub, rows[-1]["id"] if rows else self.last_id)
+            self.replaying = False
+        if not rows:
+            return b""
+        chunk: list[bytes] = []
+        for row in rows:
+            if row["id"] <= replay.boundary:
+                chunk.append(event_frame(row["id"], row["event_data"], iso(row["timestamp"])))
+                replay.replayed += 1
+            else:
+                chunk.append(event_frame(row["id"], row["event_data"]))
+        self.last_id = rows[-1]["id"]
+        return b"".join(chunk)
+
+    def _after_replay(self) -> list[Mark]:
+        assert self.replay is not None
+        if self.until_run_ends and self.replay.status != "running":
+            self.replay.final_status = self.replay.status
+            self.reason = "not_running"
+            return [Mark.REPLAY_END]
+        return [Mark.REPLAY_END, Mark.LIVE]
+
+    def _ends_run(self, status: str | None) -> bool:
+        if not self.until_run_ends or status == "running":
+            return False
+        self.reason = "run_ended"
+        if self.replay is not None:
+            self.replay.final_status = status
+        return True
 
 
 class ListSubscription(_Subscription):
     """A person's session-list announcements: those after a position still kept, then live ones."""
 
+    __slots__ = ("high", "position", "user_id")
+
     def __init__(self, ctx: AppContext, user_id: str) -> None:
         assert ctx.hub is not None
         super().__init__(ctx, ctx.hub.subscribe_user(user_id))
         self.user_id = user_id
+        self.position = 0
+        self.high = 0
 
-    async def frames(self, after_id: int) -> AsyncIterator[bytes | Mark]:
-        try:
-            high = await session_list.last_id(self.ctx)
-            self.last_id = high
-            # Subscribed before the first frame: a change announced right after it is not lost.
-            yield Mark.SUBSCRIBED
-            position = after_id
-            while 0 < position < high and not self._stopped():
-                rows = await session_list.read_for_user(self.ctx, self.user_id, position, high, REPLAY_BATCH)
-                if rows:
-                    position = rows[-1]["id"]
-                    yield b"".join(
-                        sse_frame(
-                            orjson.dumps(session_list.frame_data(row), option=orjson.OPT_NON_STR_KEYS),
-                            row["kind"].encode(),
-                            row["id"],
-                        )
-                        for row in rows
-                    )
-                if len(rows) < REPLAY_BATCH:
-                    break
+    async def _before_replay(self, after_id: int) -> list[bytes | Mark]:
+        self.high = self.last_id = await session_list.last_id(self.ctx)
+        self.position = after_id
+        # Subscribed before the first frame: a change announced right after it is not lost.
+        return [Mark.SUBSCRIBED]
+
+    async def _replay_chunk(self) -> bytes:
+        rows = []
+        if 0 < self.position < self.high:
+            rows = await session_list.read_for_user(self.ctx, self.user_id, self.position, self.high, REPLAY_BATCH)
+        if len(rows) < REPLAY_BATCH:
             assert self.ctx.hub is not None
-            self.ctx.hub.caught_up(self.sub, high)
-            async for chunk in self._live(until_run_ends=False):
-                yield chunk
-        finally:
-            self._close()
+            self.ctx.hub.caught_up(self.sub, self.high)
+            self.replaying = False
+        if not rows:
+            return b""
+        self.position = rows[-1]["id"]
+        return b"".join(
+            sse_frame(
+                orjson.dumps(session_list.frame_data(row), option=orjson.OPT_NON_STR_KEYS),
+                row["kind"].encode(),
+                row["id"],
+            )
+            for row in rows
+        )
