@@ -108,11 +108,9 @@ RETURNING id;
 -- ---- background sync and orphan cleanup -------------------------------------------------------
 
 -- name: try_maintenance_lock(key)$
--- Session-level advisory lock: the replica that gets it leads this cycle (sync or cleanup).
+-- Session-level advisory lock, on a connection of its own (services/db.leading): the replica
+-- that gets it leads this cycle (sync or cleanup); the lock ends with that connection.
 SELECT pg_try_advisory_lock(:key);
-
--- name: release_maintenance_lock(key)$
-SELECT pg_advisory_unlock(:key);
 
 -- name: list_claude_users(after_id, limit)
 -- People with Claude credentials, in id order (keyset pages).

@@ -30,7 +30,7 @@ from services.claude.client import UpstreamError
 from services.claude.provider import RemoteState
 from services.claude.runs import error_event
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS, queries
+from services.db import UNAVAILABLE_ERRORS, leading, queries
 from services.errors import ServiceError
 from services.periodic import PeriodicTask
 from services.sessions import claude_provider
@@ -120,29 +120,26 @@ async def handle_orphan(ctx: AppContext, row: asyncpg.Record) -> str:
 
 async def run_once(ctx: AppContext) -> dict[str, int] | None:
     """One cleanup pass if this replica leads it (None if another one does)."""
-    async with ctx.pool.acquire() as lock_conn:
-        if not await queries.chat_sessions.try_maintenance_lock(lock_conn, key=CLEANUP_LOCK_KEY):
+    async with leading(ctx.dsn, CLEANUP_LOCK_KEY) as leader:
+        if not leader:
             return None
-        try:
-            timeout = ctx.config.orphan_session_timeout_minutes * 60
-            rows = [
-                r
-                async for r in queries.chat_sessions.list_orphaned_runs(
-                    ctx.pool, timeout_seconds=float(timeout), limit=BATCH
-                )
-            ]
-            totals = {"finished": 0, "adopted": 0, "alive": 0, "skipped": 0}
-            # Expired login sessions are refused when presented; this keeps them from piling up.
-            await queries.auth_sessions.delete_expired_auth_sessions(ctx.pool)
-            for row in rows:
-                try:
-                    totals[await handle_orphan(ctx, row)] += 1
-                except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
-                    log.warning("orphan cleanup of session %s failed", row["id"], exc_info=True)
-                    totals["skipped"] += 1
-            return totals
-        finally:
-            await queries.chat_sessions.release_maintenance_lock(lock_conn, key=CLEANUP_LOCK_KEY)
+        timeout = ctx.config.orphan_session_timeout_minutes * 60
+        rows = [
+            r
+            async for r in queries.chat_sessions.list_orphaned_runs(
+                ctx.pool, timeout_seconds=float(timeout), limit=BATCH
+            )
+        ]
+        totals = {"finished": 0, "adopted": 0, "alive": 0, "skipped": 0}
+        # Expired login sessions are refused when presented; this keeps them from piling up.
+        await queries.auth_sessions.delete_expired_auth_sessions(ctx.pool)
+        for row in rows:
+            try:
+                totals[await handle_orphan(ctx, row)] += 1
+            except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
+                log.warning("orphan cleanup of session %s failed", row["id"], exc_info=True)
+                totals["skipped"] += 1
+        return totals
 
 
 def orphan_cleanup(ctx: AppContext) -> PeriodicTask:

@@ -8,7 +8,9 @@ and return Python objects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -166,3 +168,19 @@ def database_url(config: Config) -> str:
     url = start_embedded_postgres(config.embedded_postgres_dir)
     log.info("embedded PostgreSQL running with data in %s", config.embedded_postgres_dir)
     return url
+
+
+@contextlib.asynccontextmanager
+async def leading(dsn: str, key: int) -> AsyncIterator[bool]:
+    """Whether this process leads the background cycle named by `key` (the sync, the orphan
+    cleanup), for the duration of the block.
+
+    The session-level advisory lock lives on a connection of its own, terminated (synchronously,
+    so no cancellation can skip it) when the block ends however it ends: PostgreSQL then drops the
+    lock by itself. On a pooled connection an unlock cancelled at shutdown would hand the lock back
+    to the pool, and no replica would lead again."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        yield bool(await queries.chat_sessions.try_maintenance_lock(conn, key=key))
+    finally:
+        conn.terminate()

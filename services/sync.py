@@ -35,7 +35,7 @@ from services.claude.client import UpstreamError
 from services.claude.provider import RemoteState
 from services.claude.runs import stored_upstream_event
 from services.context import AppContext
-from services.db import queries
+from services.db import leading, queries
 from services.errors import ServiceError
 from services.github.workspaces import session_path
 from services.periodic import PeriodicTask
@@ -343,13 +343,8 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
 
 async def run_cycle(ctx: AppContext) -> dict[str, int] | None:
     """One sync of everyone with Claude credentials, if this replica gets the lead; None if not."""
-    async with ctx.pool.acquire() as lock_conn:
-        if not await queries.chat_sessions.try_maintenance_lock(lock_conn, key=SYNC_LOCK_KEY):
-            return None
-        try:
-            return await _sync_everyone(ctx)
-        finally:
-            await queries.chat_sessions.release_maintenance_lock(lock_conn, key=SYNC_LOCK_KEY)
+    async with leading(ctx.dsn, SYNC_LOCK_KEY) as leader:
+        return await _sync_everyone(ctx) if leader else None
 
 
 async def _sync_everyone(ctx: AppContext) -> dict[str, int]:

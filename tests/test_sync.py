@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -388,5 +389,34 @@ async def test_sync_events(setup: Setup) -> None:
         assert no_auth.status_code == 400
         assert no_auth.json()["error"].startswith("Claude authentication not configured")
         assert access
+    finally:
+        await http.aclose()
+
+
+async def test_a_leader_cancelled_mid_cycle_leaves_no_lock_behind(setup: Setup) -> None:
+    # Shutdown cancels the cycle, and may cancel again while it unlocks: the lead must not stay
+    # with a pooled connection (which would then keep every replica from leading, for good).
+    http, _, _ = await person_with_claude(setup)
+    try:
+        remote_session(setup.claude, "Slow to list")
+        setup.claude.fail("slow", seconds=5, count=1, method="GET", path=r"^/v1/sessions$")
+        ctx = setup.server.ctx
+        cycle = asyncio.create_task(sync.run_cycle(ctx))
+        while not setup.claude.api_requests("GET", r"^/v1/sessions$"):
+            await asyncio.sleep(0.01)
+        for _ in range(3):  # the cancellation, then more while the cycle cleans up
+            cycle.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await cycle
+        # Another replica (a connection of its own) can lead now.
+        other = await asyncpg.connect(setup.database_url)
+        try:
+            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", sync.SYNC_LOCK_KEY)
+            await other.fetchval("SELECT pg_advisory_unlock($1)", sync.SYNC_LOCK_KEY)
+        finally:
+            await other.close()
+        setup.claude.faults.clear()
+        assert await sync.run_cycle(ctx) is not None
     finally:
         await http.aclose()
