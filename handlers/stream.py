@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -52,6 +52,7 @@ class SSEHandler(APIHandler):
         self.end_reason: str | None = None
         # The newest stored event id this stream has sent (execute-remote reads it).
         self.last_sent_id = 0
+        self._requested_id = 0
         self.replay: Replay | None = None
         self._subscriber: Subscriber | None = None
         self._pending_flush: asyncio.Future[None] | None = None
@@ -70,6 +71,7 @@ class SSEHandler(APIHandler):
         if user is not None:
             self.current_user = dataclasses.replace(user, user={"id": user.id, "is_admin": user.is_admin})
         self.request.__dict__.pop("_cookies", None)
+        self._requested_id = self._read_last_event_id()
 
     # ---- opening, writing, closing -----------------------------------------------------------
 
@@ -92,8 +94,10 @@ class SSEHandler(APIHandler):
         self._timer = loop.call_at(min(self._deadline, loop.time() + config.sse_heartbeat_seconds), self._tick)
         self.write(b"retry: %d\n\n" % DEFAULT_RETRY_MS)
         await self.flush_stream()
-        # The headers are on the wire; nothing reads them again (saves about a KiB per stream).
+        # The headers are on the wire, and the request's were read (Last-Event-ID in prepare):
+        # nothing reads either again (about a KiB per stream, more for a browser's headers).
         self._headers = HTTPHeaders()
+        self.request.headers = HTTPHeaders()
 
     async def send(self, event: str | None, data: dict[str, Any], event_id: int | None = None) -> bool:
         """Write one frame (`event: <event>` unless None) and flush it; False once the client is gone."""
@@ -223,7 +227,10 @@ class SSEHandler(APIHandler):
 
     def requested_last_event_id(self) -> int:
         """The `Last-Event-ID` header, else `?lastEventId=`: 0 when absent, -1 when not an id
-        (which then counts as "not in this session's history")."""
+        (which then counts as "not in this session's history"). Read once, in `prepare`."""
+        return self._requested_id
+
+    def _read_last_event_id(self) -> int:
         raw = self.request.headers.get("Last-Event-ID")
         if raw is None:
             # Read as is: the stream may be open already, and a value that is not clean text (a
@@ -274,8 +281,7 @@ class SSEHandler(APIHandler):
         "draining" or "overflow". Only the first two should be followed by `completed`.
         """
         return self._write_frames(
-            lambda: SessionSubscription(self.ctx, chat_session_id, until_run_ends=until_run_ends, all_live=all_live),
-            after_id,
+            SessionSubscription(self.ctx, chat_session_id, until_run_ends=until_run_ends, all_live=all_live), after_id
         )
 
     async def on_list_subscribed(self) -> None:
@@ -284,17 +290,15 @@ class SSEHandler(APIHandler):
     def follow_session_list(self, user_id: str, after_id: int) -> Awaitable[str]:
         """Write a `ListSubscription`: the person's session-list announcements after `after_id`
         still kept (a reconnect with Last-Event-ID), then live ones. Resolves to why it stopped."""
-        return self._write_frames(lambda: ListSubscription(self.ctx, user_id), after_id)
+        return self._write_frames(ListSubscription(self.ctx, user_id), after_id)
 
-    async def _write_frames(
-        self, subscribe: Callable[[], SessionSubscription | ListSubscription], after_id: int
-    ) -> str:
+    async def _write_frames(self, subscription: SessionSubscription | ListSubscription, after_id: int) -> str:
         """The one writing loop: each chunk written and flushed, each mark handed to its hook.
-        (Called directly by the two routes' methods, so an idle stream has one frame fewer.)"""
+        (Awaited directly by the routes' methods, so an idle stream has one frame fewer.)"""
         reason = self._stop_reason()
         if reason is not None:
+            subscription.close()
             return reason
-        subscription = subscribe()
         subscription.on_drop(self._drop_connection)
         self._subscriber = subscription.hub_subscriber
         frames = subscription.frames(after_id)

@@ -76,6 +76,11 @@ class _Subscription:
     def hub_subscriber(self) -> Subscriber:
         return self.sub
 
+    def close(self) -> None:
+        """Leave the hub without having read (the stream ended before it began)."""
+        if self.ctx.hub is not None:
+            self.ctx.hub.unsubscribe(self.sub, "finished")
+
     def on_drop(self, callback: Callable[[], None]) -> None:
         """Called if the hub drops this subscription because its queue overflowed."""
         self.sub.on_drop = callback
