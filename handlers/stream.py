@@ -97,7 +97,8 @@ class SSEHandler(APIHandler):
         # The headers are on the wire, and the request's were read (Last-Event-ID in prepare):
         # nothing reads either again (about a KiB per stream, more for a browser's headers).
         self._headers = HTTPHeaders()
-        self.request.headers = HTTPHeaders()
+        # Cleared in place: Tornado's connection keeps a reference to the same object.
+        self.request.headers.clear()
 
     async def send(self, event: str | None, data: dict[str, Any], event_id: int | None = None) -> bool:
         """Write one frame (`event: <event>` unless None) and flush it; False once the client is gone."""
