@@ -67,6 +67,15 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "messages": ("id", "chat_session_id", "type", "content", "images", "timestamp"),
     "events": ("id", "chat_session_id", "event_data", "timestamp"),
 }  # fmt: skip
+# The original's other tables (CONTRACT.md 3.2), which this server does not have.
+KNOWN_NOT_CARRIED = (
+    "live_chat_messages",
+    "workspace_presence",
+    "workspace_events",
+    "orchestrator_jobs",
+    "orchestrator_cycles",
+    "orchestrator_tasks",
+)
 USER_FIELDS = REQUIRED_COLUMNS["users"][1:]
 # What a later run compares: the chat session as imported. `worker_last_activity` is left out
 # because this server's run driver writes it as a lease heartbeat.
@@ -120,6 +129,7 @@ class Report:
     dry_run: bool
     tables: dict[str, TableCounts] = field(default_factory=lambda: {name: TableCounts() for name in REQUIRED_COLUMNS})
     not_carried: dict[str, int] = field(default_factory=dict)
+    other_tables: dict[str, int] = field(default_factory=dict)  # unknown to the contract; estimated rows
     conflicts: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     conflict_count: int = 0
@@ -143,6 +153,7 @@ class Report:
             "seconds": round(self.seconds, 3),
             "tables": {name: counts.as_json() for name, counts in self.tables.items()},
             "tablesNotCarried": self.not_carried,
+            "otherTablesNotCarried": self.other_tables,
             "emailCaseVariants": self.email_variants,
             "conflictCount": self.conflict_count,
             "conflicts": self.conflicts,
@@ -163,6 +174,11 @@ class Report:
         if self.not_carried:
             lines.append(
                 "tables not carried: " + ", ".join(f"{name} ({rows} rows)" for name, rows in self.not_carried.items())
+            )
+        if self.other_tables:
+            lines.append(
+                "other tables not carried: "
+                + ", ".join(f"{name} (about {rows} rows)" for name, rows in self.other_tables.items())
             )
         for variant in self.email_variants:
             lines.append(
@@ -298,11 +314,16 @@ class Importer:
         return Progress(table, counts.total, self.progress_seconds, self.stream)
 
     async def run(self, other_tables: list[str]) -> None:
-        names = [*REQUIRED_COLUMNS, *other_tables]
-        counts = {r["name"]: r["row_count"] async for r in queries.original.count_rows_of(self.source, names=names)}
         for table in REQUIRED_COLUMNS:
-            self.report.tables[table].total = counts[table]
-        self.report.not_carried = {name: counts[name] for name in other_tables}
+            self.report.tables[table].total = await getattr(queries.original, f"count_{table}")(self.source)
+        known = [name for name in other_tables if name in KNOWN_NOT_CARRIED]
+        self.report.not_carried = {
+            name: await getattr(queries.original, f"count_{name}")(self.source) for name in known
+        }
+        unknown = [name for name in other_tables if name not in KNOWN_NOT_CARRIED]
+        self.report.other_tables = {
+            r["name"]: r["row_count"] async for r in queries.original.estimated_rows(self.source, names=unknown)
+        }
         await self.import_users()
         await self.import_login_sessions()
         await self.import_chat_sessions()
