@@ -86,7 +86,10 @@ SET user_id = :user_id, session_path = :session_path, repository_owner = :reposi
     provider_session_id = :provider_session_id, remote_session_id = :remote_session_id,
     remote_web_url = :remote_web_url, total_cost = :total_cost, issue_number = :issue_number,
     auto_commit = :auto_commit, locked = :locked, created_at = :created_at, completed_at = :completed_at,
-    deleted_at = :deleted_at
+    deleted_at = :deleted_at,
+    -- A run the original ended is no longer this server's to drive.
+    run_owner = CASE WHEN :status = 'running' THEN run_owner END,
+    run_state = CASE WHEN :status = 'running' THEN run_state END
 WHERE id = :id;
 
 -- name: insert_messages(chat_session_id, types, contents, images, timestamps)$

@@ -598,7 +598,13 @@ class Importer:
         last_message = stored["last_message_id"] if stored else 0
         last_event = stored["last_event_id"] if stored else 0
         last_message = await self._copy_messages(session_id, last_message, tallies)
+        events_before = tallies["events"] - tallies["repeats"]
         last_event = await self._copy_events(session_id, last_event, tallies)
+        if outcome == "updated":
+            # Streams following a live run here end once it is no longer running (at commit).
+            await queries.events.notify_session_status(self.target, chat_session_id=session_id)
+        if tallies["events"] - tallies["repeats"] > events_before:
+            await queries.events.notify_events(self.target, chat_session_id=session_id)
         await queries.import_original.save_progress(
             self.target,
             kind="chat_session",

@@ -125,7 +125,9 @@ async def insert_events(
     )
 
 
-async def insert_messages(conn: asyncpg.Connection, session_id: str, messages: list[tuple[str, str, Any]]) -> None:
+async def insert_messages(
+    conn: asyncpg.Connection, session_id: str, messages: list[tuple[str, str, Any]], start: datetime = T0
+) -> None:
     for n, (kind, content, images) in enumerate(messages):
         await conn.execute(
             """INSERT INTO messages (chat_session_id, type, content, images, timestamp)
@@ -134,7 +136,7 @@ async def insert_messages(conn: asyncpg.Connection, session_id: str, messages: l
             kind,
             content,
             orjson.dumps(images).decode() if images is not None else None,
-            T0 + timedelta(minutes=n),
+            start + timedelta(minutes=n),
         )
 
 
@@ -309,14 +311,14 @@ async def add_more(conn: asyncpg.Connection, data: OriginalData) -> dict[str, An
         data.sessions["running"],
         T0 + timedelta(days=11),
     )
-    await insert_messages(conn, data.sessions["big"], [("user", "One more thing", None)])
+    await insert_messages(conn, data.sessions["big"], [("user", "One more thing", None)], T0 + timedelta(days=11))
     return {
         "users": 1,
         "sessions": 2,
         "chat_sessions": 1,
         "chat_updated": 1,
         "messages": 1,
-        "events": 5 + 4,
+        "events": 5 + 5,
         "repeats": 1,
     }
 
