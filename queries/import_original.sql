@@ -50,18 +50,32 @@ SET email = :email, display_name = :display_name, password_hash = :password_hash
     chat_verbosity_level = :chat_verbosity_level, is_admin = :is_admin, created_at = :created_at
 WHERE id = :id;
 
--- name: upsert_login_sessions(ids, user_ids, expires_ats)^
--- Login sessions by the SHA-256 of their cookie token; one already here keeps the later expiry.
+-- name: insert_login_sessions(ids, user_ids, expires_ats)$
+-- Login sessions by the SHA-256 of their cookie token, with their bookkeeping rows; returns how
+-- many were new here.
 WITH written AS (
     INSERT INTO sessions (id, user_id, expires_at)
     SELECT item.id, item.user_id, item.expires_at
     FROM unnest(:ids::text[], :user_ids::text[], :expires_ats::timestamptz[]) AS item (id, user_id, expires_at)
-    ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
-    WHERE sessions.user_id = excluded.user_id AND sessions.expires_at < excluded.expires_at
-    RETURNING (xmax = 0) AS inserted
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), noted AS (
+    INSERT INTO import_original (kind, original_id, fingerprint)
+    SELECT 'login_session', id, '' FROM unnest(:ids::text[]) AS item (id)
+    ON CONFLICT (kind, original_id) DO NOTHING
 )
-SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS extended
-FROM written;
+SELECT count(*) FROM written;
+
+-- name: extend_login_sessions(ids, expires_ats)$
+-- Login sessions imported before that are still here take a later expiry from the original;
+-- one ended here (logout, expiry) stays ended. Returns how many were extended.
+WITH extended AS (
+    UPDATE sessions s SET expires_at = item.expires_at
+    FROM unnest(:ids::text[], :expires_ats::timestamptz[]) AS item (id, expires_at)
+    WHERE s.id = item.id AND s.expires_at < item.expires_at
+    RETURNING s.id
+)
+SELECT count(*) FROM extended;
 
 -- name: lock_chat_session(id)^
 SELECT * FROM chat_sessions WHERE id = :id FOR UPDATE;

@@ -474,15 +474,32 @@ class Importer:
                     user_ids.append(row["user_id"])
                     expiries.append(row["expires_at"])
             if ids:
-                async with self.target.transaction():
-                    written = await queries.import_original.upsert_login_sessions(
-                        self.target, ids=ids, user_ids=user_ids, expires_ats=expiries
-                    )
-                counts.imported += written["inserted"]
-                counts.updated += written["extended"]
-                counts.unchanged += len(ids) - written["inserted"] - written["extended"]
+                await self._write_login_sessions(ids, user_ids, expiries)
             progress.tick(len(rows))
         progress.finish()
+
+    async def _write_login_sessions(self, ids: list[str], user_ids: list[str], expiries: list[datetime]) -> None:
+        counts = self.report.tables["sessions"]
+        known = {
+            r["original_id"]
+            async for r in queries.import_original.get_progress(self.target, kind="login_session", original_ids=ids)
+        }
+        new = [(i, u, e) for i, u, e in zip(ids, user_ids, expiries, strict=True) if i not in known]
+        seen = [(i, e) for i, _u, e in zip(ids, user_ids, expiries, strict=True) if i in known]
+        async with self.target.transaction():
+            if new:
+                inserted = await queries.import_original.insert_login_sessions(
+                    self.target, ids=[n[0] for n in new], user_ids=[n[1] for n in new], expires_ats=[n[2] for n in new]
+                )
+                counts.imported += inserted
+                if len(new) > inserted:
+                    counts.add("alreadyHere", len(new) - inserted)
+            if seen:
+                extended = await queries.import_original.extend_login_sessions(
+                    self.target, ids=[s[0] for s in seen], expires_ats=[s[1] for s in seen]
+                )
+                counts.updated += extended
+                counts.unchanged += len(seen) - extended
 
     # ---- chat sessions, messages, events ---------------------------------------------------------
 

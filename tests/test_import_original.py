@@ -23,7 +23,7 @@ from services import importer
 from services.db import init_connection
 from services.secrets import SecretBox
 from tests import original_data
-from tests.helpers import PROJECT_ROOT, TestServer, free_port, start_app, test_env
+from tests.helpers import ORIGIN, PROJECT_ROOT, TestServer, free_port, start_app, test_env
 from tests.original_data import OriginalData
 from tests.sse import open_sse, stored_events
 
@@ -336,6 +336,12 @@ async def test_second_import_brings_only_what_is_new(empty_database_factory: Dat
     assert first["tables"]["chat_sessions"]["imported"] == 6
 
     async with start_app(test_env(target_url)) as server:
+        # Alice logs out here: a later import must not bring her old login session back.
+        logged_out = data.people["alice"].cookie
+        async with cookie_client(server.url, logged_out) as browser:
+            logout = await browser.post("/api/auth/logout", headers={"Origin": ORIGIN})
+            assert logout.status_code == 200
+            assert (await browser.get("/api/auth/session")).status_code == 401
         # The running session is being driven here (its lease columns change); the original goes on.
         conn = await asyncpg.connect(source_url)
         try:
@@ -346,6 +352,7 @@ async def test_second_import_brings_only_what_is_new(empty_database_factory: Dat
         tables = second["tables"]
         assert (tables["users"]["imported"], tables["users"]["unchanged"]) == (expected["users"], 3)
         assert tables["sessions"]["imported"] == expected["sessions"]
+        assert tables["sessions"]["unchanged"] == 2  # Bob's, and Alice's that ended here
         assert tables["chat_sessions"]["imported"] == expected["chat_sessions"]
         assert tables["chat_sessions"]["updated"] == expected["chat_updated"]
         assert tables["chat_sessions"]["unchanged"] == 5
@@ -355,6 +362,8 @@ async def test_second_import_brings_only_what_is_new(empty_database_factory: Dat
         assert second["conflictCount"] == 0
 
         dave, alice = data.people["dave"], data.people["alice"]
+        async with cookie_client(server.url, logged_out) as browser:
+            assert (await browser.get("/api/auth/session")).status_code == 401
         async with cookie_client(server.url) as browser:
             login = await browser.post("/api/auth/login", json={"email": dave.email, "password": dave.password})
             assert login.status_code == 200
