@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from services import importer
+from services import importer, migrations
 from services.db import init_connection
 from services.secrets import SecretBox
 from tests import original_data
@@ -548,3 +548,37 @@ async def test_a_stronger_hash_is_never_weakened(server: TestServer, client: htt
     login = await client.post("/api/auth/login", json={"email": email, "password": "a strong password"})
     assert login.status_code == 200
     assert await server.ctx.pool.fetchval("SELECT password_hash FROM users WHERE email = $1", email) == strong
+
+
+async def test_what_already_belongs_to_someone_here_is_a_conflict(empty_database_factory: DatabaseFactory) -> None:
+    source_url, data = await new_original(empty_database_factory)
+    target_url = await empty_database_factory()
+    await migrations.migrate(target_url)
+    conn = await asyncpg.connect(target_url)
+    try:
+        # Someone registered here with Alice's e-mail, and owns a session with Bob's session id.
+        await conn.execute("INSERT INTO users (id, email, password_hash) VALUES ('here1', 'ALICE@example.com', 'x')")
+        await conn.execute(
+            "INSERT INTO chat_sessions (id, user_id, user_request) VALUES ($1, 'here1', 'Mine')",
+            data.sessions["bob"],
+        )
+    finally:
+        await conn.close()
+    report = await import_json(target_url, source_url)
+    conflicts = {entry["id"]: entry["reason"] for entry in report["conflicts"]}
+    assert "already belongs to another person here" in conflicts[data.people["alice"].id]
+    assert "already exists here" in conflicts[data.sessions["bob"]]
+    assert report["tables"]["users"]["imported"] == 2  # Bob and Carol
+    skipped = {entry["id"]: entry["reason"] for entry in report["skipped"]}
+    assert "was not imported" in skipped[data.sessions["big"]]
+    conn = await asyncpg.connect(target_url)
+    try:
+        assert await conn.fetchval("SELECT email FROM users WHERE id = 'here1'") == "ALICE@example.com"
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE id = $1", data.people["alice"].id) == 0
+        mine = await conn.fetchrow(
+            "SELECT user_id, user_request FROM chat_sessions WHERE id = $1", data.sessions["bob"]
+        )
+        assert tuple(mine) == ("here1", "Mine")
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE chat_session_id = $1", data.sessions["bob"]) == 0
+    finally:
+        await conn.close()
