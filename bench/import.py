@@ -95,6 +95,7 @@ async def main() -> None:
                 await conn.close()
             print(f"original filled: {events:,} events in {time.monotonic() - filled:.0f} s", file=sys.stderr)
 
+            load = os.getloadavg()[0]
             report, seconds, peak_kib = await asyncio.get_running_loop().run_in_executor(
                 None, run_import, database.url, source_url
             )
@@ -131,8 +132,9 @@ async def main() -> None:
         f"| Peak memory of the import process (max RSS) | {peak_kib / 1024:.0f} MiB |\n\n"
         "How: the original is written by PostgreSQL itself (generate_series) before the clock starts; "
         "the import then runs as `server.py db import-original --from ... --json` in its own process, "
-        "reading keyset batches of 2,000 events and writing them with one batched INSERT each, one "
-        "transaction per chat session."
+        "reading each chat session's events through a cursor 2,000 at a time and writing each 2,000 "
+        "with one batched INSERT, one transaction per chat session. "
+        f"Load average when the import started: {load:.1f} (the machine is shared, so figures vary)."
     )
     write_section("import", "Import from the original", body)
 

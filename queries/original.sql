@@ -93,16 +93,21 @@ WHERE id > :after_id
 ORDER BY id
 LIMIT :limit;
 
--- name: read_messages(chat_session_id, after_id, limit)
+-- The messages and events of one chat session are read through a cursor, in id order. The order
+-- is written `id + 0` on purpose: ordered by `id` itself, PostgreSQL may walk the primary key of
+-- the whole table looking for this session's rows (the original has no index on
+-- (chat_session_id, id)), which makes an import quadratic; this way it reads only the session's
+-- rows through its own index and sorts them.
+
+-- name: read_messages(chat_session_id, after_id)
 -- Images stay JSON text: they are copied, never looked into.
 SELECT id, type, content, images::jsonb::text AS images,
        timestamp::timestamp AT TIME ZONE 'UTC' AS timestamp
 FROM messages
 WHERE chat_session_id = :chat_session_id AND id > :after_id
-ORDER BY id
-LIMIT :limit;
+ORDER BY id + 0;
 
--- name: read_events(chat_session_id, after_id, limit)
+-- name: read_events(chat_session_id, after_id)
 -- Events stay JSON text (copied, not decoded); the upstream uuid only when it is a string.
 SELECT id,
        CASE WHEN jsonb_typeof(event_data::jsonb -> 'uuid') = 'string' THEN event_data::jsonb ->> 'uuid' END AS uuid,
@@ -110,5 +115,4 @@ SELECT id,
        timestamp::timestamp AT TIME ZONE 'UTC' AS timestamp
 FROM events
 WHERE chat_session_id = :chat_session_id AND id > :after_id
-ORDER BY id
-LIMIT :limit;
+ORDER BY id + 0;

@@ -292,6 +292,16 @@ async def _batches(
         after = rows[-1]["id"]
 
 
+async def _session_rows(
+    open_cursor: Callable[..., Any], conn: asyncpg.Connection, size: int, chat_session_id: str, after_id: int
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """One chat session's rows after `after_id`, in id order, `size` at a time from a cursor."""
+    async with open_cursor(conn, chat_session_id=chat_session_id, after_id=after_id) as factory:
+        cursor = await factory
+        while rows := await cursor.fetch(size):
+            yield rows
+
+
 class Importer:
     """One run of the import, from an open source connection into an open target connection."""
 
@@ -633,8 +643,8 @@ class Importer:
         return outcome
 
     async def _copy_messages(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
-        async for rows in _batches(
-            queries.original.read_messages, self.source, MESSAGE_BATCH, after_id=after, chat_session_id=session_id
+        async for rows in _session_rows(
+            queries.original.read_messages_cursor, self.source, MESSAGE_BATCH, session_id, after
         ):
             types = []
             for r in rows:
@@ -657,8 +667,8 @@ class Importer:
         return after
 
     async def _copy_events(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
-        async for rows in _batches(
-            queries.original.read_events, self.source, EVENT_BATCH, after_id=after, chat_session_id=session_id
+        async for rows in _session_rows(
+            queries.original.read_events_cursor, self.source, EVENT_BATCH, session_id, after
         ):
             stored = await queries.import_original.insert_events(
                 self.target,
