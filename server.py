@@ -159,6 +159,14 @@ def command_import_original(config: Config, dsn: str, args: argparse.Namespace) 
     except importer.ImportRefused as exc:
         print(f"import-original: {exc}", file=sys.stderr)
         return 2
+    except importer.CONNECTION_ERRORS as exc:
+        # A database went away mid-way: every chat session committed so far is complete.
+        print(
+            f"import-original: stopped, a database connection failed ({importer.first_line(exc)}); "
+            "what was imported is kept, run the command again to continue",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
         print(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
     else:

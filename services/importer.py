@@ -90,6 +90,16 @@ RESERVED_SESSION_IDS = {
 SERVABLE_ID = re.compile(r"[A-Za-z0-9._~-]{1,300}")
 
 
+# A database connection lost mid-way (the import stops; the next run continues).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+
+
 class ImportRefused(Exception):
     """Nothing can be imported: the --from database is unreachable or not the original's, or
     another import is running."""
@@ -234,7 +244,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else exc.__class__.__name__)[:300]
 
@@ -252,7 +262,7 @@ async def connect_source(url: str) -> asyncpg.Connection:
             },
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-        raise ImportRefused(f"cannot connect to the original database: {_first_line(exc)}") from None
+        raise ImportRefused(f"cannot connect to the original database: {first_line(exc)}") from None
     await init_connection(conn)
     return conn
 
@@ -567,7 +577,7 @@ class Importer:
             return
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError) as exc:
             counts.skipped += 1
-            report.skip("chat_sessions", session_id, f"refused by this server's database: {_first_line(exc)}")
+            report.skip("chat_sessions", session_id, f"refused by this server's database: {first_line(exc)}")
             return
         if outcome == "conflict":
             return
@@ -692,7 +702,7 @@ def _unique_reason(exc: asyncpg.UniqueViolationError) -> str:
         return "its GitHub account is already connected to another person here"
     if "remote_session" in constraint:
         return "its remote session is already linked to another chat session of the same person here"
-    return f"refused by this server's database: {_first_line(exc)}"
+    return f"refused by this server's database: {first_line(exc)}"
 
 
 async def run(

@@ -464,6 +464,37 @@ async def test_killed_import_resumes_to_the_same_result(empty_database_factory: 
     assert await canonical_dump(killed_url) == clean
 
 
+async def test_a_lost_connection_stops_with_one_line_and_a_rerun_continues(
+    empty_database_factory: DatabaseFactory,
+) -> None:
+    source_url, data = await new_original(empty_database_factory)
+    await add_small_sessions(source_url, data.people["carol"].id, 60)
+    clean_url, cut_url = await empty_database_factory(), await empty_database_factory()
+    await import_json(clean_url, source_url)
+    command, env = import_command(cut_url, "--from", source_url, "--progress-seconds", "0")
+    loop = asyncio.get_running_loop()
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    line = b""
+    while not line.startswith(b"chat_sessions: 10/"):
+        line = await loop.run_in_executor(None, process.stderr.readline)
+        assert line, "the import ended before it was cut"
+    # The original's server ends the import's connection (a restart, a failover).
+    await source_fetch(
+        source_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'webedt-import-original'",
+    )
+    rest = await loop.run_in_executor(None, process.stderr.read)
+    assert await loop.run_in_executor(None, process.wait, 60) == 1
+    lines = [
+        text for text in rest.decode().splitlines() if not text.startswith(("chat_sessions:", "messages:", "events:"))
+    ]
+    assert len(lines) == 1 and lines[0].startswith("import-original: stopped, a database connection failed"), rest
+    assert "Traceback" not in rest.decode()
+    await import_json(cut_url, source_url)
+    assert await canonical_dump(cut_url) == await canonical_dump(clean_url)
+
+
 # ---- dry run and bad input -------------------------------------------------------------------------------
 
 
