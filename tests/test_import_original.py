@@ -613,3 +613,30 @@ async def test_what_already_belongs_to_someone_here_is_a_conflict(empty_database
         assert await conn.fetchval("SELECT count(*) FROM events WHERE chat_session_id = $1", data.sessions["bob"]) == 0
     finally:
         await conn.close()
+
+
+async def test_free_text_status_and_message_type_are_mapped_and_counted(
+    empty_database_factory: DatabaseFactory,
+) -> None:
+    """The original does not constrain them (CONTRACT.md 9.5); this server does."""
+    source_url, data = await new_original(empty_database_factory)
+    conn = await asyncpg.connect(source_url)
+    try:
+        odd = await original_data.insert_chat_session(
+            conn, data.people["alice"].id, original_data.T0, status="archived"
+        )
+        await original_data.insert_messages(conn, odd, [("tool", "ran the tests", None)])
+    finally:
+        await conn.close()
+    target_url = await empty_database_factory()
+    report = await import_json(target_url, source_url)
+    assert report["tables"]["chat_sessions"]["statusMappedToError"] == 1
+    assert report["tables"]["messages"]["typeMappedToSystem"] == 1
+    conn = await asyncpg.connect(target_url)
+    try:
+        assert await conn.fetchval("SELECT status FROM chat_sessions WHERE id = $1", odd) == "error"
+        assert await conn.fetchval("SELECT type FROM messages WHERE chat_session_id = $1", odd) == "system"
+    finally:
+        await conn.close()
+    again = await import_json(target_url, source_url)
+    assert again["tables"]["chat_sessions"]["unchanged"] == 7 and again["conflictCount"] == 0
