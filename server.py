@@ -3,6 +3,7 @@
 python server.py                      start the server
 python server.py db migrate|status|shell
 python server.py db new NAME
+python server.py db import-original --from URL [--dry-run] [--json]
 python server.py admin list-users|create-user|set-admin|delete-user ...
 """
 
@@ -18,6 +19,7 @@ import resource
 import signal
 import sys
 
+import orjson
 import tornado.httpserver
 import uvloop
 
@@ -152,6 +154,8 @@ def command_db(config: Config, args: argparse.Namespace) -> int:
         print(f"created {path.relative_to(migrations.PROJECT_ROOT)}")
         return 0
     dsn = db.database_url(config)
+    if args.db_command == "import-original":
+        return command_import_original(config, dsn, args)
     if args.db_command == "migrate":
         applied = asyncio.run(migrations.migrate(dsn))
         print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
@@ -166,6 +170,34 @@ def command_db(config: Config, args: argparse.Namespace) -> int:
     if args.db_command == "shell":
         os.execv(str(db.psql_path()), [str(db.psql_path()), dsn])
     return 2
+
+
+def command_import_original(config: Config, dsn: str, args: argparse.Namespace) -> int:
+    """Import the original server's database; the report on stdout, progress on stderr."""
+    from services import importer
+    from services.secrets import SecretBox
+
+    box = SecretBox(config.encryption_key or config.session_secret)
+    try:
+        report = asyncio.run(
+            importer.run(dsn, args.source, box, dry_run=args.dry_run, progress_seconds=args.progress_seconds)
+        )
+    except importer.ImportRefused as exc:
+        print(f"import-original: {exc}", file=sys.stderr)
+        return 2
+    except importer.CONNECTION_ERRORS as exc:
+        # A database went away mid-way: every chat session committed so far is complete.
+        print(
+            f"import-original: stopped, a database connection failed ({importer.first_line(exc)}); "
+            "what was imported is kept, run the command again to continue",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(report.as_text())
+    return 0
 
 
 def command_admin(config: Config, args: argparse.Namespace) -> int:
@@ -193,6 +225,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     db_commands.add_parser("migrate", help="apply pending migrations")
     db_commands.add_parser("status", help="list migrations and whether they are applied")
     db_commands.add_parser("shell", help="psql onto the configured database")
+    imp = db_commands.add_parser("import-original", help="import a running WebEDT database of the original server")
+    imp.add_argument("--from", dest="source", required=True, metavar="URL", help="postgresql:// URL of the original")
+    imp.add_argument("--dry-run", action="store_true", help="do everything, then roll back: report only")
+    imp.add_argument("--json", action="store_true", help="print the report as JSON")
+    imp.add_argument(
+        "--progress-seconds", type=float, default=1.0, help="seconds between progress lines on stderr (default 1)"
+    )
     new = db_commands.add_parser("new", help="create the next numbered migration file")
     new.add_argument("name", nargs="+")
 

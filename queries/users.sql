@@ -57,3 +57,7 @@ LIMIT :limit;
 
 -- name: delete_user_by_email(email)$
 DELETE FROM users WHERE lower(email) = lower(:email) RETURNING id;
+
+-- name: upgrade_password_hash(id, old_hash, new_hash)!
+-- A stronger hash of the same password, unless the password was changed meanwhile.
+UPDATE users SET password_hash = :new_hash WHERE id = :id AND password_hash = :old_hash;

@@ -189,4 +189,21 @@ async def login(ctx: AppContext, email: Any, password: Any, client_ip: str) -> a
             )
         raise ServiceError(401, INVALID_LOGIN)
     await queries.login_failures.clear_login_failures(ctx.pool, key=keys[0])
+    await _upgrade_weak_hash(ctx, user, password.encode())
     return user
+
+
+def _hash_cost(hashed: str) -> int:
+    """The cost of a bcrypt hash (`$2b$12$...`), 0 when it cannot be read."""
+    parts = hashed.split("$")
+    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
+
+
+async def _upgrade_weak_hash(ctx: AppContext, user: asyncpg.Record, password: bytes) -> None:
+    """Re-hash at BCRYPT_ROUNDS a hash of lower cost (the original's cost 10, `$2a$` or `$2b$`),
+    now that the password is known to be right."""
+    old_hash = user["password_hash"]
+    if _hash_cost(old_hash) >= ctx.config.bcrypt_rounds:
+        return
+    new_hash = await hash_password(ctx, password)
+    await queries.users.upgrade_password_hash(ctx.pool, id=user["id"], old_hash=old_hash, new_hash=new_hash)

@@ -1,0 +1,752 @@
+"""`server.py db import-original`: move a running WebEDT installation in from the original server.
+
+Reads the original's PostgreSQL (CONTRACT.md 3) over a read-only connection, inside one
+REPEATABLE READ snapshot, and writes people, login sessions, credentials, chat sessions, messages
+and events into this server's database:
+
+- People keep their id, e-mail, bcrypt hash (the old password logs in; services/auth upgrades the
+  hash on first login), settings, admin flag and creation time. Of e-mails that differ only in
+  case the oldest person is kept and the others are reported. Claude and GitHub tokens are
+  encrypted on the way in (services/secrets), never logged or printed.
+- Login sessions: the original's session id is the cookie token, stored as its SHA-256 like
+  every token here, with its expiry; expired ones are left out.
+- Each chat session is imported with its new messages and events in ONE transaction together
+  with its bookkeeping row (`import_original`), so a killed import never leaves a session half
+  imported, and the next run continues after the last session committed. Events get new ids
+  from this server's sequence in the original's order; the first of each upstream uuid within a
+  session is kept, repeats are left out and counted.
+
+A second run brings only what is new: people and sessions not seen before, and messages and
+events after each session's watermarks. A row the original changed since the last import is
+updated here only if nobody changed it here meanwhile (fingerprints); otherwise, like an id or
+e-mail that already belongs to something else here, it is reported as a conflict and left alone.
+Memory stays bounded: every table is read in keyset batches and written with batched inserts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import asyncpg
+import orjson
+
+from services import migrations
+from services.auth import hash_token
+from services.db import init_connection, queries
+from services.secrets import SecretBox
+
+USER_BATCH = 500
+LOGIN_SESSION_BATCH = 2000
+CHAT_SESSION_BATCH = 200
+MESSAGE_BATCH = 200  # messages may carry base64 images
+EVENT_BATCH = 2000
+REPORT_LIST_MAX = 200  # entries listed per kind in the report; the totals count them all
+
+# The tables and columns of the original this import reads; anything else it does not carry.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": (
+        "id", "email", "display_name", "password_hash", "github_id", "github_access_token", "claude_auth",
+        "preferred_provider", "image_resize_max_dimension", "voice_command_keywords",
+        "stop_listening_after_submit", "default_landing_page", "preferred_model", "chat_verbosity_level",
+        "is_admin", "created_at",
+    ),
+    "sessions": ("id", "user_id", "expires_at"),
+    "chat_sessions": (
+        "id", "user_id", "session_path", "repository_owner", "repository_name", "user_request", "status",
+        "repository_url", "base_branch", "branch", "provider", "provider_session_id", "remote_session_id",
+        "remote_web_url", "total_cost", "issue_number", "auto_commit", "locked", "created_at", "completed_at",
+        "deleted_at", "worker_last_activity",
+    ),
+    "messages": ("id", "chat_session_id", "type", "content", "images", "timestamp"),
+    "events": ("id", "chat_session_id", "event_data", "timestamp"),
+}  # fmt: skip
+# The original's other tables (CONTRACT.md 3.2), which this server does not have.
+KNOWN_NOT_CARRIED = (
+    "live_chat_messages",
+    "workspace_presence",
+    "workspace_events",
+    "orchestrator_jobs",
+    "orchestrator_cycles",
+    "orchestrator_tasks",
+)
+USER_FIELDS = REQUIRED_COLUMNS["users"][1:]
+# What a later run compares: the chat session as imported. `worker_last_activity` is left out
+# because this server's run driver writes it as a lease heartbeat.
+CHAT_FIELDS = tuple(c for c in REQUIRED_COLUMNS["chat_sessions"][1:] if c != "worker_last_activity")
+STATUSES = ("pending", "running", "completed", "error")
+MESSAGE_TYPES = ("user", "assistant", "system", "error")
+# Names under /api/sessions/ that are routes of their own (handlers/sessions.py).
+RESERVED_SESSION_IDS = {
+    "updates", "deleted", "sync", "create-code-session", "bulk-delete", "bulk-restore", "bulk-delete-permanent",
+}  # fmt: skip
+# URL-safe without escaping, so the original's links keep working; as long as get_owned accepts.
+SERVABLE_ID = re.compile(r"[A-Za-z0-9._~-]{1,300}")
+
+
+# A database connection lost mid-way (the import stops; the next run continues).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class ImportRefused(Exception):
+    """Nothing can be imported: the --from database is unreachable or not the original's, or
+    another import is running."""
+
+
+@dataclass
+class TableCounts:
+    """What happened to the rows of one table of the original."""
+
+    total: int = 0
+    read: int = 0
+    imported: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, amount: int = 1) -> None:
+        self.extra[key] = self.extra.get(key, 0) + amount
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "read": self.read,
+            "imported": self.imported,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+            **self.extra,
+        }
+
+
+@dataclass
+class Report:
+    """The final report: counts per table, tables not carried, conflicts and skipped rows."""
+
+    dry_run: bool
+    tables: dict[str, TableCounts] = field(default_factory=lambda: {name: TableCounts() for name in REQUIRED_COLUMNS})
+    not_carried: dict[str, int] = field(default_factory=dict)
+    other_tables: dict[str, int] = field(default_factory=dict)  # unknown to the contract; estimated rows
+    conflicts: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    conflict_count: int = 0
+    skipped_count: int = 0
+    email_variants: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def conflict(self, table: str, row_id: str, reason: str) -> None:
+        self.conflict_count += 1
+        if len(self.conflicts) < REPORT_LIST_MAX:
+            self.conflicts.append({"table": table, "id": row_id, "reason": reason})
+
+    def skip(self, table: str, row_id: str, reason: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < REPORT_LIST_MAX:
+            self.skipped.append({"table": table, "id": row_id, "reason": reason})
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dryRun": self.dry_run,
+            "seconds": round(self.seconds, 3),
+            "tables": {name: counts.as_json() for name, counts in self.tables.items()},
+            "tablesNotCarried": self.not_carried,
+            "otherTablesNotCarried": self.other_tables,
+            "emailCaseVariants": self.email_variants,
+            "conflictCount": self.conflict_count,
+            "conflicts": self.conflicts,
+            "skippedCount": self.skipped_count,
+            "skipped": self.skipped,
+        }
+
+    def as_text(self) -> str:
+        lines = [
+            "Import from the original" + (" (dry run: nothing was written)" if self.dry_run else ""),
+            f"{'table':<15}{'total':>10}{'imported':>10}{'updated':>9}{'unchanged':>11}{'skipped':>9}  other",
+        ]
+        for name, c in self.tables.items():
+            other = ", ".join(f"{key} {value}" for key, value in c.extra.items())
+            lines.append(
+                f"{name:<15}{c.total:>10}{c.imported:>10}{c.updated:>9}{c.unchanged:>11}{c.skipped:>9}  {other}"
+            )
+        if self.not_carried:
+            lines.append(
+                "tables not carried: " + ", ".join(f"{name} ({rows} rows)" for name, rows in self.not_carried.items())
+            )
+        if self.other_tables:
+            lines.append(
+                "other tables not carried: "
+                + ", ".join(f"{name} (about {rows} rows)" for name, rows in self.other_tables.items())
+            )
+        for variant in self.email_variants:
+            lines.append(
+                f"e-mail case variants of {variant['email']}: kept {variant['kept']}, left out "
+                + ", ".join(variant["leftOut"])
+            )
+        for title, entries, count in (
+            ("conflicts", self.conflicts, self.conflict_count),
+            ("skipped", self.skipped, self.skipped_count),
+        ):
+            lines.append(f"{title}: {count}" + (f" (first {len(entries)} listed)" if count > len(entries) else ""))
+            lines.extend(f"  {e['table']} {e['id']}: {e['reason']}" for e in entries)
+        lines.append(f"took {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+class Progress:
+    """One progress line per table on stderr: rows done / total and rows per second."""
+
+    def __init__(self, table: str, total: int, every_seconds: float, stream: TextIO) -> None:
+        self.table, self.total, self.every, self.stream = table, total, every_seconds, stream
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def tick(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._write(now)
+
+    def finish(self) -> None:
+        self._write(time.monotonic())
+
+    def _write(self, now: float) -> None:
+        rate = self.done / max(now - self.started, 1e-6)
+        print(f"{self.table}: {self.done}/{self.total} rows ({rate:,.0f} rows/s)", file=self.stream, flush=True)
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """SHA-256 over a row's carried values (timestamps as UTC instants, JSON as values)."""
+    return hashlib.sha256(orjson.dumps(values, option=orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z)).hexdigest()
+
+
+def servable_session_id(session_id: str) -> bool:
+    """Whether /api/sessions/<id> on this server reaches a session with this id, unescaped."""
+    return bool(SERVABLE_ID.fullmatch(session_id)) and session_id not in RESERVED_SESSION_IDS
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else exc.__class__.__name__)[:300]
+
+
+async def connect_source(url: str) -> asyncpg.Connection:
+    """A read-only, UTC connection to the original; ImportRefused when it cannot be opened."""
+    try:
+        conn = await asyncpg.connect(
+            url,
+            timeout=10,
+            server_settings={
+                "default_transaction_read_only": "on",
+                "timezone": "UTC",
+                "application_name": "webedt-import-original",
+            },
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        raise ImportRefused(f"cannot connect to the original database: {first_line(exc)}") from None
+    await init_connection(conn)
+    return conn
+
+
+async def check_source_schema(source: asyncpg.Connection) -> list[str]:
+    """The original's other tables; ImportRefused when a table or column this import reads is missing."""
+    present: dict[str, set[str]] = {}
+    async for row in queries.original.schema_columns(source):
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    missing = [
+        f"{table}.{column}"
+        for table, columns in REQUIRED_COLUMNS.items()
+        for column in columns
+        if column not in present.get(table, set())
+    ]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ImportRefused(f"the --from database does not have the original's schema (missing {shown})")
+    if "uuid" in present.get("events", set()) and "schema_migrations" in present:
+        raise ImportRefused("the --from database is one of this server's, not the original's")
+    tables = [r["table_name"] async for r in queries.original.schema_tables(source)]
+    return [t for t in tables if t not in REQUIRED_COLUMNS]
+
+
+async def _batches(
+    read: Callable[..., AsyncIterator[asyncpg.Record]], conn: asyncpg.Connection, limit: int, **kwargs: Any
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """Keyset batches of a read query ordered by `id`."""
+    after: Any = kwargs.pop("after_id")
+    while True:
+        rows = [r async for r in read(conn, after_id=after, limit=limit, **kwargs)]
+        if not rows:
+            return
+        yield rows
+        if len(rows) < limit:
+            return
+        after = rows[-1]["id"]
+
+
+async def _session_rows(
+    open_cursor: Callable[..., Any], conn: asyncpg.Connection, size: int, chat_session_id: str, after_id: int
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """One chat session's rows after `after_id`, in id order, `size` at a time from a cursor."""
+    async with open_cursor(conn, chat_session_id=chat_session_id, after_id=after_id) as factory:
+        cursor = await factory
+        while rows := await cursor.fetch(size):
+            yield rows
+
+
+class Importer:
+    """One run of the import, from an open source connection into an open target connection."""
+
+    def __init__(
+        self,
+        source: asyncpg.Connection,
+        target: asyncpg.Connection,
+        box: SecretBox,
+        report: Report,
+        progress_seconds: float,
+        stream: TextIO,
+    ) -> None:
+        self.source, self.target, self.box, self.report = source, target, box, report
+        self.progress_seconds, self.stream = progress_seconds, stream
+        self.imported_users: set[str] = set()
+        self.now = datetime.now(UTC)
+
+    def progress(self, table: str) -> Progress:
+        counts = self.report.tables[table]
+        return Progress(table, counts.total, self.progress_seconds, self.stream)
+
+    async def run(self, other_tables: list[str]) -> None:
+        for table in REQUIRED_COLUMNS:
+            self.report.tables[table].total = await getattr(queries.original, f"count_{table}")(self.source)
+        known = [name for name in other_tables if name in KNOWN_NOT_CARRIED]
+        self.report.not_carried = {
+            name: await getattr(queries.original, f"count_{name}")(self.source) for name in known
+        }
+        unknown = [name for name in other_tables if name not in KNOWN_NOT_CARRIED]
+        self.report.other_tables = {
+            r["name"]: r["row_count"] async for r in queries.original.estimated_rows(self.source, names=unknown)
+        }
+        await self.import_users()
+        await self.import_login_sessions()
+        await self.import_chat_sessions()
+
+    # ---- people -------------------------------------------------------------------------------
+
+    def user_values(self, row: asyncpg.Record) -> dict[str, Any]:
+        """The original's person as this server keeps it, credentials still in clear text."""
+        claude_auth = row["claude_auth"]
+        return {
+            "email": row["email"],
+            "display_name": row["display_name"],
+            "password_hash": row["password_hash"],
+            "github_id": row["github_id"],
+            "github_access_token": row["github_access_token"] or None,
+            "claude_auth": claude_auth if isinstance(claude_auth, dict) and claude_auth else None,
+            "preferred_provider": row["preferred_provider"] or "claude",
+            "image_resize_max_dimension": row["image_resize_max_dimension"] or 1024,
+            "voice_command_keywords": row["voice_command_keywords"]
+            if isinstance(row["voice_command_keywords"], list)
+            else [],
+            "stop_listening_after_submit": bool(row["stop_listening_after_submit"]),
+            "default_landing_page": row["default_landing_page"] or "store",
+            "preferred_model": row["preferred_model"],
+            "chat_verbosity_level": row["chat_verbosity_level"] or "verbose",
+            "is_admin": bool(row["is_admin"]),
+            "created_at": _utc(row["created_at"]),
+        }
+
+    def our_user_values(self, row: asyncpg.Record) -> dict[str, Any]:
+        values = {name: row[name] for name in USER_FIELDS}
+        values["github_access_token"] = self.box.decrypt_text(row["github_access_token"])
+        values["claude_auth"] = self.box.decrypt_json(row["claude_auth"])
+        return values
+
+    def encrypted(self, values: dict[str, Any]) -> dict[str, Any]:
+        token, claude = values["github_access_token"], values["claude_auth"]
+        return {
+            **values,
+            "github_access_token": self.box.encrypt_text(token) if token else None,
+            "claude_auth": self.box.encrypt_json(claude) if claude else None,
+        }
+
+    async def import_users(self) -> None:
+        counts, report = self.report.tables["users"], self.report
+        left_out: dict[str, str] = {}
+        async for variant in queries.original.email_case_variants(self.source):
+            kept, *others = variant["ids"]
+            left_out.update({other: kept for other in others})
+            if len(report.email_variants) < REPORT_LIST_MAX:
+                report.email_variants.append({"email": variant["email_key"], "kept": kept, "leftOut": others})
+        self.imported_users = {r["id"] async for r in queries.import_original.imported_user_ids(self.target)}
+        progress = self.progress("users")
+        async for rows in _batches(queries.original.read_users, self.source, USER_BATCH, after_id=""):
+            counts.read += len(rows)
+            ids = [r["id"] for r in rows]
+            stored = {
+                r["original_id"]: r
+                async for r in queries.import_original.get_progress(self.target, kind="user", original_ids=ids)
+            }
+            ours_by_id: dict[str, asyncpg.Record] = {}
+            ours_by_email: dict[str, asyncpg.Record] = {}
+            async for r in queries.import_original.users_by_ids_or_emails(
+                self.target, ids=ids, email_keys=[r["email"].lower() for r in rows]
+            ):
+                ours_by_id[r["id"]] = r
+                ours_by_email[r["email_key"]] = r
+            async with self.target.transaction():
+                for row in rows:
+                    try:
+                        async with self.target.transaction():  # a savepoint: one refused row skips only itself
+                            await self._import_user(row, stored.get(row["id"]), ours_by_id, ours_by_email, left_out)
+                    except asyncpg.UniqueViolationError as exc:
+                        counts.add("conflicts")
+                        self.report.conflict("users", row["id"], _unique_reason(exc))
+            progress.tick(len(rows))
+        progress.finish()
+
+    async def _import_user(
+        self,
+        row: asyncpg.Record,
+        stored: asyncpg.Record | None,
+        ours_by_id: dict[str, asyncpg.Record],
+        ours_by_email: dict[str, asyncpg.Record],
+        left_out: dict[str, str],
+    ) -> None:
+        counts, report, user_id = self.report.tables["users"], self.report, row["id"]
+        if user_id in left_out:
+            counts.skipped += 1
+            report.skip("users", user_id, f"e-mail differs only in case from the older person {left_out[user_id]}")
+            return
+        values = self.user_values(row)
+        new_print = fingerprint(values)
+        ours = ours_by_id.get(user_id)
+        if stored is not None:
+            if ours is None:
+                counts.skipped += 1
+                report.skip("users", user_id, "deleted here since an earlier import; not brought back")
+                return
+            if stored["fingerprint"] == new_print:
+                counts.unchanged += 1
+                return
+            if fingerprint(self.our_user_values(ours)) != stored["fingerprint"]:
+                counts.add("conflicts")
+                report.conflict("users", user_id, "changed here and in the original since the last import; kept")
+                return
+            holder = ours_by_email.get(values["email"].lower())
+            if holder is not None and holder["id"] != user_id:
+                counts.add("conflicts")
+                report.conflict("users", user_id, "its new e-mail already belongs to another person here")
+                return
+            await queries.import_original.update_user(self.target, id=user_id, **self.encrypted(values))
+            counts.updated += 1
+        else:
+            if ours is not None:
+                counts.add("conflicts")
+                report.conflict("users", user_id, "a person with this id already exists here")
+                return
+            holder = ours_by_email.get(values["email"].lower())
+            if holder is not None:
+                counts.add("conflicts")
+                report.conflict("users", user_id, f"e-mail {values['email']} already belongs to another person here")
+                return
+            await queries.import_original.insert_user(self.target, id=user_id, **self.encrypted(values))
+            counts.imported += 1
+        await queries.import_original.save_progress(
+            self.target, kind="user", original_id=user_id, fingerprint=new_print, last_message_id=0, last_event_id=0
+        )
+        self.imported_users.add(user_id)
+
+    # ---- login sessions -----------------------------------------------------------------------
+
+    async def import_login_sessions(self) -> None:
+        counts = self.report.tables["sessions"]
+        progress = self.progress("sessions")
+        async for rows in _batches(queries.original.read_login_sessions, self.source, LOGIN_SESSION_BATCH, after_id=""):
+            counts.read += len(rows)
+            ids, user_ids, expiries = [], [], []
+            for row in rows:
+                if row["expires_at"] <= self.now:
+                    counts.skipped += 1
+                    counts.add("expired")
+                elif row["user_id"] not in self.imported_users:
+                    counts.skipped += 1
+                    counts.add("ownerNotImported")
+                else:
+                    ids.append(hash_token(row["id"]))
+                    user_ids.append(row["user_id"])
+                    expiries.append(row["expires_at"])
+            if ids:
+                await self._write_login_sessions(ids, user_ids, expiries)
+            progress.tick(len(rows))
+        progress.finish()
+
+    async def _write_login_sessions(self, ids: list[str], user_ids: list[str], expiries: list[datetime]) -> None:
+        counts = self.report.tables["sessions"]
+        known = {
+            r["original_id"]
+            async for r in queries.import_original.get_progress(self.target, kind="login_session", original_ids=ids)
+        }
+        new = [(i, u, e) for i, u, e in zip(ids, user_ids, expiries, strict=True) if i not in known]
+        seen = [(i, e) for i, _u, e in zip(ids, user_ids, expiries, strict=True) if i in known]
+        async with self.target.transaction():
+            if new:
+                inserted = await queries.import_original.insert_login_sessions(
+                    self.target, ids=[n[0] for n in new], user_ids=[n[1] for n in new], expires_ats=[n[2] for n in new]
+                )
+                counts.imported += inserted
+                if len(new) > inserted:
+                    counts.add("alreadyHere", len(new) - inserted)
+            if seen:
+                extended = await queries.import_original.extend_login_sessions(
+                    self.target, ids=[s[0] for s in seen], expires_ats=[s[1] for s in seen]
+                )
+                counts.updated += extended
+                counts.unchanged += len(seen) - extended
+
+    # ---- chat sessions, messages, events ---------------------------------------------------------
+
+    def chat_values(self, row: asyncpg.Record) -> dict[str, Any]:
+        values = {name: row[name] for name in CHAT_FIELDS}
+        values["provider"] = values["provider"] or "claude"
+        values["auto_commit"] = bool(values["auto_commit"])
+        values["locked"] = bool(values["locked"])
+        for name in ("created_at", "completed_at", "deleted_at"):
+            values[name] = _utc(values[name])
+        return values
+
+    async def import_chat_sessions(self) -> None:
+        counts = self.report.tables["chat_sessions"]
+        progress = self.progress("chat_sessions")
+        self.message_progress, self.event_progress = self.progress("messages"), self.progress("events")
+        async for rows in _batches(queries.original.read_chat_sessions, self.source, CHAT_SESSION_BATCH, after_id=""):
+            counts.read += len(rows)
+            stored = {
+                r["original_id"]: r
+                async for r in queries.import_original.get_progress(
+                    self.target, kind="chat_session", original_ids=[r["id"] for r in rows]
+                )
+            }
+            for row in rows:
+                await self._import_chat_session(row, stored.get(row["id"]))
+                progress.tick(1)
+        progress.finish()
+        self.message_progress.finish()
+        self.event_progress.finish()
+
+    async def _import_chat_session(self, row: asyncpg.Record, stored: asyncpg.Record | None) -> None:
+        counts, report, session_id = self.report.tables["chat_sessions"], self.report, row["id"]
+        if not servable_session_id(session_id):
+            counts.skipped += 1
+            report.skip("chat_sessions", session_id, "this server cannot serve this id (letters, digits, . _ ~ -)")
+            return
+        if row["user_id"] not in self.imported_users:
+            counts.skipped += 1
+            counts.add("ownerNotImported")
+            report.skip("chat_sessions", session_id, f"its owner {row['user_id']} was not imported")
+            return
+        values = self.chat_values(row)
+        if values["status"] not in STATUSES:
+            counts.add("statusMappedToError")
+            values["status"] = "error"
+        new_print = fingerprint(values)
+        tallies = {"messages": 0, "messagesMappedToSystem": 0, "events": 0, "repeats": 0}
+        try:
+            async with self.target.transaction():
+                outcome = await self._write_chat_session(session_id, row, values, new_print, stored, tallies)
+        except asyncpg.UniqueViolationError as exc:
+            counts.skipped += 1
+            report.skip("chat_sessions", session_id, _unique_reason(exc))
+            return
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError) as exc:
+            counts.skipped += 1
+            report.skip("chat_sessions", session_id, f"refused by this server's database: {first_line(exc)}")
+            return
+        if outcome == "conflict":
+            return
+        setattr(counts, outcome, getattr(counts, outcome) + 1)
+        messages, events = self.report.tables["messages"], self.report.tables["events"]
+        messages.read += tallies["messages"]
+        messages.imported += tallies["messages"]
+        if tallies["messagesMappedToSystem"]:
+            messages.add("typeMappedToSystem", tallies["messagesMappedToSystem"])
+        events.read += tallies["events"]
+        events.imported += tallies["events"] - tallies["repeats"]
+        if tallies["repeats"]:
+            events.skipped += tallies["repeats"]
+            events.add("repeatsLeftOut", tallies["repeats"])
+
+    async def _write_chat_session(
+        self,
+        session_id: str,
+        row: asyncpg.Record,
+        values: dict[str, Any],
+        new_print: str,
+        stored: asyncpg.Record | None,
+        tallies: dict[str, int],
+    ) -> str:
+        """Inside the session's transaction: the row, its new messages and events, its bookkeeping.
+        Returns the TableCounts field to count it under, or "conflict"."""
+        report = self.report
+        ours = await queries.import_original.lock_chat_session(self.target, id=session_id)
+        if stored is None:
+            if ours is not None:
+                report.tables["chat_sessions"].add("conflicts")
+                report.conflict("chat_sessions", session_id, "a chat session with this id already exists here")
+                return "conflict"
+            await queries.import_original.insert_chat_session(
+                self.target, id=session_id, worker_last_activity=_utc(row["worker_last_activity"]), **values
+            )
+            outcome = "imported"
+        elif ours is None:
+            report.tables["chat_sessions"].skipped += 1
+            report.skip("chat_sessions", session_id, "deleted here since an earlier import; not brought back")
+            return "conflict"
+        elif stored["fingerprint"] == new_print:
+            outcome = "unchanged"
+        elif (
+            fingerprint({name: _utc(ours[name]) if name.endswith("_at") else ours[name] for name in CHAT_FIELDS})
+            != (stored["fingerprint"])
+        ):
+            report.tables["chat_sessions"].add("conflicts")
+            report.conflict("chat_sessions", session_id, "changed here and in the original since the last import; kept")
+            new_print = stored["fingerprint"]
+            outcome = "unchanged"  # its new messages and events still come in
+        else:
+            await queries.import_original.update_chat_session(self.target, id=session_id, **values)
+            outcome = "updated"
+        last_message = stored["last_message_id"] if stored else 0
+        last_event = stored["last_event_id"] if stored else 0
+        last_message = await self._copy_messages(session_id, last_message, tallies)
+        events_before = tallies["events"] - tallies["repeats"]
+        last_event = await self._copy_events(session_id, last_event, tallies)
+        if outcome == "updated":
+            # Streams following a live run here end once it is no longer running (at commit).
+            await queries.events.notify_session_status(self.target, chat_session_id=session_id)
+        if tallies["events"] - tallies["repeats"] > events_before:
+            await queries.events.notify_events(self.target, chat_session_id=session_id)
+        await queries.import_original.save_progress(
+            self.target,
+            kind="chat_session",
+            original_id=session_id,
+            fingerprint=new_print,
+            last_message_id=last_message,
+            last_event_id=last_event,
+        )
+        return outcome
+
+    async def _copy_messages(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
+        async for rows in _session_rows(
+            queries.original.read_messages_cursor, self.source, MESSAGE_BATCH, session_id, after
+        ):
+            types = []
+            for r in rows:
+                if r["type"] in MESSAGE_TYPES:
+                    types.append(r["type"])
+                else:
+                    types.append("system")
+                    tallies["messagesMappedToSystem"] += 1
+            await queries.import_original.insert_messages(
+                self.target,
+                chat_session_id=session_id,
+                types=types,
+                contents=[r["content"] for r in rows],
+                images=[r["images"] for r in rows],
+                timestamps=[_utc(r["timestamp"]) for r in rows],
+            )
+            tallies["messages"] += len(rows)
+            self.message_progress.tick(len(rows))
+            after = rows[-1]["id"]
+        return after
+
+    async def _copy_events(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
+        async for rows in _session_rows(
+            queries.original.read_events_cursor, self.source, EVENT_BATCH, session_id, after
+        ):
+            stored = await queries.import_original.insert_events(
+                self.target,
+                chat_session_id=session_id,
+                uuids=[r["uuid"] for r in rows],
+                payloads=[r["event_data"] for r in rows],
+                timestamps=[_utc(r["timestamp"]) for r in rows],
+            )
+            tallies["events"] += len(rows)
+            tallies["repeats"] += len(rows) - stored
+            self.event_progress.tick(len(rows))
+            after = rows[-1]["id"]
+        return after
+
+
+def _unique_reason(exc: asyncpg.UniqueViolationError) -> str:
+    constraint = getattr(exc, "constraint_name", None) or ""
+    if "session_path" in constraint:
+        return "its session path already belongs to another chat session here"
+    if "github_id" in constraint:
+        return "its GitHub account is already connected to another person here"
+    if "remote_session" in constraint:
+        return "its remote session is already linked to another chat session of the same person here"
+    return f"refused by this server's database: {first_line(exc)}"
+
+
+async def run(
+    target_dsn: str,
+    source_url: str,
+    box: SecretBox,
+    *,
+    dry_run: bool = False,
+    progress_seconds: float = 1.0,
+    stream: TextIO = sys.stderr,
+) -> Report:
+    """Import from `source_url` into `target_dsn` (migrated first) and return the report.
+
+    ImportRefused before anything is written when the source cannot be read. A dry run does the
+    whole import in one transaction and rolls it back.
+    """
+    started = time.monotonic()
+    source = await connect_source(source_url)
+    try:
+        other_tables = await check_source_schema(source)
+        await migrations.migrate(target_dsn)
+        target = await asyncpg.connect(target_dsn, server_settings={"timezone": "UTC"})
+        try:
+            await init_connection(target)
+            if not await queries.import_original.try_lock_import(target):
+                raise ImportRefused("another import into this database is running")
+            try:
+                report = Report(dry_run=dry_run)
+                async with source.transaction(isolation="repeatable_read", readonly=True):
+                    importer = Importer(source, target, box, report, progress_seconds, stream)
+                    if dry_run:
+                        transaction = target.transaction()
+                        await transaction.start()
+                        try:
+                            await importer.run(other_tables)
+                        finally:
+                            await transaction.rollback()
+                    else:
+                        await importer.run(other_tables)
+            finally:
+                await queries.import_original.unlock_import(target)
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    report.seconds = time.monotonic() - started
+    return report
