@@ -398,10 +398,12 @@ async def interrupt(ctx: AppContext, user_id: str, session_id: str) -> dict[str,
         raise ServiceError(400, NO_REMOTE_FOR_INTERRUPT)
     provider = runs.provider_for(row["provider"])
     token = await provider.authenticate(user_id)
-    try:
-        await provider.interrupt(token, row["remote_session_id"])
-    except UpstreamError as exc:
-        raise ServiceError(502, exc.message) from None
+    # Over the run's live event socket when this replica drives it, else the REST call.
+    if not await runs.interrupt_over_push(session_id):
+        try:
+            await provider.interrupt(token, row["remote_session_id"])
+        except UpstreamError as exc:
+            raise ServiceError(502, exc.message) from None
     event = {"type": "interrupted", "message": "Interrupt requested", "source": "user", "timestamp": now_iso()}
     await event_log.append(ctx, session_id, [event])
     # Once interrupted, an idle remote session ends the run even if the agent had done nothing.
