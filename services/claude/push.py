@@ -111,7 +111,7 @@ class ClaudeRemoteChannel(PushChannel):
                 return None
             message = await self.connection.read_message()
             if message is None:
-                await self.close()
+                self._shut(lost=True)
                 return None
             frame = parse_frame(message)
             if frame is None:
@@ -165,11 +165,18 @@ class ClaudeRemoteChannel(PushChannel):
                 await self._send({"type": "keep_alive"})
 
     async def close(self) -> None:
+        self._shut(lost=False)
+
+    def _shut(self, *, lost: bool) -> None:
         if self.closed:
             return
         self.closed = True
         self.keep_alive.cancel()
         for future in self.pending.values():
-            if not future.done():  # an interrupt waiting for its answer falls back to REST
+            if future.done():
+                continue
+            if lost:  # the upstream went away: the interrupt may not have arrived, send it by REST
                 future.set_result({"subtype": "error", "error": "the event socket closed"})
+            else:  # we close only when the run ends here: the interrupt was sent, nothing to redo
+                future.set_result({"subtype": "success"})
         self.connection.close()

@@ -258,6 +258,11 @@ class RunDriver:
         if event is not None:
             event.set()
 
+    def has_live_push(self, session_id: str) -> bool:
+        """Whether this replica follows the run over a live push channel."""
+        follower = self.followers.get(session_id)
+        return follower is not None and follower.live
+
     async def interrupt_over_push(self, session_id: str) -> bool:
         """Interrupt the run's current turn over its live push channel, if this replica drives it
         and the channel confirms; False means: interrupt the usual way."""
