@@ -1,4 +1,4 @@
-"""Every benchmark in turn: bench/rest.py, bench/streams.py, bench/load.py (`make bench`).
+"""Every benchmark in turn: bench/rest.py, streams.py, load.py, push.py (`make bench`).
 
     .venv/bin/python bench/run_all.py                 # all three; each writes its bench/RESULTS.md section
     .venv/bin/python bench/run_all.py --only rest load
@@ -29,6 +29,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str] | None, float]] = {
     "rest": ([], None, 600),
     "streams": ([], ["--quick"], 1800),
     "load": ([], ["--quick"], 900),
+    "push": ([], ["--quick"], 900),
 }
 
 

@@ -1,0 +1,251 @@
+"""Upstream push benchmark (issue 12): how long an event takes from the fake Claude sending it to a
+viewer of `/api/sessions/:id/events/stream` reading it, with the event WebSocket (`auto`) and with
+polling only (`off`), both at `CLAUDE_POLL_INTERVAL_MS=2000`; and upstream requests per minute of
+one run, push against polling. Loopback only, bounded, not part of `make test`.
+
+    .venv/bin/python bench/push.py            # full run (about 5 minutes), writes bench/RESULTS.md
+    .venv/bin/python bench/push.py --quick    # small counts, for a smoke test; writes nothing
+
+It starts its own embedded PostgreSQL, the fake Claude (in this process, so that its send times
+and the viewers' read times are on one clock) and two `python server.py` replicas per mode, ended
+by their process ids at the end. "Sent" is when the fake wrote the event's frame on the socket;
+with `off` (no socket) it is when the event appeared upstream, ready for the next poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from bench.database import fresh_database  # noqa: E402
+from bench.results import machine_note, write_section  # noqa: E402
+from tests.fakes.claude import (  # noqa: E402
+    REPO,
+    FakeClaude,
+    FakeSession,
+    claude_env,
+    connect_claude,
+    new_uuid,
+    post_sse,
+    running_fake_claude,
+)
+from tests.helpers import Replica, register, spawn_replica, test_env  # noqa: E402
+
+UUID_IN_FRAME = re.compile(r'"uuid":\s*"([0-9a-f-]{36})"')
+POLL_MS = 2000
+
+
+def turn_of(count: int) -> Any:
+    """A turn factory: `count` assistant messages, then a result."""
+
+    def turn(session: FakeSession, prompt: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = [
+            {
+                "type": "assistant",
+                "uuid": new_uuid(),
+                "message": {"role": "assistant", "content": [{"type": "text", "text": f"step {n}"}]},
+            }
+            for n in range(count)
+        ]
+        events.append({"type": "result", "subtype": "success", "uuid": new_uuid(), "total_cost_usd": 0.1})
+        return events
+
+    return turn
+
+
+@dataclass
+class Viewer:
+    """One SSE reader: when (monotonic) it read each upstream uuid."""
+
+    read_at: dict[str, float] = field(default_factory=dict)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def watch(client: httpx.AsyncClient, session_id: str, viewer: Viewer, last_uuid: str) -> None:
+    async with client.stream(
+        "GET",
+        f"/api/sessions/{session_id}/events/stream",
+        headers={"Accept": "text/event-stream"},
+        timeout=httpx.Timeout(30, read=None),
+    ) as response:
+        assert response.status_code == 200, response.status_code
+        async for line in response.aiter_lines():
+            viewer.connected.set()
+            if not line.startswith("data:"):
+                continue
+            match = UUID_IN_FRAME.search(line)
+            if match is None:
+                continue
+            viewer.read_at.setdefault(match.group(1), time.monotonic())
+            if match.group(1) == last_uuid:
+                return
+
+
+async def latency_run(
+    fake: FakeClaude, replicas: list[Replica], events: int, viewers_per_replica: list[int], push: bool
+) -> list[float]:
+    """One run of `events` events watched by the given number of viewers on each replica; the
+    latencies in milliseconds of every (viewer, event)."""
+    fake.reset_knobs()
+    fake.turn_factory = turn_of(events)
+    fake.release_every = 0.02
+    fake.hold_at = 1  # only the echo of the prompt until every viewer is connected
+    clients = [httpx.AsyncClient(base_url=r.url, timeout=30) for r in replicas]
+    try:
+        await register(clients[0])
+        await connect_claude(clients[0], fake)
+        for client in clients[1:]:
+            client.cookies = clients[0].cookies
+        async with post_sse(clients[0], {"userRequest": "Benchmark the push", "github": REPO}) as stream:
+            frames = await stream.until("title_generation", timeout=30)
+            session_id = frames[1].json()["websiteSessionId"]
+        while not fake.sessions:  # the run creates its remote session right after the title
+            await asyncio.sleep(0.02)
+        remote = fake.only_session()
+        if push:
+            while fake.subscriber_count(remote.id) == 0:
+                await asyncio.sleep(0.05)
+        last_uuid = remote.pending[-1]["uuid"]
+        watchers: list[tuple[Viewer, asyncio.Task[None]]] = []
+        for client, count in zip(clients, viewers_per_replica, strict=True):
+            for _ in range(count):
+                viewer = Viewer()
+                watchers.append((viewer, asyncio.create_task(watch(client, session_id, viewer, last_uuid))))
+        await asyncio.wait_for(asyncio.gather(*(v.connected.wait() for v, _ in watchers)), 60)
+        await asyncio.sleep(1.0)  # the socket's backfill is done; the run waits for pushes
+        sent = fake.sent_at if push else fake.released_at
+        fake.hold_at = None
+        await asyncio.wait_for(asyncio.gather(*(task for _, task in watchers)), 120)
+        uuids = [e["uuid"] for e in remote.events[1:]]
+        latencies = [
+            (viewer.read_at[u] - sent[u]) * 1000 for viewer, _ in watchers for u in uuids if u in viewer.read_at
+        ]
+        missing = sum(1 for viewer, _ in watchers for u in uuids if u not in viewer.read_at)
+        assert missing == 0, f"{missing} (viewer, event) pairs never read"
+        return latencies
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def request_rate(fake: FakeClaude, replica: Replica, seconds: float) -> float:
+    """Upstream API requests per minute while one run produces an event every 0.5 s."""
+    fake.reset_knobs()
+    fake.release_every = 0.5
+    fake.turn_factory = turn_of(int(seconds / 0.5) + 20)  # still running when the window ends
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:
+        await register(client)
+        await connect_claude(client, fake)
+        async with post_sse(client, {"userRequest": "Count the requests", "github": REPO}) as stream:
+            await stream.until("title_generation", timeout=30)
+        await asyncio.sleep(5)  # past the start (creation, first reads, the socket's backfill)
+        before = len(fake.requests) + len(fake.subscribe_requests)
+        await asyncio.sleep(seconds)
+        after = len(fake.requests) + len(fake.subscribe_requests)
+        for session in fake.sessions.values():
+            session.pending = []  # let the run end
+    return (after - before) * 60 / seconds
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts; prints results, writes nothing")
+    args = parser.parse_args()
+    events, fan_out, rate_seconds = (60, 10, 10.0) if args.quick else (500, 100, 60.0)
+    results: list[tuple[str, str, list[float]]] = []
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
+        workdir = Path(tmp)
+        database = await fresh_database(workdir, "bench_push")
+        try:
+            async with running_fake_claude() as fake:
+                for mode in ("auto", "off"):
+                    env = test_env(
+                        database.url,
+                        **claude_env(
+                            fake,
+                            CLAUDE_UPSTREAM_PUSH=mode,
+                            CLAUDE_POLL_INTERVAL_MS=str(POLL_MS),
+                            CLAUDE_ENVIRONMENT_ID="env_bench",
+                            RUN_ADOPT_INTERVAL_SECONDS="30",
+                            CLAUDE_REQUEST_TIMEOUT_SECONDS="30",
+                            CLAUDE_RETRY_WINDOW_SECONDS="300",
+                        ),
+                    )
+                    replicas = list(
+                        await asyncio.gather(*(asyncio.to_thread(spawn_replica, env, workdir) for _ in range(2)))
+                    )
+                    try:
+                        push = mode == "auto"
+                        fake.sessions.clear()
+                        one = await latency_run(fake, replicas, events, [1, 0], push)
+                        results.append((mode, "1 viewer", one))
+                        print(mode, "1 viewer", f"p50 {percentile(one, 0.5):.1f} ms p99 {percentile(one, 0.99):.1f}")
+                        fake.sessions.clear()
+                        many = await latency_run(fake, replicas, events, [fan_out, fan_out], push)
+                        results.append((mode, f"{fan_out} viewers on each of 2 replicas", many))
+                        print(mode, "fan-out", f"p50 {percentile(many, 0.5):.1f} ms p99 {percentile(many, 0.99):.1f}")
+                        fake.sessions.clear()
+                        fake.requests.clear()
+                        fake.subscribe_requests.clear()
+                        rates[mode] = await request_rate(fake, replicas[0], rate_seconds)
+                        print(mode, f"{rates[mode]:.1f} upstream requests per minute")
+                    finally:
+                        for replica in replicas:
+                            with contextlib.suppress(Exception):
+                                await asyncio.to_thread(replica.stop, signal.SIGTERM, 20)
+        finally:
+            database.server.cleanup()
+    lines = [
+        f"Machine: {machine_note()}. PostgreSQL {database.version}. Two `server.py` replicas per mode, "
+        f"`CLAUDE_POLL_INTERVAL_MS={POLL_MS}`; the fake Claude releases one event every 20 ms "
+        f"({events} events per run plus a result); latency is from the fake sending an event (on the "
+        "socket; with `off`, when it appeared upstream) to a viewer of "
+        "`/api/sessions/:id/events/stream` reading it, over every (viewer, event) pair.",
+        "",
+        "| Mode | Viewers | Samples | p50 | p99 | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, viewers, values in results:
+        lines.append(
+            f"| `{mode}` | {viewers} | {len(values)} | {percentile(values, 0.5):.1f} ms | "
+            f"{percentile(values, 0.99):.1f} ms | {max(values):.1f} ms |"
+        )
+    lines += [
+        "",
+        f"Upstream requests per minute of one run producing an event every 0.5 s, counted over "
+        f"{rate_seconds:.0f} s (shortened from the issue's 5 minutes to keep the benchmark bounded; the "
+        "rates are steady after the start): "
+        + ", ".join(f"`{mode}` {rate:.1f}" for mode, rate in rates.items())
+        + ". With push the run reads the session status every 30 s and on each pushed status or "
+        "result; polling reads the status and the events every 2 s.",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if not args.quick:
+        write_section("push", "Upstream push: event latency to viewers, upstream requests", section)
+        print("written to bench/RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
