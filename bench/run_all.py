@@ -1,6 +1,6 @@
 """Every benchmark in turn: bench/rest.py, streams.py, load.py, push.py (`make bench`).
 
-    .venv/bin/python bench/run_all.py                 # all three; each writes its bench/RESULTS.md section
+    .venv/bin/python bench/run_all.py                 # all of them; each writes its bench/RESULTS.md section
     .venv/bin/python bench/run_all.py --only rest load
     .venv/bin/python bench/run_all.py --quick         # smoke run: small counts, writes nothing
 

@@ -8,7 +8,9 @@ module then does the rest in a task of its own:
    uuid of its first event) and stores its id and web URL at once;
 2. every `CLAUDE_POLL_INTERVAL_MS` reads the remote status and the events after its cursor,
    appends new ones to the event log (the upstream `uuid` makes repeats harmless), detects the
-   branch, and delivers prompts waiting in the outbox (follow-ups sent from any replica);
+   branch, and delivers prompts waiting in the outbox (follow-ups sent from any replica); while
+   the backend's push channel is live (`services/claude/follow.py`) the events come over it and
+   the status is read only every 30 s and when the channel shows something ended;
 3. ends the run when a new `result` event arrives, or the remote session is completed, failed,
    or idle after having worked (CONTRACT.md 5.6 without defects 13 and 15): one transaction
    stores the final status, cost, branch and completedAt (and, for a failure, ONE `error` event).
@@ -416,16 +418,17 @@ class _Run:
 
     async def _store(self, events: list[dict[str, Any]], via: str) -> None:
         """Append the events this run has not stored yet (by upstream key), in the order given."""
-        fresh: list[dict[str, Any]] = []
+        new: list[dict[str, Any]] = []
         for event in events:
             key = event_key(event)
             if key in self.seen:
                 continue
             self.seen.add(key)
-            fresh.append(stored_upstream_event(event))
+            new.append(event)
+        fresh = [stored_upstream_event(event) for event in new]
         if fresh:
             await event_log.append(self.ctx, self.session_id, fresh)
-            observe_latency(events, via)
+            observe_latency(new, via)
         for event in fresh:
             branch = self.provider.branch(event)
             if branch and branch != self.branch:
