@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.database import fresh_database  # noqa: E402
 from bench.results import machine_note, write_section  # noqa: E402
+from bench.streams import close_streams, open_streams  # noqa: E402
 from tests.fakes.claude import (  # noqa: E402
     REPO,
     FakeClaude,
@@ -45,7 +44,6 @@ from tests.fakes.claude import (  # noqa: E402
 )
 from tests.helpers import Replica, register, spawn_replica, test_env  # noqa: E402
 
-UUID_IN_FRAME = re.compile(r'"uuid":\s*"([0-9a-f-]{36})"')
 POLL_MS = 2000
 
 
@@ -67,34 +65,6 @@ def turn_of(count: int) -> Any:
     return turn
 
 
-@dataclass
-class Viewer:
-    """One SSE reader: when (monotonic) it read each upstream uuid."""
-
-    read_at: dict[str, float] = field(default_factory=dict)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-async def watch(client: httpx.AsyncClient, session_id: str, viewer: Viewer, last_uuid: str) -> None:
-    async with client.stream(
-        "GET",
-        f"/api/sessions/{session_id}/events/stream",
-        headers={"Accept": "text/event-stream"},
-        timeout=httpx.Timeout(30, read=None),
-    ) as response:
-        assert response.status_code == 200, response.status_code
-        async for line in response.aiter_lines():
-            viewer.connected.set()
-            if not line.startswith("data:"):
-                continue
-            match = UUID_IN_FRAME.search(line)
-            if match is None:
-                continue
-            viewer.read_at.setdefault(match.group(1), time.monotonic())
-            if match.group(1) == last_uuid:
-                return
-
-
 async def latency_run(
     fake: FakeClaude, replicas: list[Replica], events: int, viewers_per_replica: list[int], push: bool
 ) -> list[float]:
@@ -104,13 +74,10 @@ async def latency_run(
     fake.turn_factory = turn_of(events)
     fake.release_every = 0.02
     fake.hold_at = 1  # only the echo of the prompt until every viewer is connected
-    clients = [httpx.AsyncClient(base_url=r.url, timeout=30) for r in replicas]
-    try:
-        await register(clients[0])
-        await connect_claude(clients[0], fake)
-        for client in clients[1:]:
-            client.cookies = clients[0].cookies
-        async with post_sse(clients[0], {"userRequest": "Benchmark the push", "github": REPO}) as stream:
+    async with httpx.AsyncClient(base_url=replicas[0].url, timeout=30) as http:
+        await register(http)
+        await connect_claude(http, fake)
+        async with post_sse(http, {"userRequest": "Benchmark the push", "github": REPO}) as stream:
             frames = await stream.until("title_generation", timeout=30)
             session_id = frames[1].json()["websiteSessionId"]
         while not fake.sessions:  # the run creates its remote session right after the title
@@ -119,27 +86,36 @@ async def latency_run(
         if push:
             while fake.subscriber_count(remote.id) == 0:
                 await asyncio.sleep(0.05)
-        last_uuid = remote.pending[-1]["uuid"]
-        watchers: list[tuple[Viewer, asyncio.Task[None]]] = []
-        for client, count in zip(clients, viewers_per_replica, strict=True):
+        # Raw-socket viewers (bench/streams.py): the time each frame id arrived, per viewer.
+        read_at: list[dict[int, float]] = []
+
+        def recorder(seen: dict[int, float]) -> Any:
+            return lambda event_id, _: seen.setdefault(event_id, time.monotonic())
+
+        clients = []
+        path = f"/api/sessions/{session_id}/events/stream"
+        for replica, count in zip(replicas, viewers_per_replica, strict=True):
+            port = int(replica.url.rsplit(":", 1)[1])
             for _ in range(count):
-                viewer = Viewer()
-                watchers.append((viewer, asyncio.create_task(watch(client, session_id, viewer, last_uuid))))
-        await asyncio.wait_for(asyncio.gather(*(v.connected.wait() for v, _ in watchers)), 60)
-        await asyncio.sleep(1.0)  # the socket's backfill is done; the run waits for pushes
-        sent = fake.sent_at if push else fake.released_at
-        fake.hold_at = None
-        await asyncio.wait_for(asyncio.gather(*(task for _, task in watchers)), 120)
-        uuids = [e["uuid"] for e in remote.events[1:]]
-        latencies = [
-            (viewer.read_at[u] - sent[u]) * 1000 for viewer, _ in watchers for u in uuids if u in viewer.read_at
-        ]
-        missing = sum(1 for viewer, _ in watchers for u in uuids if u not in viewer.read_at)
-        assert missing == 0, f"{missing} (viewer, event) pairs never read"
-        return latencies
-    finally:
-        for client in clients:
-            await client.aclose()
+                read_at.append({})
+                clients += await open_streams([(port, path)], http.cookies["auth_session"], recorder(read_at[-1]))
+        try:
+            await asyncio.sleep(1.0)  # the socket's backfill is done; the run waits for pushes
+            sent = fake.sent_at if push else fake.released_at
+            fake.hold_at = None
+            while (await http.get(f"/api/sessions/{session_id}")).json()["session"]["status"] == "running":
+                await asyncio.sleep(0.1)  # the run ends before the next one starts
+            log = (await http.get(f"/api/sessions/{session_id}/events")).json()["data"]["events"]
+            turn = {e["uuid"] for e in remote.events[1:]}  # not the echo of the prompt
+            ids = {e["id"]: e["eventData"]["uuid"] for e in log if e["eventData"].get("uuid") in turn}
+            deadline = time.monotonic() + 60
+            while any(len(ids.keys() & seen.keys()) < len(ids) for seen in read_at):
+                assert time.monotonic() < deadline, "some viewers never read some events"
+                await asyncio.sleep(0.1)
+        finally:
+            await close_streams(clients)
+        assert len(ids) == events + 1, (len(ids), events)
+        return [(seen[i] - sent[u]) * 1000 for seen in read_at for i, u in ids.items()]
 
 
 async def request_rate(fake: FakeClaude, replica: Replica, seconds: float) -> float:

@@ -16,7 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from services.claude.follow import MAX_FAILURES
+from services.claude.push import subscribe_url
 from services.claude.runs import SERVER_EVENT_TYPES
+from services.config import ConfigError, load_config
 from services.metrics import REGISTRY
 from tests.fakes.claude import (
     REPO,
@@ -178,6 +181,36 @@ async def test_a_refused_upgrade_falls_back_to_polling(env: Env, http: httpx.Asy
     assert counter("webedt_upstream_push_fallbacks_total") == fallbacks + 1
 
 
+async def remote_of(http: httpx.AsyncClient, session_id: str, fake: FakeClaude) -> FakeSession:
+    async def remote_id() -> str:
+        while True:
+            session = (await http.get(f"/api/sessions/{session_id}")).json()["session"]
+            if session["remoteSessionId"]:
+                return session["remoteSessionId"]
+            await asyncio.sleep(0.02)
+
+    return fake.sessions[await asyncio.wait_for(remote_id(), 10)]
+
+
+async def test_a_socket_that_keeps_failing_falls_back_to_polling(env: Env, http: httpx.AsyncClient) -> None:
+    """Five sockets in a row that close before delivering anything: the run polls on, and the
+    follower stops reconnecting (for RETRY_LATER_SECONDS) instead of hammering the upstream."""
+    fake = env.fake
+    fake.close_on_open = True
+    fake.hold_at = 4
+    fallbacks = counter("webedt_upstream_push_fallbacks_total")
+    async with post_sse(http, {"userRequest": "Keep losing the socket", "github": REPO}) as stream:
+        frames = await stream.until("title_generation")
+        await eventually(lambda: counter("webedt_upstream_push_fallbacks_total") == fallbacks + 1, timeout=30)
+        remote = await remote_of(http, frames[1].json()["websiteSessionId"], fake)
+        assert len([r for r in fake.subscribe_requests if remote.id in r["path"]]) == MAX_FAILURES
+        fake.hold_at = None
+        rest = await stream.until(lambda e: e.event in ("completed", "error"), timeout=30)
+    assert rest[-1].event == "completed"
+    upstream_events_stored_once_in_order(await stored(http, frames[1].json()["websiteSessionId"]), remote)
+    assert len([r for r in fake.subscribe_requests if remote.id in r["path"]]) == MAX_FAILURES
+
+
 async def test_a_socket_that_shows_the_run_ended_ends_it(env: Env, http: httpx.AsyncClient) -> None:
     """No `result`: the pushed `session_status` idle after work ends the run (without waiting for
     the 30-second status check)."""
@@ -248,6 +281,23 @@ async def test_off_polls_as_before(database_url: str) -> None:
         upstream_events_stored_once_in_order(await stored(http, frames[1].json()["websiteSessionId"]), remote)
         assert fake.subscribe_requests == []
         assert len(fake.api_requests("GET", rf"^/v1/sessions/{remote.id}/events$")) >= 3
+
+
+def test_the_subscribe_url_follows_the_api_base() -> None:
+    assert subscribe_url("https://api.anthropic.com/", "session_1") == (
+        "wss://api.anthropic.com/v1/sessions/ws/session_1/subscribe"
+    )
+    assert subscribe_url("http://127.0.0.1:8080", "s/2", "org 1") == (
+        "ws://127.0.0.1:8080/v1/sessions/ws/s%2F2/subscribe?organization_uuid=org+1"
+    )
+
+
+def test_claude_upstream_push_is_auto_or_off(database_url: str) -> None:
+    base = test_env(database_url)
+    assert load_config(base).claude_upstream_push == "auto"
+    assert load_config({**base, "CLAUDE_UPSTREAM_PUSH": "OFF"}).claude_upstream_push == "off"
+    with pytest.raises(ConfigError, match="CLAUDE_UPSTREAM_PUSH must be auto or off"):
+        load_config({**base, "CLAUDE_UPSTREAM_PUSH": "sometimes"})
 
 
 # ---- two replicas ---------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ session and every status change is pushed to its subscribers, events alternately
 `{"type": "event", "data": ...}` and bare. Push knobs: `release_every` (events are released by a
 clock, one every so many seconds, instead of on reads: a live upstream), `refuse_upgrade` (answer
 the upgrade with that status), `drop_after_frames` with `drops_left` (that many sockets close after
-sending so many event frames), `heartbeats` (a non-JSON frame before each event frame),
+sending so many event frames), `close_on_open` (every socket closes as soon as it opened),
+`heartbeats` (a non-JSON frame before each event frame),
 `delay_frame(n, seconds)` (the n-th event frame sent waits, the later ones queue behind it),
 `control_answer` ("success", "error", or None for never) for `control_request` interrupts.
 """
@@ -212,6 +213,7 @@ class FakeClaude(LoopbackServer):
         self.drop_after_frames: int | None = None
         self.drops_left = 0
         self.heartbeats = False
+        self.close_on_open = False
         self.frame_delays: dict[int, float] = {}
         self.control_answer: str | None = "success"
         self.subscribers: dict[str, list[FakeSubscriber]] = {}
@@ -245,6 +247,7 @@ class FakeClaude(LoopbackServer):
         self.drop_after_frames = None
         self.drops_left = 0
         self.heartbeats = False
+        self.close_on_open = False
         self.frame_delays = {}
         self.control_answer = "success"
 
@@ -516,6 +519,8 @@ class FakeSubscriber(tornado.websocket.WebSocketHandler):
         self.session_id = args[0]
         self.fake.subscribers.setdefault(self.session_id, []).append(self)
         self.sender = asyncio.create_task(self._send_frames())
+        if self.fake.close_on_open:
+            self.close(1011, "closed at once by the fake")
 
     def push(self, frame: dict[str, Any], event_uuid: str | None = None) -> None:
         self.queue.put_nowait((frame, event_uuid))
