@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -147,6 +148,7 @@ async def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts; prints results, writes nothing")
     args = parser.parse_args()
     events, fan_out, rate_seconds = (60, 10, 10.0) if args.quick else (500, 100, 60.0)
+    load_before = os.getloadavg()[0]
     results: list[tuple[str, str, list[float]]] = []
     rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
@@ -194,7 +196,9 @@ async def main() -> int:
     lines = [
         f"Machine: {machine_note()}. PostgreSQL {database.version}. Two `server.py` replicas per mode, "
         f"`CLAUDE_POLL_INTERVAL_MS={POLL_MS}`; the fake Claude releases one event every 20 ms "
-        f"({events} events per run plus a result); latency is from the fake sending an event (on the "
+        f"({events} events per run plus a result). Load average (1 min) {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end, on a machine shared with other work: figures under load. "
+        "Latency is from the fake sending an event (on the "
         "socket; with `off`, when it appeared upstream) to a viewer of "
         "`/api/sessions/:id/events/stream` reading it, over every (viewer, event) pair.",
         "",

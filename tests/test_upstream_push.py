@@ -146,6 +146,10 @@ async def test_events_are_pushed_and_stored_once_in_order(env: Env, http: httpx.
     # While the socket is healthy the run does not poll the event list: the backfill on connect
     # (and at most a poll or two before the socket was up), not one read per 50 ms interval.
     assert len(fake.api_requests("GET", rf"^/v1/sessions/{remote.id}/events$")) <= 3
+    # The status is read when the socket shows a status or a result, not every 50 ms either.
+    status_reads = fake.api_requests("GET", rf"^/v1/sessions/{remote.id}$")
+    assert len(status_reads) <= 8, len(status_reads)
+    assert all(r["headers"]["x-organization-uuid"] == ORGANIZATION for r in status_reads)
     assert counter("webedt_upstream_event_latency_seconds_count", {"via": "push"}) > latency_before
 
 
