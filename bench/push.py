@@ -46,6 +46,9 @@ from tests.fakes.claude import (  # noqa: E402
 from tests.helpers import Replica, register, spawn_replica, test_env  # noqa: E402
 
 POLL_MS = 2000
+# The fake releases one event this often: 20 a second, a busy agent (at 50 a second, 200 viewers
+# on this shared 2-core machine already queue: 10,000 frames a second through one client process).
+EVENT_INTERVAL = 0.05
 
 
 def turn_of(count: int) -> Any:
@@ -73,7 +76,7 @@ async def latency_run(
     latencies in milliseconds of every (viewer, event)."""
     fake.reset_knobs()
     fake.turn_factory = turn_of(events)
-    fake.release_every = 0.02
+    fake.release_every = EVENT_INTERVAL
     fake.hold_at = 1  # only the echo of the prompt until every viewer is connected
     async with httpx.AsyncClient(base_url=replicas[0].url, timeout=30) as http:
         await register(http)
@@ -195,7 +198,8 @@ async def main() -> int:
             database.server.cleanup()
     lines = [
         f"Machine: {machine_note()}. PostgreSQL {database.version}. Two `server.py` replicas per mode, "
-        f"`CLAUDE_POLL_INTERVAL_MS={POLL_MS}`; the fake Claude releases one event every 20 ms "
+        f"`CLAUDE_POLL_INTERVAL_MS={POLL_MS}`; the fake Claude releases one event every "
+        f"{EVENT_INTERVAL * 1000:.0f} ms "
         f"({events} events per run plus a result). Load average (1 min) {load_before:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end, on a machine shared with other work: figures under load. "
         "Latency is from the fake sending an event (on the "
