@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from services.claude.client import ClaudeRemoteClient, UpstreamError
 from services.claude.follow import MAX_FAILURES
-from services.claude.push import subscribe_url
+from services.claude.push import ClaudeRemoteChannel, subscribe_url
 from services.claude.runs import SERVER_EVENT_TYPES
 from services.config import ConfigError, load_config
 from services.metrics import REGISTRY
@@ -378,3 +379,82 @@ async def test_a_killed_replicas_run_is_followed_by_the_adopter(database_url: st
         assert types(log) == ["input_preview", "title_generation", *LONG_TYPES]
         upstream_events_stored_once_in_order(log, remote)
     assert "adopting run of session" in second.log()
+
+
+# ---- the channel itself, against the fake -------------------------------------------------------
+
+
+async def test_the_channel_reads_every_frame_kind_and_keeps_alive() -> None:
+    async with running_fake_claude() as fake:
+        access, _ = fake.issue_tokens()
+        fake.turn_factory, fake.hold_at, fake.heartbeats = long_turn, 1, True
+        remote = fake.sessions[fake.create_session(create_body())["id"]]
+        provider_headers = await rest_headers(fake, access)
+        channel = await ClaudeRemoteChannel.open(
+            subscribe_url(fake.url, remote.id), provider_headers, 2, keep_alive_seconds=0.05
+        )
+        try:
+            await eventually(lambda: fake.subscriber_count(remote.id) == 1)
+            fake.hold_at = 4
+            items = [await asyncio.wait_for(channel.receive(), 5) for _ in range(6)]
+            # heartbeat, event (wrapped), heartbeat, event (bare), heartbeat, event (wrapped)
+            assert [item.event is None and item.status is None for item in items] == [True, False] * 3
+            assert [item.event["uuid"] for item in items if item.event] == [e["uuid"] for e in remote.events[1:4]]
+            assert [item.cursor for item in items if item.event] == [e["uuid"] for e in remote.events[1:4]]
+            fake.interrupt(remote)
+            assert (await asyncio.wait_for(channel.receive(), 5)).status == "idle"
+            await eventually(lambda: {"type": "keep_alive"} in fake.socket_messages)
+        finally:
+            await channel.close()
+        assert await channel.receive() is None and not await channel.interrupt()
+
+
+async def test_an_unanswered_or_refused_interrupt_returns_false() -> None:
+    async with running_fake_claude() as fake:
+        access, _ = fake.issue_tokens()
+        remote = fake.sessions[fake.create_session(create_body())["id"]]
+        headers = await rest_headers(fake, access)
+        for answer in (None, "error"):
+            fake.control_answer = answer
+            channel = await ClaudeRemoteChannel.open(
+                subscribe_url(fake.url, remote.id), headers, 2, control_timeout_seconds=0.3
+            )
+            reader = asyncio.create_task(drain(channel))
+            try:
+                assert await channel.interrupt() is False
+            finally:
+                await channel.close()
+                await reader
+        assert remote.socket_interrupts == 0
+        with pytest.raises(UpstreamError, match="401 upgrade refused"):
+            await ClaudeRemoteChannel.open(subscribe_url(fake.url, remote.id), {**headers, "Authorization": "x"}, 2)
+
+
+async def rest_headers(fake: FakeClaude, access_token: str) -> dict[str, str]:
+    """The headers of the REST client, which the socket sends too."""
+    client = ClaudeRemoteClient(fake.url, 2)
+    await client.aclose()
+    return client.headers(access_token)
+
+
+async def drain(channel: ClaudeRemoteChannel) -> None:
+    while await channel.receive() is not None:
+        pass
+
+
+def create_body() -> dict[str, Any]:
+    return {
+        "title": "Channel",
+        "environment_id": "env_channel",
+        "events": [
+            {
+                "type": "event",
+                "data": {"uuid": new_uuid(), "type": "user", "message": {"role": "user", "content": "Hello"}},
+            }
+        ],
+        "session_context": {
+            "sources": [{"type": "git_repository", "url": "https://github.com/o/r"}],
+            "outcomes": [{"type": "git_repository", "git_info": {"type": "github", "repo": "o/r", "branches": ["b"]}}],
+            "model": "m",
+        },
+    }

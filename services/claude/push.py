@@ -69,15 +69,25 @@ class ClaudeRemoteChannel(PushChannel):
     """One open subscribe socket. Only the run's follower calls `receive`; `interrupt` may be
     called from a request handler meanwhile (its answer is matched by `request_id`)."""
 
-    def __init__(self, connection: tornado.websocket.WebSocketClientConnection) -> None:
+    def __init__(
+        self,
+        connection: tornado.websocket.WebSocketClientConnection,
+        keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
+        control_timeout_seconds: float = CONTROL_TIMEOUT_SECONDS,
+    ) -> None:
         self.connection = connection
+        self.keep_alive_seconds = keep_alive_seconds
+        self.control_timeout_seconds = control_timeout_seconds
         self.closed = False
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.keep_alive = asyncio.create_task(self._keep_alive(), name="claude-push-keep-alive")
 
     @classmethod
-    async def open(cls, url: str, headers: dict[str, str], timeout_seconds: float) -> ClaudeRemoteChannel:
-        """Connect; an UpstreamError (operation "open event socket") when the upgrade fails."""
+    async def open(
+        cls, url: str, headers: dict[str, str], timeout_seconds: float, **options: float
+    ) -> ClaudeRemoteChannel:
+        """Connect; an UpstreamError (operation "open event socket") when the upgrade fails.
+        `options`: keep_alive_seconds, control_timeout_seconds."""
         operation = "open event socket"
         request = tornado.httpclient.HTTPRequest(url, headers=headers, connect_timeout=timeout_seconds)
         try:
@@ -103,7 +113,7 @@ class ClaudeRemoteChannel(PushChannel):
             UPSTREAM_CALLS.labels("claude", "network").inc()
             raise UpstreamError(operation, f"connection failed ({exc.__class__.__name__})", kind="network") from None
         UPSTREAM_CALLS.labels("claude", "ok").inc()
-        return cls(connection)
+        return cls(connection, **options)
 
     async def receive(self) -> PushItem | None:
         while True:
@@ -145,7 +155,7 @@ class ClaudeRemoteChannel(PushChannel):
         self.pending[request_id] = future
         try:
             await self._send({"request_id": request_id, "type": "control_request", "request": {"subtype": "interrupt"}})
-            response = await asyncio.wait_for(future, CONTROL_TIMEOUT_SECONDS)
+            response = await asyncio.wait_for(future, self.control_timeout_seconds)
         except (TimeoutError, tornado.websocket.WebSocketClosedError, tornado.iostream.StreamClosedError):
             return False
         finally:
@@ -160,7 +170,7 @@ class ClaudeRemoteChannel(PushChannel):
 
     async def _keep_alive(self) -> None:
         while not self.closed:
-            await asyncio.sleep(KEEP_ALIVE_SECONDS)
+            await asyncio.sleep(self.keep_alive_seconds)
             with contextlib.suppress(tornado.websocket.WebSocketClosedError, tornado.iostream.StreamClosedError):
                 await self._send({"type": "keep_alive"})
 
