@@ -216,6 +216,22 @@ async def test_a_socket_that_keeps_failing_falls_back_to_polling(env: Env, http:
     assert len([r for r in fake.subscribe_requests if remote.id in r["path"]]) == MAX_FAILURES
 
 
+async def test_a_follow_up_whose_turn_starts_late_is_followed(env: Env, http: httpx.AsyncClient) -> None:
+    """The remote session stays idle a few status reads after the prompt: the run keeps reading
+    the status at the poll interval until the turn runs, then waits for the socket."""
+    frames = await start_run(http, "First turn")
+    session_id = frames[1].json()["websiteSessionId"]
+    env.fake.idle_polls_before_start = 5
+    response = await http.post(f"/api/sessions/{session_id}/send", json={"content": "Second turn"})
+    assert response.status_code == 200
+    session = await wait_status(http, session_id, "completed", timeout=20)
+    remote = env.fake.sessions[session["remoteSessionId"]]
+    assert remote.prompts == ["First turn", "Second turn"] and not remote.pending
+    log = await stored(http, session_id)
+    assert types(log) == ["input_preview", "title_generation", *LONG_TYPES, "input_preview", *LONG_TYPES]
+    upstream_events_stored_once_in_order(log, remote)
+
+
 async def test_a_socket_that_shows_the_run_ended_ends_it(env: Env, http: httpx.AsyncClient) -> None:
     """No `result`: the pushed `session_status` idle after work ends the run (without waiting for
     the 30-second status check)."""

@@ -455,8 +455,10 @@ class _Run:
 
     def _follow_delay(self) -> float:
         """Until the next look at the run: the poll interval, or a slow status check while the
-        push channel delivers the events (it nudges the loop when something ends)."""
-        if self.follower is not None and self.follower.live:
+        push channel delivers the events (it nudges the loop when something ends). Until the
+        turn is seen running the status is still read at the poll interval (only the status):
+        the idle grace of `_judge` counts reads, and must not grow to IDLE_GRACE_POLLS times 30 s."""
+        if self.follower is not None and self.follower.live and self.saw_running:
             return STATUS_CHECK_SECONDS
         return self.driver.poll_seconds
 
