@@ -32,6 +32,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str] | None, float]] = {
     "history": ([], ["--quick"], 900),
     "adoption": ([], ["--quick"], 900),
     "import": ([], ["--quick"], 900),
+    "push": ([], ["--quick"], 900),
 }
 
 

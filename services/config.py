@@ -38,6 +38,8 @@ class Config:
     claude_default_model: str = "claude-opus-4-5-20251101"
     claude_oauth_token_url: str = "https://console.anthropic.com/v1/oauth/token"
     claude_poll_interval_ms: int = 2000
+    claude_upstream_push: str = "auto"
+    claude_organization_uuid: str = ""
     claude_request_timeout_seconds: float = 30.0
     claude_retry_window_seconds: float = 300.0
     run_adopt_interval_seconds: float = 1.0
@@ -208,6 +210,10 @@ def load_config(env: dict[str, str] | None = None) -> Config:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
 
+    upstream_push = (_read(env, "CLAUDE_UPSTREAM_PUSH") or "auto").lower()
+    if upstream_push not in ("auto", "off"):
+        raise ConfigError(f"CLAUDE_UPSTREAM_PUSH must be auto or off, got {upstream_push!r}")
+
     return Config(
         port=port,
         node_env=node_env,
@@ -223,6 +229,8 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         claude_default_model=_read(env, "CLAUDE_DEFAULT_MODEL") or Config.claude_default_model,
         claude_oauth_token_url=_url(env, "CLAUDE_OAUTH_TOKEN_URL", Config.claude_oauth_token_url, ("http", "https")),
         claude_poll_interval_ms=_int(env, "CLAUDE_POLL_INTERVAL_MS", 2000, minimum=10),
+        claude_upstream_push=upstream_push,
+        claude_organization_uuid=_read(env, "CLAUDE_ORGANIZATION_UUID") or "",
         claude_request_timeout_seconds=_float(env, "CLAUDE_REQUEST_TIMEOUT_SECONDS", 30.0, 0.1),
         claude_retry_window_seconds=_float(env, "CLAUDE_RETRY_WINDOW_SECONDS", 300.0, 0.1),
         run_adopt_interval_seconds=_float(env, "RUN_ADOPT_INTERVAL_SECONDS", 1.0, 0.1),

@@ -38,6 +38,25 @@ UPSTREAM_CALLS = Counter(
     registry=REGISTRY,
 )
 
+UPSTREAM_PUSH_OPEN = Gauge(
+    "webedt_upstream_push_open", "Upstream push channels (Claude WebSockets) open in this process", registry=REGISTRY
+)
+UPSTREAM_PUSH_RECONNECTS = Counter(
+    "webedt_upstream_push_reconnects_total", "Push channels opened again after one closed or failed", registry=REGISTRY
+)
+UPSTREAM_PUSH_FALLBACKS = Counter(
+    "webedt_upstream_push_fallbacks_total",
+    "Times a run gave up on its push channel for a while and followed by polling",
+    registry=REGISTRY,
+)
+UPSTREAM_EVENT_LATENCY = Histogram(
+    "webedt_upstream_event_latency_seconds",
+    "From the upstream timestamp of an event to its storing here, by how it came (push or poll)",
+    ["via"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+
 
 class LiveGauges:
     """Gauges computed at scrape time from callables registered by the running services."""

@@ -85,7 +85,7 @@ class ClaudeRemoteClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _headers(self, token: str) -> dict[str, str]:
+    def headers(self, token: str) -> dict[str, str]:
         headers = {
             "Authorization": f"Bearer {token}",
             "anthropic-version": ANTHROPIC_VERSION,
@@ -129,7 +129,7 @@ class ClaudeRemoteClient:
         content = orjson.dumps(json) if json is not None else None
         try:
             response = await self._http.request(
-                method, path, content=content, params=params, headers=self._headers(token)
+                method, path, content=content, params=params, headers=self.headers(token)
             )
         except httpx.TimeoutException:
             raise UpstreamError(operation, f"no answer within {self.timeout_seconds:g} s", kind="timeout") from None

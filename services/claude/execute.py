@@ -22,6 +22,7 @@ from services import claude_auth, event_log, session_list
 from services.chat_sessions import get_owned, session_json
 from services.claude import titles
 from services.claude.client import UpstreamError
+from services.claude.provider import AgentProvider
 from services.claude.runs import RunDriver, error_event, now_iso
 from services.context import AppContext
 from services.db import queries
@@ -396,16 +397,31 @@ async def interrupt(ctx: AppContext, user_id: str, session_id: str) -> dict[str,
         raise ServiceError(400, NO_REMOTE_FOR_INTERRUPT)
     provider = runs.provider_for(row["provider"])
     token = await provider.authenticate(user_id)
+    if runs.has_live_push(session_id):
+        # Over the run's event socket (this replica drives it): recorded first, because the
+        # socket may show the turn ended, and so end the run, before the interrupt is answered.
+        await _record_interrupt(ctx, session_id)
+        if not await runs.interrupt_over_push(session_id):
+            await _interrupt_upstream(provider, token, row["remote_session_id"])
+    else:
+        await _interrupt_upstream(provider, token, row["remote_session_id"])
+        await _record_interrupt(ctx, session_id)
+    runs.wake(session_id)
+    return {"message": "Interrupt sent", "sessionId": session_id}
+
+
+async def _interrupt_upstream(provider: AgentProvider, token: str, remote_id: str) -> None:
     try:
-        await provider.interrupt(token, row["remote_session_id"])
+        await provider.interrupt(token, remote_id)
     except UpstreamError as exc:
         raise ServiceError(502, exc.message) from None
+
+
+async def _record_interrupt(ctx: AppContext, session_id: str) -> None:
     event = {"type": "interrupted", "message": "Interrupt requested", "source": "user", "timestamp": now_iso()}
     await event_log.append(ctx, session_id, [event])
     # Once interrupted, an idle remote session ends the run even if the agent had done nothing.
     await queries.runs.patch_run_state(ctx.pool, id=session_id, patch={"interrupted": True})
-    runs.wake(session_id)
-    return {"message": "Interrupt sent", "sessionId": session_id}
 
 
 async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:

@@ -86,6 +86,9 @@ class PushItem:
     event: dict[str, Any] | None = None
     # A `RemoteState` value, when the upstream announced the session's status.
     status: str | None = None
+    # The `events_after` cursor that follows `event`, when the backend can tell (else the
+    # driver keeps its cursor, and the next backfill reads a little more and de-duplicates).
+    cursor: str | None = None
 
 
 class PushChannel(abc.ABC):
@@ -185,7 +188,12 @@ class ClaudeRemoteProvider(AgentProvider):
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.client = ClaudeRemoteClient(ctx.config.claude_api_base_url, ctx.config.claude_request_timeout_seconds)
+        config = ctx.config
+        self.client = ClaudeRemoteClient(
+            config.claude_api_base_url,
+            config.claude_request_timeout_seconds,
+            organization_uuid=config.claude_organization_uuid or None,
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -267,6 +275,16 @@ class ClaudeRemoteProvider(AgentProvider):
                 complete = True
                 break
         return EventBatch(events, cursor, complete)
+
+    async def open_push(self, token: str, remote_id: str) -> PushChannel | None:
+        """The session's subscribe WebSocket; None when `CLAUDE_UPSTREAM_PUSH=off`."""
+        config = self.ctx.config
+        if config.claude_upstream_push == "off":
+            return None
+        from services.claude.push import ClaudeRemoteChannel, subscribe_url  # push imports this module
+
+        url = subscribe_url(config.claude_api_base_url, remote_id, config.claude_organization_uuid)
+        return await ClaudeRemoteChannel.open(url, self.client.headers(token), config.claude_request_timeout_seconds)
 
     async def send(self, token: str, remote_id: str, content: str | list[dict[str, Any]], message_uuid: str) -> None:
         await self.client.send_message(token, remote_id, content, message_uuid)

@@ -8,7 +8,9 @@ module then does the rest in a task of its own:
    uuid of its first event) and stores its id and web URL at once;
 2. every `CLAUDE_POLL_INTERVAL_MS` reads the remote status and the events after its cursor,
    appends new ones to the event log (the upstream `uuid` makes repeats harmless), detects the
-   branch, and delivers prompts waiting in the outbox (follow-ups sent from any replica);
+   branch, and delivers prompts waiting in the outbox (follow-ups sent from any replica); while
+   the backend's push channel is live (`services/claude/follow.py`) the events come over it and
+   the status is read only every 30 s and when the channel shows something ended;
 3. ends the run once every prompt it delivered has had its `result` (Claude Code queues a prompt
    sent mid-turn and answers it as a turn of its own, so a run that delivered two prompts waits
    for two results), or the remote session is completed, failed, or idle after having worked
@@ -53,11 +55,20 @@ import orjson
 from services import claude_auth, event_log, session_list
 from services.chat_sessions import session_json
 from services.claude.client import UpstreamError
-from services.claude.provider import PROVIDERS, AgentProvider, ClaudeRemoteProvider, CreateRequest, RemoteState
+from services.claude.follow import STATUS_CHECK_SECONDS, PushFollower
+from services.claude.provider import (
+    PROVIDERS,
+    AgentProvider,
+    ClaudeRemoteProvider,
+    CreateRequest,
+    PushItem,
+    RemoteState,
+)
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, queries
 from services.errors import ServiceError
 from services.logs import detached_context
+from services.metrics import UPSTREAM_EVENT_LATENCY
 from services.users import iso
 
 log = logging.getLogger(__name__)
@@ -122,6 +133,21 @@ def prompt_content(message: asyncpg.Record | dict[str, Any]) -> str | list[dict[
             }
         )
     return blocks
+
+
+def observe_latency(events: list[dict[str, Any]], via: str) -> None:
+    """Record how long ago upstream stamped each event, where it did (`created_at`, `timestamp`)."""
+    now = datetime.now(UTC)
+    for event in events:
+        stamp = event.get("created_at") or event.get("timestamp") or event.get("processed_at")
+        if not isinstance(stamp, str):
+            continue
+        try:
+            when = datetime.fromisoformat(stamp)
+        except ValueError:
+            continue
+        if when.tzinfo is not None:
+            UPSTREAM_EVENT_LATENCY.labels(via).observe(max((now - when).total_seconds(), 0.0))
 
 
 @dataclass
@@ -211,6 +237,8 @@ class RunDriver:
         self.retry_window_seconds = config.claude_retry_window_seconds
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
+        # The push followers of the runs driven here, by session id (for interrupts).
+        self.followers: dict[str, PushFollower] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -316,9 +344,21 @@ class RunDriver:
         if event is not None:
             event.set()
 
+    def has_live_push(self, session_id: str) -> bool:
+        """Whether this replica follows the run over a live push channel."""
+        follower = self.followers.get(session_id)
+        return follower is not None and follower.live
+
+    async def interrupt_over_push(self, session_id: str) -> bool:
+        """Interrupt the run's current turn over its live push channel, if this replica drives it
+        and the channel confirms; False means: interrupt the usual way."""
+        follower = self.followers.get(session_id)
+        return follower is not None and await follower.interrupt()
+
     async def _drive(self, session_id: str) -> None:
+        run = _Run(self, session_id)
         try:
-            await _Run(self, session_id).run()
+            await run.run()
         except asyncio.CancelledError:
             raise
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresConnectionError):
@@ -332,6 +372,7 @@ class RunDriver:
             except Exception:
                 log.exception("could not record the failure of session %s", session_id)
         finally:
+            await run.stop_following()
             if self.tasks.get(session_id) is asyncio.current_task():
                 del self.tasks[session_id]
                 self.wakeups.pop(session_id, None)
@@ -368,6 +409,9 @@ class _Run:
         # upstream that answers now and then keeps the run going, one that stays broken ends it.
         self.failing_since: dict[str, float] = {}
         self.backoff = driver.poll_seconds
+        # Events are stored by one coroutine at a time (the poll, or the push follower).
+        self.store_lock = asyncio.Lock()
+        self.follower: PushFollower | None = None
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -402,7 +446,7 @@ class _Run:
                 self.baseline = state["baseline_event_id"]
             if isinstance(state.get("turns_delivered"), int):
                 self.turns_delivered = state["turns_delivered"]
-            delay = self.driver.poll_seconds
+            delay = self._follow_delay()
             try:
                 outcome = await self._step(state, control["has_pending"])
                 self.failing_since.clear()
@@ -448,20 +492,31 @@ class _Run:
         return await self._judge(remote.state, bool(state.get("interrupted")))
 
     async def _collect(self, token: str) -> None:
-        """Append every event after the cursor that this run has not stored yet, in order."""
+        """Append every event after the cursor that this run has not stored yet, in order; while
+        the push channel is live it does that instead."""
         assert self.remote_id is not None
-        batch = await self.provider.events_after(token, self.remote_id, self.cursor)
-        fresh: list[dict[str, Any]] = []
-        for event in batch.events:
+        self._start_following()
+        if self.follower is not None and self.follower.live:
+            return
+        async with self.store_lock:
+            batch = await self.provider.events_after(token, self.remote_id, self.cursor)
+            await self._store(batch.events, "poll")
+            self.cursor = batch.cursor
+            self.caught_up = self.caught_up or batch.complete
+
+    async def _store(self, events: list[dict[str, Any]], via: str) -> None:
+        """Append the events this run has not stored yet (by upstream key), in the order given."""
+        new: list[dict[str, Any]] = []
+        for event in events:
             key = event_key(event)
             if key in self.seen:
                 continue
             self.seen.add(key)
-            fresh.append(stored_upstream_event(event))
+            new.append(event)
+        fresh = [stored_upstream_event(event) for event in new]
         if fresh:
             await event_log.append(self.ctx, self.session_id, fresh)
-        self.cursor = batch.cursor
-        self.caught_up = self.caught_up or batch.complete
+            observe_latency(new, via)
         for event in fresh:
             branch = self.provider.branch(event)
             if branch and branch != self.branch:
@@ -471,6 +526,57 @@ class _Run:
                     await session_list.announce(
                         self.ctx, self.user_id, "updated", {"id": self.session_id, "branch": branch}
                     )
+
+    # ---- following over the push channel (services/claude/follow.py) ------------------------------
+
+    def _start_following(self) -> None:
+        if self.follower is None and self.remote_id is not None:
+            self.follower = PushFollower(self)
+            self.driver.followers[self.session_id] = self.follower
+            self.follower.start()
+
+    async def stop_following(self) -> None:
+        if self.follower is not None:
+            if self.driver.followers.get(self.session_id) is self.follower:
+                del self.driver.followers[self.session_id]
+            await self.follower.stop()
+
+    def _follow_delay(self) -> float:
+        """Until the next look at the run: the poll interval, or a slow status check while the
+        push channel delivers the events (it nudges the loop when something ends). Until the
+        turn is seen running the status is still read at the poll interval (only the status):
+        the idle grace of `_judge` counts reads, and must not grow to IDLE_GRACE_POLLS times 30 s."""
+        if self.follower is not None and self.follower.live and self.saw_running:
+            return STATUS_CHECK_SECONDS
+        return self.driver.poll_seconds
+
+    async def follow_token(self) -> str:
+        return await self._token_now()
+
+    async def backfill(self, token: str) -> None:
+        assert self.remote_id is not None
+        async with self.store_lock:
+            while True:
+                batch = await self.provider.events_after(token, self.remote_id, self.cursor)
+                await self._store(batch.events, "poll")
+                self.cursor = batch.cursor
+                if batch.complete:
+                    self.caught_up = True
+                    return
+
+    async def take(self, item: PushItem) -> None:
+        if item.event is not None:
+            async with self.store_lock:
+                await self._store([item.event], "push")
+                if item.cursor is not None:
+                    self.cursor = item.cursor
+            if item.event.get("type") in self.provider.end_event_types:
+                self.nudge()
+        if item.status is not None:
+            self.nudge()  # the loop reads the status itself and judges as always
+
+    def nudge(self) -> None:
+        self.driver.wake(self.session_id)
 
     async def _judge(self, remote_state: str, interrupted: bool) -> Outcome | None:
         """Whether the run is over (CONTRACT.md 5.6, without the 10-minute cap and the early idle)."""

@@ -20,9 +20,15 @@ class LoopbackServer:
         self.url = ""
         self._server: tornado.httpserver.HTTPServer | None = None
 
-    async def serve(self, handler_class: type[tornado.web.RequestHandler]) -> None:
+    async def serve(
+        self,
+        handler_class: type[tornado.web.RequestHandler],
+        routes: list[tuple[str, type[tornado.web.RequestHandler]]] = (),  # type: ignore[assignment]
+    ) -> None:
+        """`routes` (pattern, handler class) are matched before the catch-all handler."""
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        app = tornado.web.Application([(r"/.*", handler_class, {"fake": self})])
+        handlers = [(pattern, handler, {"fake": self}) for pattern, handler in routes]
+        app = tornado.web.Application([*handlers, (r"/.*", handler_class, {"fake": self})])
         self._server = tornado.httpserver.HTTPServer(app)
         self._server.add_sockets(sockets)
         self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"

@@ -14,6 +14,16 @@ API request answers 503), `hold_at` (no more events released once a session hold
 `idle_polls_before_start` (a session stays `idle` for that many reads after a message before its
 turn starts), `events_per_read`, `page_size`, `ignore_after_id`, `token_delay`, `token_status`. The token endpoint
 rotates refresh tokens: each one works once, a used one is refused with 400 `invalid_grant`.
+
+The push channel (`/v1/sessions/ws/{id}/subscribe`, a WebSocket): every event appended to a
+session and every status change is pushed to its subscribers, events alternately wrapped as
+`{"type": "event", "data": ...}` and bare. Push knobs: `release_every` (events are released by a
+clock, one every so many seconds, instead of on reads: a live upstream), `refuse_upgrade` (answer
+the upgrade with that status), `drop_after_frames` with `drops_left` (that many sockets close after
+sending so many event frames), `close_on_open` (every socket closes as soon as it opened),
+`heartbeats` (a non-JSON frame before each event frame),
+`delay_frame(n, seconds)` (the n-th event frame sent waits, the later ones queue behind it),
+`control_answer` ("success", "error", or None for never) for `control_request` interrupts.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import contextlib
 import itertools
 import re
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -34,6 +45,7 @@ import orjson
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+import tornado.websocket
 
 from tests.fakes import LoopbackServer
 from tests.sse import SSEEvent, SSEStream
@@ -83,6 +95,7 @@ class FakeSession:
     prompts: list[Any] = field(default_factory=list)
     interrupts: int = 0
     archived: bool = False
+    socket_interrupts: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +207,23 @@ class FakeClaude(LoopbackServer):
         self.interrupt_result = False
         self.turn_factory: Callable[[FakeSession, str], list[dict[str, Any]]] = default_turn
         self._api_count = itertools.count(1)
+        # The push channel.
+        self.release_every: float | None = None
+        self.refuse_upgrade: int | None = None
+        self.drop_after_frames: int | None = None
+        self.drops_left = 0
+        self.heartbeats = False
+        self.close_on_open = False
+        self.frame_delays: dict[int, float] = {}
+        self.control_answer: str | None = "success"
+        self.subscribers: dict[str, list[FakeSubscriber]] = {}
+        self.subscribe_requests: list[dict[str, Any]] = []
+        self.socket_messages: list[dict[str, Any]] = []
+        self.event_frames_sent = 0
+        # time.monotonic() when each event (by uuid) was released, and when first sent on a socket.
+        self.released_at: dict[str, float] = {}
+        self.sent_at: dict[str, float] = {}
+        self._clock: asyncio.Task[None] | None = None
 
     # ---- arranging ----------------------------------------------------------------------------
 
@@ -212,6 +242,21 @@ class FakeClaude(LoopbackServer):
         self.token_status = None
         self.check_auth = True
         self.turn_factory = default_turn
+        self.release_every = None
+        self.refuse_upgrade = None
+        self.drop_after_frames = None
+        self.drops_left = 0
+        self.heartbeats = False
+        self.close_on_open = False
+        self.frame_delays = {}
+        self.control_answer = "success"
+
+    def delay_frame(self, number: int, seconds: float) -> None:
+        """The `number`-th event frame sent from now on (1 = the next) waits `seconds` first."""
+        self.frame_delays[self.event_frames_sent + number] = seconds
+
+    def subscriber_count(self, session_id: str | None = None) -> int:
+        return sum(len(subs) for key, subs in self.subscribers.items() if session_id in (None, key))
 
     def issue_tokens(self) -> tuple[str, str]:
         """A fresh (access token, refresh token) pair the fake accepts."""
@@ -254,7 +299,55 @@ class FakeClaude(LoopbackServer):
     # ---- server -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.serve(FakeClaudeHandler)
+        await self.serve(FakeClaudeHandler, [(r"/v1/sessions/ws/([^/]+)/subscribe", FakeSubscriber)])
+        self._clock = asyncio.create_task(self._tick())
+
+    async def stop(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+        for subscribers in list(self.subscribers.values()):
+            for subscriber in list(subscribers):
+                subscriber.close()
+        await super().stop()
+
+    def _by_clock(self, session: FakeSession) -> bool:
+        """Whether the session's events come by the clock: always with `release_every`, and
+        while someone subscribes (a live upstream does not wait for reads)."""
+        return bool(self.release_every) or bool(self.subscribers.get(session.id))
+
+    async def _tick(self) -> None:
+        """Release one event per tick (`release_every`, else 20 ms) of every session by the clock."""
+        while True:
+            await asyncio.sleep(self.release_every or 0.02)
+            for session in list(self.sessions.values()):
+                if self._by_clock(session):
+                    self._release(session)
+
+    def _append(self, session: FakeSession, event: dict[str, Any]) -> None:
+        """Append an event to a session's list and push it to the session's subscribers."""
+        if self.release_every:
+            event["created_at"] = now_iso()
+        session.events.append(event)
+        self.released_at[event["uuid"]] = time.monotonic()
+        for subscriber in self.subscribers.get(session.id, []):
+            wrapped = len(session.events) % 2 == 0
+            subscriber.push({"type": "event", "data": event} if wrapped else event, event["uuid"])
+
+    def _set_status(self, session: FakeSession, status: str) -> None:
+        if status != session.status:
+            session.status = status
+            for subscriber in self.subscribers.get(session.id, []):
+                subscriber.push({"type": "session_status", "status": status})
+
+    def interrupt(self, session: FakeSession) -> None:
+        session.interrupts += 1
+        session.pending = []
+        session.idle_reads_left = 0
+        if self.interrupt_result:
+            self._append(
+                session, {"type": "result", "subtype": "error_during_execution", "uuid": new_uuid(), "is_error": True}
+            )
+        self._set_status(session, "idle")
 
     @property
     def token_url(self) -> str:
@@ -281,7 +374,7 @@ class FakeClaude(LoopbackServer):
             return
         session.pending = self.turn_factory(session, prompt_text(content))
         session.idle_reads_left = self.idle_polls_before_start
-        session.status = "idle" if session.idle_reads_left > 0 else "running"
+        self._set_status(session, "idle" if session.idle_reads_left > 0 else "running")
         session.updated_at = now_iso()
 
     def _read_status(self, session: FakeSession) -> None:
@@ -289,19 +382,23 @@ class FakeClaude(LoopbackServer):
         if session.idle_reads_left > 0:
             session.idle_reads_left -= 1
             if session.idle_reads_left == 0:
-                session.status = "running"
+                self._set_status(session, "running")
 
     def _advance(self, session: FakeSession) -> None:
-        """Release the next scripted events (on every read of the events)."""
+        """Release the next scripted events (on every read of the events, unless by the clock)."""
+        if not self._by_clock(session):
+            self._release(session, self.events_per_read)
+
+    def _release(self, session: FakeSession, count: int = 1) -> None:
         if session.idle_reads_left > 0:
             return
-        for _ in range(self.events_per_read):
+        for _ in range(count):
             if not session.pending or (self.hold_at is not None and len(session.events) >= self.hold_at):
                 break
-            session.events.append(session.pending.pop(0))
+            self._append(session, session.pending.pop(0))
             session.updated_at = now_iso()
         if not session.pending and session.status == "running":
-            session.status = self.end_status
+            self._set_status(session, self.end_status)
 
     def create_session(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -320,8 +417,8 @@ class FakeClaude(LoopbackServer):
         session = self._new_session(
             title, environment_id, repo_url, git_info["repo"], git_info["branches"][0], context.get("model", "")
         )
-        session.events.append(
-            {"type": "user", "uuid": data["uuid"], "session_id": session.id, "message": data["message"]}
+        self._append(
+            session, {"type": "user", "uuid": data["uuid"], "session_id": session.id, "message": data["message"]}
         )
         self._start_turn(session, data["message"]["content"])
         return session.as_json()
@@ -332,17 +429,11 @@ class FakeClaude(LoopbackServer):
             raise FakeError(400, "invalid_request_error", "events must be a non-empty list")
         for event in events:
             if event.get("type") == "control_request" and event.get("action") == "interrupt":
-                session.interrupts += 1
-                session.pending = []
-                session.idle_reads_left = 0
-                if self.interrupt_result:
-                    session.events.append(
-                        {"type": "result", "subtype": "error_during_execution", "uuid": new_uuid(), "is_error": True}
-                    )
-                session.status = "idle"
+                self.interrupt(session)
             elif event.get("type") == "user" and isinstance(event.get("uuid"), str):
-                session.events.append(
-                    {"type": "user", "uuid": event["uuid"], "session_id": session.id, "message": event["message"]}
+                self._append(
+                    session,
+                    {"type": "user", "uuid": event["uuid"], "session_id": session.id, "message": event["message"]},
                 )
                 self._start_turn(session, event["message"]["content"])
             else:
@@ -383,6 +474,115 @@ class FakeError(Exception):
         self.status = status
         self.kind = kind
         self.message = message
+
+
+def check_headers(fake: FakeClaude, headers: Any) -> None:
+    """The version and beta headers and a bearer token the fake issued, as on every API call."""
+    if headers.get("anthropic-version") != "2023-06-01" or headers.get("anthropic-beta") != "ccr-byoc-2025-07-29":
+        raise FakeError(400, "invalid_request_error", "missing anthropic-version or anthropic-beta header")
+    if fake.check_auth:
+        token = headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in fake.access_tokens:
+            raise FakeError(401, "authentication_error", "Invalid bearer token")
+
+
+class FakeSubscriber(tornado.websocket.WebSocketHandler):
+    """One subscribe socket: frames are sent in order by one task, delays and drops applied."""
+
+    def initialize(self, fake: FakeClaude) -> None:
+        self.fake = fake
+        self.session_id = ""
+        self.queue: asyncio.Queue[tuple[dict[str, Any], str | None]] = asyncio.Queue()
+        self.event_frames = 0
+        self.sender: asyncio.Task[None] | None = None
+
+    def check_origin(self, origin: str) -> bool:
+        return True
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        fake, session_id = self.fake, args[0]
+        fake.subscribe_requests.append(
+            {
+                "path": self.request.path,
+                "query": {k: self.get_query_argument(k) for k in self.request.query_arguments},
+                "headers": {k.lower(): v for k, v in self.request.headers.items()},
+            }
+        )
+        try:
+            if fake.refuse_upgrade is not None:
+                raise FakeError(fake.refuse_upgrade, "permission_error", "WebSocket not allowed here")
+            check_headers(fake, self.request.headers)
+            if session_id not in fake.sessions:
+                raise FakeError(404, "not_found_error", f"Session {session_id} not found")
+        except FakeError as exc:
+            self.set_status(exc.status)
+            self.finish(orjson.dumps({"type": "error", "error": {"type": exc.kind, "message": exc.message}}))
+            return
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.session_id = args[0]
+        self.fake.subscribers.setdefault(self.session_id, []).append(self)
+        self.sender = asyncio.create_task(self._send_frames())
+        if self.fake.close_on_open:
+            self.close(1011, "closed at once by the fake")
+
+    def push(self, frame: dict[str, Any], event_uuid: str | None = None) -> None:
+        self.queue.put_nowait((frame, event_uuid))
+
+    async def _send_frames(self) -> None:
+        fake = self.fake
+        while True:
+            frame, event_uuid = await self.queue.get()
+            try:
+                if event_uuid is not None:
+                    fake.event_frames_sent += 1
+                    delay = fake.frame_delays.pop(fake.event_frames_sent, 0.0)
+                    if delay:
+                        await asyncio.sleep(delay)
+                    if fake.heartbeats:
+                        await self.write_message("ping")
+                    fake.sent_at.setdefault(event_uuid, time.monotonic())
+                await self.write_message(orjson.dumps(frame).decode())
+            except tornado.websocket.WebSocketClosedError:
+                return
+            if event_uuid is not None:
+                self.event_frames += 1
+                if (
+                    fake.drop_after_frames is not None
+                    and self.event_frames >= fake.drop_after_frames
+                    and fake.drops_left
+                ):
+                    fake.drops_left -= 1
+                    self.close(1011, "dropped by the fake")
+                    return
+
+    def on_message(self, message: str | bytes) -> None:
+        fake = self.fake
+        try:
+            frame = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            return
+        fake.socket_messages.append(frame)
+        if frame.get("type") != "control_request":
+            return
+        request = frame.get("request") or {}
+        session = fake.sessions.get(self.session_id)
+        if request.get("subtype") == "interrupt" and session is not None and fake.control_answer == "success":
+            session.socket_interrupts += 1
+            fake.interrupt(session)
+        if fake.control_answer is not None:
+            response: dict[str, Any] = {"request_id": frame.get("request_id"), "subtype": fake.control_answer}
+            if fake.control_answer == "error":
+                response["error"] = "interrupt not possible now"
+            self.push({"type": "control_response", "response": response})
+
+    def on_close(self) -> None:
+        subscribers = self.fake.subscribers.get(self.session_id, [])
+        if self in subscribers:
+            subscribers.remove(self)
+        if self.sender is not None:
+            self.sender.cancel()
 
 
 class FakeClaudeHandler(tornado.web.RequestHandler):
@@ -451,14 +651,7 @@ class FakeClaudeHandler(tornado.web.RequestHandler):
             self.reply(exc.status, {"type": "error", "error": {"type": exc.kind, "message": exc.message}})
 
     def _check_headers(self) -> None:
-        headers = self.request.headers
-        if headers.get("anthropic-version") != "2023-06-01" or headers.get("anthropic-beta") != "ccr-byoc-2025-07-29":
-            raise FakeError(400, "invalid_request_error", "missing anthropic-version or anthropic-beta header")
-        if self.fake.check_auth:
-            header = headers.get("Authorization", "")
-            token = header.removeprefix("Bearer ")
-            if token not in self.fake.access_tokens:
-                raise FakeError(401, "authentication_error", "Invalid bearer token")
+        check_headers(self.fake, self.request.headers)
 
     def session_or_404(self, session_id: str) -> FakeSession:
         session = self.fake.sessions.get(session_id)
@@ -524,6 +717,8 @@ def claude_env(fake: FakeClaude, **overrides: Any) -> dict[str, str]:
         "RUN_ADOPT_INTERVAL_SECONDS": "0.5",
         "CLAUDE_RETRY_WINDOW_SECONDS": "3",
         "CLAUDE_REQUEST_TIMEOUT_SECONDS": "2",
+        # The tests of polling keep polling; tests/test_upstream_push.py turns the socket on.
+        "CLAUDE_UPSTREAM_PUSH": "off",
     }
     env.update({key: str(value) for key, value in overrides.items()})
     return env
