@@ -4,8 +4,8 @@
 - Errors always as `{"success": false, "error": "..."}`; a ServiceError carries its status,
   an unreachable database is a 503, anything unexpected a logged 500 with no details.
 - The person behind the `auth_session` cookie, with sliding renewal of the cookie.
-- CORS for `ALLOWED_ORIGINS` with credentials, and a 403 for a state-changing request that
-  carries the cookie from an Origin outside that list.
+- CORS for `ALLOWED_ORIGINS` with credentials, and a 403 for a state-changing request from an
+  Origin outside that list, with or without the cookie (an absent Origin is allowed).
 - A request id on every response and log line.
 """
 
@@ -171,7 +171,9 @@ class APIHandler(tornado.web.RequestHandler):
             raise ServiceError(413, STATUS_MESSAGES[413])
         token = self.get_cookie(COOKIE_NAME)
         self.current_user = None
-        if self.request.method not in SAFE_METHODS and token:
+        # With or without the cookie: a cookie-less login or register from another site would
+        # log the browser into the attacker's account (login CSRF). No Origin: not a browser.
+        if self.request.method not in SAFE_METHODS:
             origin = self.request.headers.get("Origin")
             if origin is not None and origin not in self.ctx.config.allowed_origins:
                 raise ServiceError(403, "Request origin is not allowed")
