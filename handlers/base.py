@@ -26,7 +26,8 @@ import tornado.netutil
 import tornado.web
 from tornado.httputil import HTTPServerRequest
 
-from services import auth, metrics
+from handlers.connection import linger_after_answer
+from services import addresses, auth, metrics
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS
 from services.errors import ServiceError
@@ -240,7 +241,14 @@ class APIHandler(tornado.web.RequestHandler):
         return text
 
     def client_ip(self) -> str:
-        return self.request.remote_ip or "unknown"
+        """The client's address: forwarded headers count only from `TRUSTED_PROXIES`."""
+        headers = self.request.headers
+        return addresses.client_address(
+            self.request.remote_ip or "unknown",
+            headers.get("X-Forwarded-For"),
+            headers.get("X-Real-Ip"),
+            self.ctx.config.trusted_proxies,
+        )
 
     # ---- output ----------------------------------------------------------------------------------
 
@@ -283,8 +291,10 @@ class APIHandler(tornado.web.RequestHandler):
             # arguments: a 503 while the database is away, an unknown path's 404, a 403, a 413).
             # Tornado then closes the connection after this answer but does not say so, and a
             # client (or proxy) reusing the kept-alive connection gets a reset instead of its
-            # next answer. Saying it makes the client open a new connection.
+            # next answer. Saying it makes the client open a new connection; closing lingering
+            # lets a client still sending its body read this answer instead of a reset.
             self.set_header("Connection", "close")
+            linger_after_answer(self.request)
         self.set_status(status_code)
         self.finish(json_bytes({"success": False, "error": message}))
 

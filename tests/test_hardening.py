@@ -7,11 +7,17 @@ default) with an address of their own, so they neither see nor disturb other tes
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import AsyncIterator
 
 import httpx
+import orjson
+import pytest
 
-from tests.helpers import ORIGIN, PASSWORD, register, unique_email
+from services.addresses import DEFAULT_TRUSTED_PROXIES, client_address, parse_networks
+from tests.helpers import ORIGIN, PASSWORD, TestServer, register, start_app, test_env, unique_email
+from tests.sse import open_sse
 
 EVIL = "https://evil.example"
 EVENT_SOURCE = {"Accept": "text/event-stream", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"}
@@ -66,3 +72,183 @@ async def test_execute_remote_get_needs_what_an_event_source_sends(client: httpx
         response = await client.get("/api/execute-remote", params=params, headers=headers)
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "userRequest or websiteSessionId is required"
+
+
+# ---- 15.3 header and body timeouts, 431; 10.4 a readable 413 ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def tight(database_url: str) -> AsyncIterator[TestServer]:
+    """A server with one-second header and body bounds and fast heartbeats."""
+    env = test_env(database_url, HEADER_TIMEOUT_SECONDS=1, BODY_TIMEOUT_SECONDS=1, SSE_HEARTBEAT_SECONDS=0.3)
+    async with start_app(env) as running:
+        yield running
+
+
+async def read_until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the server sends until it closes (a reset counts as closed)."""
+    received = b""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                chunk = await reader.read(65536)
+            except ConnectionResetError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+async def test_slow_header_bytes_are_closed_after_the_bound(tight: TestServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", tight.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    closed = False
+    try:
+        for _ in range(40):  # a slowloris: one header byte every 0.25 s, 10 s in all
+            writer.write(b"X")
+            await writer.drain()
+            try:
+                closed = await asyncio.wait_for(reader.read(1), 0.25) == b""
+            except TimeoutError:
+                continue  # still open
+            if closed:
+                break
+    except ConnectionError:
+        closed = True
+    finally:
+        writer.close()
+    assert closed, "the connection was still open after 10 s of slow header bytes"
+
+
+async def test_a_stalled_body_is_timed_out(tight: TestServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", tight.port)
+    writer.write(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b'{"email": "a@b.c", '
+    )
+    await writer.drain()
+    try:
+        await read_until_closed(reader, timeout=8)  # 20 of 1,000 bytes, then nothing
+    except TimeoutError:
+        pytest.fail("a body stalled after 20 bytes was never timed out")
+    finally:
+        writer.close()
+
+
+async def test_an_open_stream_outlives_the_header_and_body_bounds(tight: TestServer) -> None:
+    async with httpx.AsyncClient(base_url=tight.url, timeout=30) as http:
+        await register(http)
+        async with open_sse(http, "/api/sessions/updates") as stream:
+            assert stream.status_code == 200
+            assert (await stream.next()).event == "connected"
+            await asyncio.sleep(3)  # three times both bounds
+            with pytest.raises(TimeoutError):  # nothing but heartbeats, and no end
+                await stream.next_or_end(timeout=1)
+            assert not stream.ended
+            assert len(stream.comments) >= 5
+
+
+async def test_a_100_kb_header_gets_a_431_json_answer(tight: TestServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", tight.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 100_000 + b"\r\n\r\n")
+    await writer.drain()
+    raw = await read_until_closed(reader, timeout=10)
+    writer.close()
+    status, headers, body = parse_response(raw)
+    assert status == 431
+    assert headers["content-type"].startswith("application/json")
+    assert orjson.loads(body) == {"success": False, "error": "Request headers are too large (at most 64 KiB)"}
+
+
+async def send_whole_body_then_read(port: int, head: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A client that writes its entire request before it reads anything."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        writer.write(body)
+        await writer.drain()
+        raw = await read_until_closed(reader, timeout=20)
+    finally:
+        writer.close()
+    assert raw, "the connection was reset before any answer arrived"
+    return parse_response(raw)
+
+
+async def test_an_oversized_body_gets_a_413_the_client_can_read(server: TestServer) -> None:
+    login = b"POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    body = b'{"email": "a@b.c", "password": "' + b"p" * 11_000_000 + b'"}'
+    status, headers, answer = await send_whole_body_then_read(server.port, login, body)
+    assert status == 413
+    assert orjson.loads(answer) == {"success": False, "error": "Request body is larger than 1 MiB"}
+    assert headers["connection"].lower() == "close"
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await register(http)
+        cookie = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+    session = secrets.token_hex(16)
+    title = f"PATCH /api/sessions/{session} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n".encode()
+    status, _, answer = await send_whole_body_then_read(
+        server.port, title, b'{"userRequest": "' + b"t" * 1_100_000 + b'"}'
+    )
+    assert status == 413
+    assert orjson.loads(answer)["error"] == "Request body is larger than 1 MiB"
+
+
+# ---- 15.10 forwarded addresses only from TRUSTED_PROXIES ------------------------------------------
+
+
+async def failure_keys(srv: TestServer) -> set[str]:
+    rows = await srv.ctx.pool.fetch("SELECT key FROM login_failures WHERE key LIKE 'ip:%'")
+    return {row["key"] for row in rows}
+
+
+async def test_rotating_forwarded_for_from_an_untrusted_peer_is_still_limited(database_url: str) -> None:
+    # Loopback is not a proxy here: the test client is a stranger connecting directly.
+    env = test_env(database_url, TRUSTED_PROXIES="10.0.0.0/8", LOGIN_MAX_FAILURES_PER_IP=3)
+    async with start_app(env) as srv, httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
+        await srv.ctx.pool.execute("DELETE FROM login_failures WHERE key = 'ip:127.0.0.1'")
+        statuses = []
+        for attempt in range(6):
+            response = await http.post(
+                "/api/auth/login",
+                json={"email": unique_email("rotate"), "password": "wrong password"},
+                headers={"X-Forwarded-For": f"198.51.100.{attempt + 1}", "X-Real-Ip": f"192.0.2.{attempt + 1}"},
+            )
+            statuses.append(response.status_code)
+        assert statuses == [401, 401, 401, 429, 429, 429]
+        assert not any(key.startswith(("ip:198.51.100.", "ip:192.0.2.")) for key in await failure_keys(srv))
+        await srv.ctx.pool.execute("DELETE FROM login_failures WHERE key = 'ip:127.0.0.1'")
+
+
+async def test_the_address_the_nearest_trusted_proxy_saw_is_the_client(server: TestServer) -> None:
+    client, forged = documentation_address(), "198.51.100.99"
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for chain in (f"{forged}, {client}", f"{forged}, {client}, 10.1.2.3, 192.168.0.7"):
+            await http.post(
+                "/api/auth/login",
+                json={"email": unique_email("chain"), "password": "wrong password"},
+                headers={"X-Forwarded-For": chain},
+            )
+            keys = await failure_keys(server)
+            assert f"ip:{client}" in keys and f"ip:{forged}" not in keys
+            await server.ctx.pool.execute("DELETE FROM login_failures WHERE key = $1", f"ip:{client}")
+
+
+def test_client_address_rules() -> None:
+    trusted = parse_networks(DEFAULT_TRUSTED_PROXIES)
+    assert client_address("203.0.113.9", "1.2.3.4", "5.6.7.8", trusted) == "203.0.113.9"
+    assert client_address("10.0.0.5", "1.2.3.4, 203.0.113.9", None, trusted) == "203.0.113.9"
+    assert client_address("10.0.0.5", "203.0.113.9, 10.0.0.4", None, trusted) == "203.0.113.9"
+    assert client_address("10.0.0.5", "10.0.0.3, 10.0.0.4", None, trusted) == "10.0.0.3"
+    assert client_address("10.0.0.5", "junk, 10.0.0.4", None, trusted) == "10.0.0.4"
+    assert client_address("10.0.0.5", None, "203.0.113.9", trusted) == "203.0.113.9"
+    assert client_address("::ffff:10.0.0.5", "203.0.113.9", None, trusted) == "203.0.113.9"
+    assert client_address("127.0.0.1", None, None, trusted) == "127.0.0.1"
+    with pytest.raises(ValueError, match="'nope'"):
+        parse_networks("10.0.0.0/8, nope")
