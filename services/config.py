@@ -62,6 +62,8 @@ class Config:
     login_max_failures_per_email: int = 5
     login_max_failures_per_ip: int = 20
     login_failure_window_seconds: int = 900
+    register_max_per_ip: int = 10
+    register_window_seconds: int = 3600
     log_level: str = "INFO"
     trusted_proxies: tuple[Network, ...] = parse_networks(DEFAULT_TRUSTED_PROXIES)
     header_timeout_seconds: float = 10.0
@@ -254,6 +256,8 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         login_max_failures_per_email=_int(env, "LOGIN_MAX_FAILURES_PER_EMAIL", 5, minimum=1),
         login_max_failures_per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1),
         login_failure_window_seconds=_int(env, "LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
+        register_max_per_ip=_int(env, "REGISTER_MAX_PER_IP", 10, minimum=1),
+        register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", 3600, minimum=1),
         log_level=log_level,
         trusted_proxies=trusted_proxies,
         header_timeout_seconds=_float(env, "HEADER_TIMEOUT_SECONDS", 10.0, 0.1),

@@ -252,3 +252,74 @@ def test_client_address_rules() -> None:
     assert client_address("127.0.0.1", None, None, trusted) == "127.0.0.1"
     with pytest.raises(ValueError, match="'nope'"):
         parse_networks("10.0.0.0/8, nope")
+
+
+# ---- 15.9 no lock-out by strangers; registration limited per address ---------------------------
+
+
+async def login_as(http: httpx.AsyncClient, email: str, password: str, address: str) -> httpx.Response:
+    return await http.post(
+        "/api/auth/login", json={"email": email, "password": password}, headers={"X-Forwarded-For": address}
+    )
+
+
+async def test_a_stranger_cannot_lock_the_owner_out(server: TestServer) -> None:
+    email = unique_email("owner")
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=30) as owner,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as stranger,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as new_browser,
+    ):
+        await register(owner, email)
+        assert (await login_as(owner, email, PASSWORD, documentation_address())).status_code == 200
+        assert owner.cookies.get("login_device")
+        statuses = [
+            (await login_as(stranger, email, f"guess-{n}", documentation_address())).status_code for n in range(7)
+        ]
+        assert statuses == [401] * 5 + [429] * 2  # guesses are still throttled
+        # The owner's browser, which logged in before, is not locked by the stranger's failures...
+        response = await login_as(owner, email, PASSWORD, documentation_address())
+        assert response.status_code == 200, response.text
+        # ...while a browser never seen with this account is, even with the right password.
+        response = await login_as(new_browser, email, PASSWORD, documentation_address())
+        assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+        # Another account's device token does not help.
+        new_browser.cookies.set("login_device", owner.cookies["login_device"] + "0")
+        assert (await login_as(new_browser, email, PASSWORD, documentation_address())).status_code == 429
+
+
+async def test_guesses_from_a_known_browser_are_throttled_too(server: TestServer) -> None:
+    email = unique_email("known")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        await register(http, email)
+        assert (await login_as(http, email, PASSWORD, documentation_address())).status_code == 200
+        statuses = [(await login_as(http, email, f"wrong-{n}", documentation_address())).status_code for n in range(6)]
+        assert statuses == [401] * 5 + [429]
+
+
+async def test_registration_is_limited_per_address(database_url: str) -> None:
+    async with (
+        start_app(test_env(database_url, REGISTER_MAX_PER_IP=3)) as srv,
+        httpx.AsyncClient(base_url=srv.url, timeout=30) as http,
+    ):
+        address = documentation_address()
+        await srv.ctx.pool.execute("DELETE FROM login_failures WHERE key = $1", f"register:{address}")
+        statuses = []
+        for _ in range(5):
+            response = await http.post(
+                "/api/auth/register",
+                json={"email": unique_email("signup"), "password": PASSWORD},
+                headers={"X-Forwarded-For": address},
+            )
+            statuses.append(response.status_code)
+            http.cookies.clear()
+        assert statuses == [201, 201, 201, 429, 429]
+        assert response.json()["error"].startswith("Too many sign-ups from this address")
+        assert int(response.headers["Retry-After"]) > 0
+        response = await http.post(
+            "/api/auth/register",
+            json={"email": unique_email("signup"), "password": PASSWORD},
+            headers={"X-Forwarded-For": "198.51.100.200"},
+        )
+        assert response.status_code == 201
+        await srv.ctx.pool.execute("DELETE FROM login_failures WHERE key LIKE 'register:%'")
