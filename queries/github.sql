@@ -27,9 +27,6 @@ UPDATE chat_sessions SET deleted_at = now()
 WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL
 RETURNING *;
 
--- name: get_session_by_path(session_path, id)$
--- Another chat session (of anyone) already using this workspace path.
-SELECT id FROM chat_sessions WHERE session_path = :session_path AND id <> :id LIMIT 1;
 
 -- name: use_oauth_state(nonce, keep_seconds)$
 -- Marks a state's nonce as used: true the first time, false for every later use. Forgets the

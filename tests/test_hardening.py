@@ -323,3 +323,45 @@ async def test_registration_is_limited_per_address(database_url: str) -> None:
         )
         assert response.status_code == 201
         await srv.ctx.pool.execute("DELETE FROM login_failures WHERE key LIKE 'register:%'")
+
+
+# ---- 15.8 session paths unique per person, collision-free after sanitising -------------------------
+
+
+async def create_code_session(http: httpx.AsyncClient, branch: str) -> httpx.Response:
+    body = {"repositoryOwner": "octo", "repositoryName": "shared-repo", "baseBranch": "main", "branch": branch}
+    return await http.post("/api/sessions/create-code-session", json=body)
+
+
+async def test_session_paths_are_per_person_and_never_collide(server: TestServer) -> None:
+    branch = f"feature/{secrets.token_hex(4)}"
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=30) as alice,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as bob,
+    ):
+        await register(alice)
+        await register(bob)
+        first = await create_code_session(alice, branch)
+        assert first.status_code == 200, first.text
+        # Someone else's session on the same repository and branch neither blocks nor shows.
+        second = await create_code_session(bob, branch)
+        assert second.status_code == 200, second.text
+        assert second.json()["session"]["id"] != first.json()["session"]["id"]
+        # `feature/x` and `feature-x` sanitise alike, yet both are the person's own sessions.
+        dashed = await create_code_session(alice, branch.replace("/", "-"))
+        assert dashed.status_code == 200, dashed.text
+        paths = {first.json()["session"]["sessionPath"], dashed.json()["session"]["sessionPath"]}
+        assert len(paths) == 2
+        # The person's own real duplicate is still a 409, in either order.
+        for again in (branch, branch.replace("/", "-")):
+            duplicate = await create_code_session(alice, again)
+            assert duplicate.status_code == 409
+            assert duplicate.json()["error"] == f"A session for octo/shared-repo on branch {again} already exists"
+        # Each path finds its own session, for its owner only.
+        for response in (first, dashed):
+            session = response.json()["session"]
+            found = await alice.get(f"/api/sessions/{session['sessionPath']}")
+            assert found.json()["session"]["id"] == session["id"]
+        assert (await bob.get(f"/api/sessions/{first.json()['session']['sessionPath']}")).json()["session"][
+            "id"
+        ] == second.json()["session"]["id"]
