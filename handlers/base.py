@@ -29,7 +29,7 @@ from tornado.httputil import HTTPServerRequest
 from handlers.connection import linger_after_answer
 from services import addresses, auth, metrics
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS
+from services.db import UNAVAILABLE_ERRORS, database_outage
 from services.errors import ServiceError
 from services.logs import REQUEST_CONTEXT
 
@@ -130,6 +130,8 @@ class APIHandler(tornado.web.RequestHandler):
     """Base class of every route handler."""
 
     current_user: auth.CurrentUser | None
+    # Probes (/health, /ready, /live, /metrics): their successful answers are logged at DEBUG.
+    quiet_access_log = False
 
     def initialize(self) -> None:
         self.ctx: AppContext = self.application.settings["ctx"]
@@ -315,7 +317,7 @@ class APIHandler(tornado.web.RequestHandler):
         if isinstance(value, ServiceError | tornado.web.HTTPError):
             return
         if isinstance(value, UNAVAILABLE_ERRORS):
-            log.warning("database unavailable: %s", value.__class__.__name__, extra=self.log_extra())
+            database_outage.failed(f"{self.request.method} {self.request.path}", value)
             return
         log.error(
             "unhandled error in %s %s",
@@ -388,7 +390,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if histogram is None:
         histogram = _latency_histograms[name] = metrics.HTTP_LATENCY.labels(name)
     histogram.observe(seconds)
-    level = logging.WARNING if status >= 500 else logging.INFO
+    if status >= 500:
+        level = logging.WARNING
+    elif status < 400 and getattr(handler, "quiet_access_log", False):
+        level = logging.DEBUG  # a probe that succeeded: orchestrators and scrapers ask every few seconds
+    else:
+        level = logging.INFO
     if not ACCESS_LOG.isEnabledFor(level):
         return  # no line will be written: skip building its fields
     extra = handler.log_extra() if isinstance(handler, APIHandler) else {}
