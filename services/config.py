@@ -67,6 +67,7 @@ class Config:
     log_level: str = "INFO"
     trusted_proxies: tuple[Network, ...] = parse_networks(DEFAULT_TRUSTED_PROXIES)
     header_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 120.0
     body_timeout_seconds: float = 30.0
     build_commit_sha: str = "unknown"
     build_timestamp: str = "unknown"
@@ -261,6 +262,7 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         log_level=log_level,
         trusted_proxies=trusted_proxies,
         header_timeout_seconds=_float(env, "HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
+        keepalive_timeout_seconds=_float(env, "KEEPALIVE_TIMEOUT_SECONDS", 120.0, 0.1),
         body_timeout_seconds=_float(env, "BODY_TIMEOUT_SECONDS", 30.0, 0.1),
         build_commit_sha=_read(env, "BUILD_COMMIT_SHA") or "unknown",
         build_timestamp=_read(env, "BUILD_TIMESTAMP") or "unknown",

@@ -8,6 +8,7 @@ default) with an address of their own, so they neither see nor disturb other tes
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import AsyncIterator
 
@@ -17,10 +18,9 @@ import pytest
 
 from services.addresses import DEFAULT_TRUSTED_PROXIES, client_address, parse_networks
 from tests.helpers import ORIGIN, PASSWORD, TestServer, register, start_app, test_env, unique_email
-from tests.sse import open_sse
+from tests.sse import EVENT_SOURCE_HEADERS, open_sse
 
 EVIL = "https://evil.example"
-EVENT_SOURCE = {"Accept": "text/event-stream", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"}
 
 
 def documentation_address() -> str:
@@ -68,7 +68,7 @@ async def test_execute_remote_get_needs_what_an_event_source_sends(client: httpx
         assert response.status_code == 403, (headers, response.status_code)
         assert response.json()["success"] is False
     # What an EventSource sends gets through to the input checks (and so would start the run).
-    for headers in (EVENT_SOURCE, {"Accept": "text/event-stream"}):
+    for headers in (EVENT_SOURCE_HEADERS, {"Accept": "text/event-stream"}):
         response = await client.get("/api/execute-remote", params=params, headers=headers)
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "userRequest or websiteSessionId is required"
@@ -80,7 +80,13 @@ async def test_execute_remote_get_needs_what_an_event_source_sends(client: httpx
 @pytest.fixture(scope="module")
 async def tight(database_url: str) -> AsyncIterator[TestServer]:
     """A server with one-second header and body bounds and fast heartbeats."""
-    env = test_env(database_url, HEADER_TIMEOUT_SECONDS=1, BODY_TIMEOUT_SECONDS=1, SSE_HEARTBEAT_SECONDS=0.3)
+    env = test_env(
+        database_url,
+        HEADER_TIMEOUT_SECONDS=1,
+        BODY_TIMEOUT_SECONDS=1,
+        KEEPALIVE_TIMEOUT_SECONDS=30,
+        SSE_HEARTBEAT_SECONDS=0.3,
+    )
     async with start_app(env) as running:
         yield running
 
@@ -125,6 +131,32 @@ async def test_slow_header_bytes_are_closed_after_the_bound(tight: TestServer) -
     finally:
         writer.close()
     assert closed, "the connection was still open after 10 s of slow header bytes"
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_bound(tight: TestServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", tight.port)
+    try:
+        assert await read_until_closed(reader, timeout=5) == b""
+    except TimeoutError:
+        pytest.fail("a silent connection was still open after 5 s")
+    finally:
+        writer.close()
+
+
+async def test_a_kept_alive_connection_may_idle_longer_than_the_header_bound(tight: TestServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", tight.port)
+    request = b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    try:
+        for _ in range(2):
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+            await reader.readexactly(length)
+            await asyncio.sleep(2.5)  # idle: more than the header bound, less than the keep-alive one
+    finally:
+        writer.close()
 
 
 async def test_a_stalled_body_is_timed_out(tight: TestServer) -> None:
