@@ -69,8 +69,9 @@ async def _linger(sock: socket.socket) -> None:
 
 
 class ServerStream(tornado.iostream.IOStream):
-    """A server connection's stream that answers an over-long header with a JSON 431 and can close
-    lingering (`linger_on_close`), for answers sent before the request body was read."""
+    """A server connection's stream with a clock on each request's headers (`header_seconds`),
+    a JSON 431 for an over-long header, and a lingering close (`linger_on_close`) for answers
+    sent before the request body was read."""
 
     linger_on_close = False
     header_seconds: float | None = None  # set by APIServer
