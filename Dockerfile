@@ -1,6 +1,6 @@
 # WebEDT internal API server.
 #
-# Two stages: `builder` installs the pinned wheels of requirements.txt into /opt/venv; the
+# Two stages: `builder` installs the locked wheels of requirements.lock into /opt/venv; the
 # runtime stage copies that venv onto a fresh slim base with git (the server clones and pushes
 # repositories) and tini (PID 1: forwards SIGTERM to Python, reaps orphaned git helpers), and
 # runs as an unprivileged user. Build:
@@ -16,10 +16,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 RUN python -m venv /opt/venv
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements.lock /tmp/requirements.lock
 # Binary wheels only: every pinned dependency ships manylinux wheels, so the build needs no
-# compiler and cannot silently fall back to compiling a different source release.
-RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements.txt
+# compiler and cannot silently fall back to compiling a different source release. Every
+# package, transitive ones included, is pinned with its hashes (`make lock`): a release that
+# is not the one locked fails the build instead of shipping unseen.
+RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: --require-hashes -r /tmp/requirements.lock
 
 
 FROM python:3.11.14-slim-trixie AS runtime

@@ -5,17 +5,29 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint lint-deploy bench clean
+.PHONY: install run test lint lint-deploy bench clean lock
+
+# The direct pins live in requirements.txt (runtime) and requirements-dev.txt (tests, linters);
+# every install comes from their lock files, whose every package is pinned with its hashes.
+LOCK := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
 
 # `make run` needs only the runtime packages; tests and linters add the dev ones.
-$(RUNTIME): requirements.txt
+$(RUNTIME): requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	touch $(RUNTIME)
 
-$(STAMP): $(RUNTIME) requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+$(STAMP): $(RUNTIME) requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	touch $(STAMP)
+
+# After editing requirements.txt or requirements-dev.txt: regenerate both locks (pins that still
+# fit are kept; `make lock UPGRADE=1` moves every package to its newest release). The dev lock
+# is constrained by the runtime lock, so the two agree on every shared package.
+lock: $(STAMP)
+	$(LOCK) --output-file requirements.lock requirements.txt
+	$(LOCK) --constraint requirements.lock --output-file requirements-dev.lock requirements-dev.txt
 
 install: $(RUNTIME)
 

@@ -20,10 +20,10 @@ import signal
 import sys
 
 import orjson
-import tornado.httpserver
 import uvloop
 
 from handlers.app import make_app
+from handlers.connection import make_http_server
 from services import db, migrations
 from services.claude.runs import RunDriver
 from services.cleanup import orphan_cleanup
@@ -112,7 +112,7 @@ async def serve(config: Config) -> None:
     ctx = await open_context(config)
     await start_background(ctx)
     app = make_app(ctx)
-    server = tornado.httpserver.HTTPServer(app, xheaders=True, max_body_size=64 * 1024 * 1024)
+    server = make_http_server(app, config)
     server.listen(config.port, address=os.environ.get("HOST", "0.0.0.0"))
     log.info("listening on port %s (%s)", config.port, config.node_env)
 

@@ -7,6 +7,9 @@ from services import auth
 from services.errors import ServiceError
 from services.users import iso, user_payload
 
+DEVICE_COOKIE = "login_device"
+DEVICE_COOKIE_DAYS = 365
+
 
 class RegisterHandler(APIHandler):
     async def post(self) -> None:
@@ -14,6 +17,7 @@ class RegisterHandler(APIHandler):
         email, password = body.get("email"), body.get("password")
         if not email or not password:
             raise ServiceError(400, "Email and password are required")
+        await auth.check_registration_rate(self.ctx, self.client_ip())
         user = await auth.create_user(self.ctx, email, password)
         token, _ = await auth.start_session(self.ctx, user["id"])
         self.set_auth_cookie(token, auth.SESSION_LIFETIME.days)
@@ -23,13 +27,25 @@ class RegisterHandler(APIHandler):
 class LoginHandler(APIHandler):
     async def post(self) -> None:
         body = self.json_body()
-        user = await auth.login(self.ctx, body.get("email"), body.get("password"), self.client_ip())
+        email, password = body.get("email"), body.get("password")
+        device = self.get_cookie(DEVICE_COOKIE)
+        user = await auth.login(self.ctx, email, password, self.client_ip(), device)
         if self.current_user is not None:
             # A new login replaces the session the browser had.
             await auth.end_session(self.ctx, self.current_user.session_id)
         token, _ = await auth.start_session(self.ctx, user["id"])
         days = auth.REMEMBER_ME_COOKIE_DAYS if body.get("rememberMe") is True else auth.SESSION_LIFETIME.days
         self.set_auth_cookie(token, days)
+        # This browser is now known for this account: others' failures no longer lock it out.
+        self.set_cookie(
+            DEVICE_COOKIE,
+            auth.new_device_token(self.ctx, user["email"]),
+            max_age=DEVICE_COOKIE_DAYS * 86400,
+            path="/api/auth",
+            httponly=True,
+            samesite="Strict",
+            secure=self.ctx.config.production,
+        )
         self.ok({"user": user_payload(self.ctx, user)})
 
 

@@ -4,8 +4,8 @@
 - Errors always as `{"success": false, "error": "..."}`; a ServiceError carries its status,
   an unreachable database is a 503, anything unexpected a logged 500 with no details.
 - The person behind the `auth_session` cookie, with sliding renewal of the cookie.
-- CORS for `ALLOWED_ORIGINS` with credentials, and a 403 for a state-changing request that
-  carries the cookie from an Origin outside that list.
+- CORS for `ALLOWED_ORIGINS` with credentials, and a 403 for a state-changing request from an
+  Origin outside that list, with or without the cookie (an absent Origin is allowed).
 - A request id on every response and log line.
 """
 
@@ -27,9 +27,10 @@ import tornado.web
 from tornado.httputil import HTTPServerRequest
 from tornado.iostream import StreamClosedError
 
-from services import auth, metrics
+from handlers.connection import linger_after_answer
+from services import addresses, auth, metrics
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS
+from services.db import UNAVAILABLE_ERRORS, database_outage
 from services.errors import ServiceError
 from services.logs import REQUEST_CONTEXT
 
@@ -130,6 +131,8 @@ class APIHandler(tornado.web.RequestHandler):
     """Base class of every route handler."""
 
     current_user: auth.CurrentUser | None
+    # Probes (/health, /ready, /live, /metrics): their successful answers are logged at DEBUG.
+    quiet_access_log = False
 
     def initialize(self) -> None:
         self.ctx: AppContext = self.application.settings["ctx"]
@@ -172,7 +175,9 @@ class APIHandler(tornado.web.RequestHandler):
             raise ServiceError(413, STATUS_MESSAGES[413])
         token = self.get_cookie(COOKIE_NAME)
         self.current_user = None
-        if self.request.method not in SAFE_METHODS and token:
+        # With or without the cookie: a cookie-less login or register from another site would
+        # log the browser into the attacker's account (login CSRF). No Origin: not a browser.
+        if self.request.method not in SAFE_METHODS:
             origin = self.request.headers.get("Origin")
             if origin is not None and origin not in self.ctx.config.allowed_origins:
                 raise ServiceError(403, "Request origin is not allowed")
@@ -239,7 +244,14 @@ class APIHandler(tornado.web.RequestHandler):
         return text
 
     def client_ip(self) -> str:
-        return self.request.remote_ip or "unknown"
+        """The client's address: forwarded headers count only from `TRUSTED_PROXIES`."""
+        headers = self.request.headers
+        return addresses.client_address(
+            self.request.remote_ip or "unknown",
+            headers.get("X-Forwarded-For"),
+            headers.get("X-Real-Ip"),
+            self.ctx.config.trusted_proxies,
+        )
 
     # ---- output ----------------------------------------------------------------------------------
 
@@ -295,8 +307,10 @@ class APIHandler(tornado.web.RequestHandler):
             # arguments: a 503 while the database is away, an unknown path's 404, a 403, a 413).
             # Tornado then closes the connection after this answer but does not say so, and a
             # client (or proxy) reusing the kept-alive connection gets a reset instead of its
-            # next answer. Saying it makes the client open a new connection.
+            # next answer. Saying it makes the client open a new connection; closing lingering
+            # lets a client still sending its body read this answer instead of a reset.
             self.set_header("Connection", "close")
+            linger_after_answer(self.request)
         self.set_status(status_code)
         self.finish(json_bytes({"success": False, "error": message}))
 
@@ -317,7 +331,7 @@ class APIHandler(tornado.web.RequestHandler):
         if isinstance(value, ServiceError | tornado.web.HTTPError):
             return
         if isinstance(value, UNAVAILABLE_ERRORS):
-            log.warning("database unavailable: %s", value.__class__.__name__, extra=self.log_extra())
+            database_outage.failed(f"{self.request.method} {self.request.path}", value)
             return
         log.error(
             "unhandled error in %s %s",
@@ -390,7 +404,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if histogram is None:
         histogram = _latency_histograms[name] = metrics.HTTP_LATENCY.labels(name)
     histogram.observe(seconds)
-    level = logging.WARNING if status >= 500 else logging.INFO
+    if status >= 500:
+        level = logging.WARNING
+    elif status < 400 and getattr(handler, "quiet_access_log", False):
+        level = logging.DEBUG  # a probe that succeeded: orchestrators and scrapers ask every few seconds
+    else:
+        level = logging.INFO
     if not ACCESS_LOG.isEnabledFor(level):
         return  # no line will be written: skip building its fields
     extra = handler.log_extra() if isinstance(handler, APIHandler) else {}

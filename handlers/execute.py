@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from tornado.httputil import HTTPHeaders
+
 from handlers.base import authenticated
 from handlers.stream import SSEHandler
 from services.claude import execute
@@ -21,18 +23,29 @@ log = logging.getLogger("webedt.execute")
 ENDS_WITH_COMPLETED = frozenset({"not_running", "run_ended"})
 QUERY_PARAMETERS = ("userRequest", "websiteSessionId", "github", "lastEventId")
 CROSS_SITE = "Cross-site requests cannot start a run"
+NOT_EVENT_SOURCE = "A run can be started by GET only from an EventSource (Accept: text/event-stream)"
+
+
+def started_by_event_source(headers: HTTPHeaders) -> bool:
+    """Whether a GET looks like an EventSource: it always sends `Accept: text/event-stream`, and
+    `Sec-Fetch-Dest: empty` where the browser sends Fetch Metadata (an <img> sends `image`)."""
+    accepts = [part.split(";")[0].strip().lower() for part in headers.get("Accept", "").split(",")]
+    destination = headers.get("Sec-Fetch-Dest")
+    return "text/event-stream" in accepts and (destination is None or destination.lower() == "empty")
 
 
 class ExecuteRemoteHandler(SSEHandler):
     @authenticated
     async def get(self) -> None:
-        # A GET with side effects: a link or a form on another site must not start a paid run
-        # (defect 29). An EventSource sends mode `cors` and site `same-origin`/`same-site`.
+        # A GET with side effects: a link, an image or a form must not start a paid run (defect
+        # 29, issue 15.7). An EventSource sends mode `cors` and site `same-origin`/`same-site`.
         headers = self.request.headers
         if headers.get("Sec-Fetch-Site", "").lower() == "cross-site" or headers.get("Sec-Fetch-Mode", "").lower() == (
             "navigate"
         ):
             raise ServiceError(403, CROSS_SITE)
+        if not started_by_event_source(headers):
+            raise ServiceError(403, NOT_EVENT_SOURCE)
         raw = {name: self.get_query_argument(name, None) for name in QUERY_PARAMETERS}
         await self.start_and_stream(execute.parse_params(raw, headers.get("Last-Event-ID")))
 

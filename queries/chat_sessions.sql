@@ -8,7 +8,7 @@ LIMIT 1;
 SELECT * FROM chat_sessions WHERE id = :id;
 
 -- name: insert_code_session(id, user_id, session_path, repository_owner, repository_name, user_request, repository_url, base_branch, branch)^
--- A pending session for later execution; NULL when its session path is taken.
+-- A pending session for later execution; NULL when the person's session path is taken.
 INSERT INTO chat_sessions (id, user_id, session_path, repository_owner, repository_name, user_request,
                            status, repository_url, base_branch, branch, provider)
 VALUES (:id, :user_id, :session_path, :repository_owner, :repository_name, :user_request,
@@ -16,8 +16,10 @@ VALUES (:id, :user_id, :session_path, :repository_owner, :repository_name, :user
 ON CONFLICT DO NOTHING
 RETURNING *;
 
--- name: get_session_by_path(session_path)^
-SELECT id, user_id, deleted_at FROM chat_sessions WHERE session_path = :session_path;
+-- name: get_session_by_path(user_id, session_path)^
+-- The person's own session holding a session path, with what the path was made from.
+SELECT id, repository_owner, repository_name, branch, deleted_at FROM chat_sessions
+WHERE user_id = :user_id AND session_path = :session_path;
 
 -- name: list_live_sessions(user_id, before_created_at, before_id, limit, offset)^
 -- A page of the caller's sessions outside the trash, newest first; the cursor is the last row seen.

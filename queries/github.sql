@@ -27,6 +27,13 @@ UPDATE chat_sessions SET deleted_at = now()
 WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL
 RETURNING *;
 
--- name: get_session_by_path(session_path, id)$
--- Another chat session (of anyone) already using this workspace path.
-SELECT id FROM chat_sessions WHERE session_path = :session_path AND id <> :id LIMIT 1;
+
+-- name: use_oauth_state(nonce, keep_seconds)$
+-- Marks a state's nonce as used: true the first time, false for every later use. Forgets the
+-- nonces of states that have expired anyway.
+WITH forgotten AS (
+    DELETE FROM oauth_state_uses WHERE used_at < now() - make_interval(secs => :keep_seconds)
+)
+INSERT INTO oauth_state_uses (nonce) VALUES (:nonce)
+ON CONFLICT (nonce) DO NOTHING
+RETURNING true;

@@ -8,6 +8,7 @@ WHERE key = ANY(:keys)
   AND window_start > now() - make_interval(secs => :window_seconds);
 
 -- name: record_login_failure(key, window_seconds)!
+-- One more attempt for `key` (`email:`, `device:` and `ip:` failed logins; `register:` sign-ups).
 INSERT INTO login_failures AS lf (key, window_start, failures)
 VALUES (:key, now(), 1)
 ON CONFLICT (key) DO UPDATE SET

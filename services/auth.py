@@ -3,12 +3,18 @@
 A login session is a random 32-byte token held only in the `auth_session` cookie; the database
 keeps its SHA-256 as the row id. Sessions last 30 days and slide: when fewer than 15 days
 remain, the expiry moves to 30 days from now and the cookie is sent again.
+
+Failed logins are throttled per client address and per e-mail, without letting a stranger lock
+the owner out (OWASP's device cookies): a browser that has logged in to an account before holds
+a signed device token for it, and its guesses count against that token instead of the e-mail,
+so others' failures on the e-mail never refuse it. Registration is limited per address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -150,47 +156,77 @@ async def resolve_token(ctx: AppContext, token: str) -> CurrentUser | None:
     return CurrentUser(user=row, session_id=session_id, expires_at=expires_at, renewed=renewed)
 
 
-async def _check_rate_limit(ctx: AppContext, keys: list[str]) -> None:
-    config = ctx.config
-    rows = [
-        r
-        async for r in queries.login_failures.get_login_failures(
-            ctx.pool, keys=keys, window_seconds=config.login_failure_window_seconds
-        )
-    ]
-    for row in rows:
-        limit = (
-            config.login_max_failures_per_email if row["key"].startswith("email:") else config.login_max_failures_per_ip
-        )
-        if row["failures"] >= limit:
+async def _check_rate_limit(ctx: AppContext, limits: dict[str, int], window_seconds: int, message: str) -> None:
+    """429 with `Retry-After` when any key of `limits` has reached its limit inside the window."""
+    rows = queries.login_failures.get_login_failures(ctx.pool, keys=list(limits), window_seconds=window_seconds)
+    async for row in rows:
+        if row["failures"] >= limits[row["key"]]:
             retry_after = max(1, row["retry_after"])
-            raise ServiceError(
-                429,
-                f"Too many failed login attempts. Try again in {retry_after} seconds.",
-                {"Retry-After": str(retry_after)},
-            )
+            raise ServiceError(429, message.format(retry_after=retry_after), {"Retry-After": str(retry_after)})
 
 
-async def login(ctx: AppContext, email: Any, password: Any, client_ip: str) -> asyncpg.Record:
-    """The user whose credentials these are; the same 401 for an unknown e-mail or a wrong password."""
+def _device_signature(ctx: AppContext, email: str, nonce: str) -> str:
+    message = f"login-device|{email}|{nonce}".encode()
+    return hmac.new(ctx.config.session_secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def new_device_token(ctx: AppContext, email: str) -> str:
+    """A device token for a browser that just logged in as `email`: `<nonce>.<signature>`."""
+    nonce = secrets.token_urlsafe(16)
+    return f"{nonce}.{_device_signature(ctx, email.strip().lower(), nonce)}"
+
+
+def _device_nonce(ctx: AppContext, token: str | None, email: str) -> str | None:
+    """The nonce of a device token issued for `email`; None for no token or anyone else's."""
+    if not token or len(token) > 100 or "." not in token:
+        return None
+    nonce, _, signature = token.partition(".")
+    return nonce if hmac.compare_digest(signature, _device_signature(ctx, email, nonce)) else None
+
+
+async def login(
+    ctx: AppContext, email: Any, password: Any, client_ip: str, device_token: str | None = None
+) -> asyncpg.Record:
+    """The user whose credentials these are; the same 401 for an unknown e-mail or a wrong password.
+
+    Failures count per client address and, from a browser with a device token for this e-mail,
+    against the token; from any other client, against the e-mail."""
     if not isinstance(email, str) or not email.strip() or not isinstance(password, str) or not password:
         raise ServiceError(400, "Email and password are required")
+    config = ctx.config
     normalized = email.strip().lower()
+    nonce = _device_nonce(ctx, device_token, normalized)
     # Bounded like a registered e-mail (254 characters): the key is a primary key, and an index
     # entry of 100 KB would fail in PostgreSQL (a 500). No account has a longer e-mail anyway.
-    keys = [f"email:{normalized[:254]}", f"ip:{client_ip[:64]}"]
-    await _check_rate_limit(ctx, keys)
+    account_key = f"device:{nonce}" if nonce else f"email:{normalized[:254]}"
+    limits = {
+        account_key: config.login_max_failures_per_email,
+        f"ip:{client_ip[:64]}": config.login_max_failures_per_ip,
+    }
+    window = config.login_failure_window_seconds
+    await _check_rate_limit(ctx, limits, window, "Too many failed login attempts. Try again in {retry_after} seconds.")
     user = await queries.users.get_user_by_email(ctx.pool, email=normalized)
     ok = await verify_password(ctx, password.encode(), user["password_hash"] if user else None)
     if not ok or user is None:
-        for key in keys:
-            await queries.login_failures.record_login_failure(
-                ctx.pool, key=key, window_seconds=ctx.config.login_failure_window_seconds
-            )
+        for key in limits:
+            await queries.login_failures.record_login_failure(ctx.pool, key=key, window_seconds=window)
         raise ServiceError(401, INVALID_LOGIN)
-    await queries.login_failures.clear_login_failures(ctx.pool, key=keys[0])
+    await queries.login_failures.clear_login_failures(ctx.pool, key=account_key)
     await _upgrade_weak_hash(ctx, user, password.encode())
     return user
+
+
+async def check_registration_rate(ctx: AppContext, client_ip: str) -> None:
+    """Count a registration attempt from `client_ip`; 429 past `REGISTER_MAX_PER_IP` in the window."""
+    key = f"register:{client_ip[:64]}"
+    window = ctx.config.register_window_seconds
+    await _check_rate_limit(
+        ctx,
+        {key: ctx.config.register_max_per_ip},
+        window,
+        "Too many sign-ups from this address. Try again in {retry_after} seconds.",
+    )
+    await queries.login_failures.record_login_failure(ctx.pool, key=key, window_seconds=window)
 
 
 def _hash_cost(hashed: str) -> int:

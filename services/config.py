@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from services.addresses import DEFAULT_TRUSTED_PROXIES, Network, parse_networks
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,7 +65,13 @@ class Config:
     login_max_failures_per_email: int = 5
     login_max_failures_per_ip: int = 20
     login_failure_window_seconds: int = 900
+    register_max_per_ip: int = 10
+    register_window_seconds: int = 3600
     log_level: str = "INFO"
+    trusted_proxies: tuple[Network, ...] = parse_networks(DEFAULT_TRUSTED_PROXIES)
+    header_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 120.0
+    body_timeout_seconds: float = 30.0
     build_commit_sha: str = "unknown"
     build_timestamp: str = "unknown"
     build_image_tag: str = "unknown"
@@ -213,6 +221,10 @@ def load_config(env: dict[str, str] | None = None) -> Config:
     upstream_push = (_read(env, "CLAUDE_UPSTREAM_PUSH") or "auto").lower()
     if upstream_push not in ("auto", "off"):
         raise ConfigError(f"CLAUDE_UPSTREAM_PUSH must be auto or off, got {upstream_push!r}")
+    try:
+        trusted_proxies = parse_networks(_read(env, "TRUSTED_PROXIES") or DEFAULT_TRUSTED_PROXIES)
+    except ValueError as exc:
+        raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
 
     return Config(
         port=port,
@@ -254,7 +266,13 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         login_max_failures_per_email=_int(env, "LOGIN_MAX_FAILURES_PER_EMAIL", 5, minimum=1),
         login_max_failures_per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1),
         login_failure_window_seconds=_int(env, "LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
+        register_max_per_ip=_int(env, "REGISTER_MAX_PER_IP", 10, minimum=1),
+        register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", 3600, minimum=1),
         log_level=log_level,
+        trusted_proxies=trusted_proxies,
+        header_timeout_seconds=_float(env, "HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
+        keepalive_timeout_seconds=_float(env, "KEEPALIVE_TIMEOUT_SECONDS", 120.0, 0.1),
+        body_timeout_seconds=_float(env, "BODY_TIMEOUT_SECONDS", 30.0, 0.1),
         build_commit_sha=_read(env, "BUILD_COMMIT_SHA") or "unknown",
         build_timestamp=_read(env, "BUILD_TIMESTAMP") or "unknown",
         build_image_tag=_read(env, "BUILD_IMAGE_TAG") or "unknown",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ import aiosql
 import asyncpg
 import orjson
 
+from services import metrics
 from services.config import PROJECT_ROOT, Config
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,46 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
     TimeoutError,
 )
+
+
+class DatabaseOutage:
+    """Turns the failures of every loop and request while PostgreSQL is unreachable into one
+    WARNING when the outage starts and one INFO when something next reaches the database; in
+    between, failures are only counted (`webedt_db_unavailable_errors_total`)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, where: str, error: BaseException | str) -> None:
+        metrics.DB_UNAVAILABLE_ERRORS.inc()
+        self.failures += 1
+        reason = error if isinstance(error, str) else error.__class__.__name__
+        if self.since is None:
+            self.since = time.monotonic()
+            self.failures = 1
+            metrics.DB_OUTAGES.inc()
+            log.warning("database unavailable (%s: %s); retrying quietly until it answers", where, reason)
+        else:
+            log.debug("database still unavailable (%s: %s)", where, reason)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            seconds, failures = time.monotonic() - self.since, self.failures
+            self.since = None
+            log.info("database available again after %.1f s (%d calls failed meanwhile)", seconds, failures)
+
+
+database_outage = DatabaseOutage()
+
+
+def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
+    """A failed pass of a background loop: counted by `database_outage` when the database is
+    away, else logged with its traceback (then it is a bug)."""
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        database_outage.failed(logger.name, exc)
+    else:
+        logger.error(message, *args, exc_info=exc)
 
 
 def load_queries() -> Any:

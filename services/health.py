@@ -7,7 +7,7 @@ import time
 
 import asyncpg
 
-from services.db import UNAVAILABLE_ERRORS
+from services.db import UNAVAILABLE_ERRORS, database_outage
 
 PROBE_TTL_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -25,8 +25,10 @@ class DatabaseProbe:
     async def _probe(self) -> str:
         try:
             await asyncio.wait_for(self.pool.fetchval("SELECT 1"), timeout=PROBE_TIMEOUT_SECONDS)
-        except (TimeoutError, *UNAVAILABLE_ERRORS):
+        except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+            database_outage.failed("health probe", exc)
             return "unavailable"
+        database_outage.recovered()
         return "ok"
 
     async def state(self) -> str:

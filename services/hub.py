@@ -41,7 +41,7 @@ import orjson
 
 from services import event_log, session_list
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS
+from services.db import UNAVAILABLE_ERRORS, database_outage
 from services.logs import detached_context
 from services.users import iso
 
@@ -399,7 +399,10 @@ class Hub:
                     delay = 0.05
                 except Exception as exc:
                     # The database hiccupped: keep the work pending and try again shortly.
-                    log.warning("hub read failed for %s: %s", topic.key or "session list", exc.__class__.__name__)
+                    if isinstance(exc, UNAVAILABLE_ERRORS):
+                        database_outage.failed("hub read", exc)
+                    else:
+                        log.warning("hub read failed for %s: %s", topic.key or "session list", exc.__class__.__name__)
                     topic.dirty = True
                     topic.status_dirty = topic.status_dirty or status_wanted
                     await asyncio.sleep(delay)
@@ -476,7 +479,7 @@ class Hub:
             try:
                 conn, lost = await self._connect()
             except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
-                log.warning("hub cannot LISTEN (%s); retrying in %.1f s", exc.__class__.__name__, delay)
+                database_outage.failed("hub cannot LISTEN", exc)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
                 continue
@@ -485,7 +488,8 @@ class Hub:
             self.listener_pid = conn.get_server_pid()
             if self._ever_connected:
                 self.reconnects += 1
-                log.info("hub LISTEN connection re-established; catching up from the table")
+                log.debug("hub LISTEN connection re-established; catching up from the table")
+            database_outage.recovered()
             self._ever_connected = True
             self._connected.set()
             self._catch_up_all()
@@ -498,6 +502,7 @@ class Hub:
                         pass
                     try:
                         await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_TIMEOUT_SECONDS)
+                        database_outage.recovered()
                     except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
                         # Any of these (InternalClientError too) would otherwise end the
                         # supervisor, and with it every live stream of this replica.
@@ -512,7 +517,7 @@ class Hub:
                 if not conn.is_closed():
                     conn.terminate()
             if not self.stopping:
-                log.warning("hub LISTEN connection lost; reconnecting")
+                database_outage.failed("hub", "LISTEN connection lost")
 
     async def _prune(self) -> None:
         try:

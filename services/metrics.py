@@ -31,6 +31,16 @@ HTTP_LATENCY = Histogram(
     registry=REGISTRY,
 )
 OPEN_STREAMS = Gauge("webedt_sse_open_streams", "SSE streams open in this process", registry=REGISTRY)
+DB_OUTAGES = Counter(
+    "webedt_db_outages",
+    "Times PostgreSQL became unreachable for this process (one WARNING each in the log)",
+    registry=REGISTRY,
+)
+DB_UNAVAILABLE_ERRORS = Counter(
+    "webedt_db_unavailable_errors",
+    "Database calls that failed because PostgreSQL was unreachable (logged once per outage)",
+    registry=REGISTRY,
+)
 UPSTREAM_CALLS = Counter(
     "webedt_upstream_calls_total",
     "Calls to Anthropic and GitHub by service and outcome",

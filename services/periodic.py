@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from services.db import UNAVAILABLE_ERRORS
+from services.db import database_outage, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 class PeriodicTask:
     """Runs `run_pass()` after `initial_delay` seconds, then every `interval` seconds.
 
-    A pass that fails is logged (briefly when the database is away) and the loop goes on; a
+    A pass that fails is logged (once per outage when the database is away) and the loop goes on; a
     pass's result is logged when `worth_logging(result)` says so.
     """
 
@@ -49,12 +49,11 @@ class PeriodicTask:
         while True:
             try:
                 result = await self.run_pass()
+                database_outage.recovered()
                 if self.worth_logging(result):
                     log.info("%s: %s", self.name, result)
             except asyncio.CancelledError:
                 raise
-            except UNAVAILABLE_ERRORS:
-                log.warning("%s skipped: database unavailable", self.name)
-            except Exception:
-                log.exception("%s failed", self.name)
+            except Exception as exc:
+                log_failure(log, exc, "%s failed", self.name)
             await asyncio.sleep(self.interval)

@@ -155,7 +155,16 @@ async def create_code_session(ctx: AppContext, user_id: str, body: dict[str, Any
     if len(title) > TITLE_MAX_CHARS:
         raise ServiceError(400, f"Title must be {TITLE_MAX_CHARS} characters or less")
 
-    path = workspaces.session_path(owner, repo, branch)
+    exists = ServiceError(409, f"A session for {owner}/{repo} on branch {branch} already exists")
+    path, holder = await workspaces.own_session_path(ctx, user_id, owner, repo, branch)
+    if holder is not None and holder["deleted_at"] is not None:
+        raise ServiceError(
+            409,
+            f"Your session for {owner}/{repo} on branch {branch} is in the trash; "
+            "restore it or delete it permanently first",
+        )
+    if path is None:
+        raise exists
     row = await queries.chat_sessions.insert_code_session(
         ctx.pool,
         id=str(uuid.uuid4()),
@@ -169,14 +178,7 @@ async def create_code_session(ctx: AppContext, user_id: str, body: dict[str, Any
         branch=branch,
     )
     if row is None:
-        existing = await queries.chat_sessions.get_session_by_path(ctx.pool, session_path=path)
-        if existing is not None and existing["user_id"] == user_id and existing["deleted_at"] is not None:
-            raise ServiceError(
-                409,
-                f"Your session for {owner}/{repo} on branch {branch} is in the trash; "
-                "restore it or delete it permanently first",
-            )
-        raise ServiceError(409, f"A session for {owner}/{repo} on branch {branch} already exists")
+        raise exists  # the same person created the same session at the same moment
     await announce(ctx, user_id, "created", row)
     return session_json(row)
 

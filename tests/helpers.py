@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import tornado.httpserver
 import tornado.netutil
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +44,8 @@ def test_env(database_url: str, **overrides: Any) -> dict[str, str]:
         "GITHUB_OAUTH_URL": "http://127.0.0.1:9",
         "CLAUDE_SYNC_ENABLED": "false",
         "LOG_LEVEL": "WARNING",
+        # The suite signs hundreds of people up from 127.0.0.1; tests of the limit set their own.
+        "REGISTER_MAX_PER_IP": "1000000",
     }
     env.update({key: str(value) for key, value in overrides.items()})
     return env
@@ -66,6 +67,7 @@ async def start_app(env: dict[str, str]) -> AsyncIterator[TestServer]:
     """The app in this process on a loopback port, with its own pool and background services."""
     import server as server_module
     from handlers.app import make_app
+    from handlers.connection import make_http_server
     from services.config import load_config
 
     config = load_config(env)
@@ -73,7 +75,7 @@ async def start_app(env: dict[str, str]) -> AsyncIterator[TestServer]:
     await server_module.start_background(ctx)
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     port = sockets[0].getsockname()[1]
-    http_server = tornado.httpserver.HTTPServer(make_app(ctx), xheaders=True)
+    http_server = make_http_server(make_app(ctx), config)
     http_server.add_sockets(sockets)
     try:
         yield TestServer(url=f"http://127.0.0.1:{port}", ctx=ctx, port=port)

@@ -21,6 +21,15 @@ from typing import Any
 import httpx
 import orjson
 
+# What a browser's `new EventSource(url, {withCredentials: true})` sends from the website's page.
+EVENT_SOURCE_HEADERS = {
+    "Accept": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Sec-Fetch-Dest": "empty",
+    "Sec-Fetch-Mode": "cors",
+    "Sec-Fetch-Site": "same-origin",
+}
+
 
 @dataclass
 class SSEEvent:
@@ -137,8 +146,9 @@ async def open_sse(
     method: str = "GET",
     timeout: float = 30,
 ) -> AsyncIterator[SSEStream]:
-    """Open a stream (`Accept: text/event-stream`, optional `Last-Event-ID`); closes it on exit."""
-    request_headers = {"Accept": "text/event-stream", **(headers or {})}
+    """Open a stream with the headers a browser's EventSource sends (optional `Last-Event-ID`);
+    closes it on exit."""
+    request_headers = {**EVENT_SOURCE_HEADERS, **(headers or {})}
     if last_event_id is not None:
         request_headers["Last-Event-ID"] = str(last_event_id)
     async with client.stream(

@@ -158,7 +158,9 @@ async def test_someone_elses_session_is_not_found_and_unchanged(
         for method in ("GET", "POST"):
             if method == "GET":
                 response = await other.get(
-                    "/api/execute-remote", params={"userRequest": "steal", "websiteSessionId": session_id}
+                    "/api/execute-remote",
+                    params={"userRequest": "steal", "websiteSessionId": session_id},
+                    headers={"Accept": "text/event-stream"},
                 )
             else:
                 response = await other.post(
@@ -187,7 +189,7 @@ async def test_someone_elses_session_is_not_found_and_unchanged(
 async def test_input_errors_are_json_400s(
     http: httpx.AsyncClient, person: dict[str, Any], params: dict, message: str
 ) -> None:
-    response = await http.get("/api/execute-remote", params=params)
+    response = await http.get("/api/execute-remote", params=params, headers={"Accept": "text/event-stream"})
     assert response.status_code == 400
     assert response.json() == {"success": False, "error": message}
 

@@ -142,17 +142,24 @@ async def test_the_token_goes_only_as_a_header_to_the_remotes_origin(tmp_path: P
 def test_session_paths_are_sanitized_and_stay_inside_the_workspace_dir(app: TestServer, tmp_path: Path) -> None:
     config = app.ctx.config
     assert workspaces.session_path("octo", "my.repo", "claude/fix it__now") == "octo__my.repo__claude-fix-it-now"
-    inside = workspaces.workspace_path(config, "octo__repo__main")
-    assert inside.parent == config.workspace_dir.resolve()
+    # Each person's workspaces sit in a folder of their own (issue 15.8).
+    inside = workspaces.workspace_path(config, "someuserid", "octo__repo__main")
+    assert inside.parent == config.workspace_dir.resolve() / "someuserid"
     for bad in ("..", ".", "a/b", "../escape", "", "a\x00b"):
         with pytest.raises(ServiceError):
-            workspaces.workspace_path(config, bad)
+            workspaces.workspace_path(config, "someuserid", bad)
+        with pytest.raises(ServiceError):
+            workspaces.workspace_path(config, bad, "octo__repo__main")
     outside = tmp_path / "outside"
     outside.mkdir()
-    link = config.workspace_dir / "planted-link"
+    (config.workspace_dir / "someuserid").mkdir(parents=True, exist_ok=True)
+    link = config.workspace_dir / "someuserid" / "planted-link"
     link.symlink_to(outside)
     with pytest.raises(ServiceError):
-        workspaces.workspace_path(config, "planted-link")
+        workspaces.workspace_path(config, "someuserid", "planted-link")
+    (config.workspace_dir / "planted-user").symlink_to(outside)
+    with pytest.raises(ServiceError):
+        workspaces.workspace_path(config, "planted-user", "octo__repo__main")
 
 
 # ---- init-repository ------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ async def test_init_repository_creates_and_pushes_the_branch(
 
     # The branch exists in the bare repository, at main's head.
     assert sh("--git-dir", str(bare), "rev-parse", "refs/heads/claude/add-feature") == main_sha
-    directory = workspace_dir / expected_path
+    directory = workspace_dir / session["userId"] / expected_path
     assert sh("symbolic-ref", "--short", "HEAD", cwd=directory) == "claude/add-feature"
     assert (directory / "src" / "app.py").read_text() == "print(1)\n"
     config_text = (directory / ".git" / "config").read_text()
@@ -234,7 +241,8 @@ async def test_an_existing_remote_branch_is_continued(
     session_id = await insert_session(app, await my_id(browser), repo, "claude/existing", "main")
     response = await browser.post(f"/api/sessions/{session_id}/init-repository", headers=JSON)
     assert response.status_code == 200, response.text
-    directory = app.ctx.config.workspace_dir / response.json()["session"]["sessionPath"]
+    session = response.json()["session"]
+    directory = app.ctx.config.workspace_dir / session["userId"] / session["sessionPath"]
     assert (directory / "more.txt").read_text() == "more\n"
 
 

@@ -239,3 +239,28 @@ async def test_without_a_configured_oauth_app_the_person_is_sent_back_with_a_fla
         response = await http.get("/api/github/oauth", headers={"Referer": SETTINGS})
         assert response.status_code == 302
         assert response.headers["location"] == f"{ORIGIN}/#/settings?error=github_not_configured"
+
+
+async def test_a_used_state_is_refused_the_second_time(
+    app: TestServer, fake: FakeGitHub, browser: httpx.AsyncClient
+) -> None:
+    me = await register(browser)
+    first, second = fake.add_user("first-account"), fake.add_user("second-account")
+    fake.authorize_user = first
+    authorize, callback = await oauth_round_trip(browser, fake, SETTINGS)
+    done = await browser.get(callback)
+    assert done.headers["location"] == f"{ORIGIN}/#/settings?success=github_connected"
+    # The same state again, with a fresh code for another GitHub account (issue 15.5).
+    fake.authorize_user = second
+    async with httpx.AsyncClient() as github_side:
+        approved = await github_side.get(authorize)
+    back = urlparse(approved.headers["location"])
+    assert parse_qs(back.query)["code"] != parse_qs(urlparse(callback).query)["code"]
+    replay = await browser.get(f"{back.path}?{back.query}")
+    assert replay.status_code == 302
+    assert replay.headers["location"] == f"{ORIGIN}/#/settings?error=state_used"
+    github_id, _ = await github_columns(app, me["id"])
+    assert github_id == str(first.id)
+    # A new state from the same login session still works.
+    await connect_github(browser, fake, "second-account")
+    assert (await github_columns(app, me["id"]))[0] == str(second.id)

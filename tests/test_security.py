@@ -767,7 +767,9 @@ async def test_injection_strings_in_query_strings(world: World) -> None:
                     async with httpx.AsyncClient(base_url=world.app.url, timeout=30) as anonymous:
                         response = await anonymous.request(method, path, params=params)
                 else:
-                    response = await clients[who].request(method, path, params=params, headers={"Origin": ORIGIN})
+                    # execute-remote by GET answers only what an EventSource sends (issue 15.7).
+                    headers = {"Origin": ORIGIN, "Accept": "text/event-stream"}
+                    response = await clients[who].request(method, path, params=params, headers=headers)
                 assert_clean(response, forbidden, what)
     # The session-list stream takes its position from the query too; it never ends by itself,
     # so read its first frame and leave.
@@ -936,12 +938,12 @@ async def test_another_persons_session_is_a_404_on_every_route(world: World) -> 
             {"userRequest": "x", "github": {"repoUrl": "https://github.com/o/r"}},
             {"Last-Event-ID": str(world.victim_event_id)},
         ),
-        ("GET", f"/api/execute-remote?websiteSessionId={sid}", None, {}),
+        ("GET", f"/api/execute-remote?websiteSessionId={sid}", None, {"Accept": "text/event-stream"}),
         (
             "GET",
             "/api/execute-remote?userRequest=x&github=" + quote('{"repoUrl": "https://github.com/o/r"}'),
             None,
-            {"Last-Event-ID": str(world.victim_event_id)},
+            {"Last-Event-ID": str(world.victim_event_id), "Accept": "text/event-stream"},
         ),
         ("POST", REPO_PATH + "/branches/victim-branch/auto-pr", {"base": "main", "sessionId": sid}, {}),
     ]

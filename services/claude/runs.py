@@ -65,7 +65,7 @@ from services.claude.provider import (
     RemoteState,
 )
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS, queries
+from services.db import UNAVAILABLE_ERRORS, database_outage, log_failure, queries
 from services.errors import ServiceError
 from services.logs import detached_context
 from services.metrics import UPSTREAM_EVENT_LATENCY
@@ -289,8 +289,8 @@ class RunDriver:
                     await self.adopt()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("run maintenance failed; trying again shortly")
+            except Exception as exc:
+                log_failure(log, exc, "run maintenance failed; trying again shortly")
             await asyncio.sleep(self.adopt_seconds)
 
     async def _heartbeat(self) -> None:
@@ -364,7 +364,7 @@ class RunDriver:
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresConnectionError):
             # The database is away for a moment: stop here, keep the lease; the maintenance loop
             # starts the run again once the heartbeat goes through (nothing is lost: all is stored).
-            log.warning("run of session %s paused: database unavailable", session_id)
+            database_outage.failed(f"run of session {session_id} paused", "database unavailable")
         except Exception:
             log.exception("run of session %s failed unexpectedly", session_id)
             try:

@@ -1,7 +1,8 @@
 """The GitHub OAuth web flow (CONTRACT.md 7.1, with defect 9.4 #25 fixed).
 
 `state` = base64url(JSON payload) "." base64url(HMAC-SHA256). The key is derived from
-SESSION_SECRET, so every replica can verify a state minted by another and nothing is stored.
+SESSION_SECRET, so every replica can verify a state minted by another. Only its nonce is stored,
+once the callback takes it (`oauth_state_uses`), so that each state is used once.
 The payload names the user, a fingerprint of their login session, the time it was issued (it
 expires after 10 minutes), the return origin (always one of ALLOWED_ORIGINS) and the return page.
 
@@ -35,6 +36,7 @@ from github import Github
 from services.auth import CurrentUser
 from services.config import Config
 from services.context import AppContext
+from services.db import queries
 from services.errors import ServiceError
 from services.github import accounts, api
 
@@ -266,6 +268,14 @@ async def complete(
     if user.id != state.user_id or not hmac.compare_digest(login_fingerprint(config, user.session_id), state.login):
         log.warning("GitHub OAuth callback refused: the state belongs to another login session")
         return f"{origin}/#/login?error=state_mismatch"
+    # Single use, on every replica: a replayed state (with a fresh code for another GitHub
+    # account) is refused even within its 10 minutes. Marked before the exchange, so a failed
+    # or refused exchange spends it too.
+    if not await queries.github.use_oauth_state(
+        ctx.pool, nonce=state.nonce, keep_seconds=STATE_TTL_SECONDS + CLOCK_SKEW_SECONDS
+    ):
+        log.warning("GitHub OAuth callback refused: the state was already used")
+        return f"{origin}/#{path}?error=state_used"
     if error:
         return f"{origin}/#{path}?error={_flag(error)}"
     try:

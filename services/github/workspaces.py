@@ -1,7 +1,7 @@
 """Session workspaces: a clone of the session's repository on its own branch, under WORKSPACE_DIR.
 
-The folder is `WORKSPACE_DIR/<session path>` (CONTRACT.md 7.6, `<owner>__<repo>__<branch>`,
-sanitized, one path component) and never anything outside WORKSPACE_DIR.
+The folder is `WORKSPACE_DIR/<user id>/<session path>` (CONTRACT.md 7.6, `<owner>__<repo>__<branch>`,
+sanitized, one path component, unique per person) and never anything outside WORKSPACE_DIR.
 
 The clone URL is the repository's `clone_url` as the configured GitHub API reports it. That also
 checks, with the person's own token, that they can see the repository, and it follows GitHub
@@ -16,6 +16,7 @@ when a session is deleted permanently.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
@@ -58,14 +59,41 @@ def session_path(owner: str, repo: str, branch: str) -> str:
     return "__".join(sanitize_component(part) for part in (owner, repo, branch))
 
 
-def workspace_path(config: Config, name: str) -> Path:
-    """The workspace folder of a session path; 400 for anything that could leave WORKSPACE_DIR."""
-    if not isinstance(name, str) or not _SESSION_PATH.match(name) or name in (".", ".."):
-        raise ServiceError(400, "Invalid session path")
+def session_path_candidates(owner: str, repo: str, branch: str) -> tuple[str, str]:
+    """The plain session path, then one that no other repository or branch shares: the plain
+    one plus `__` and a hash of the unsanitized names. Sanitizing is lossy (`feature/x` and
+    `feature-x` give the same plain path); a plain path never has a fourth `__` part, so the
+    second form collides with neither plain paths nor other names' second forms."""
+    plain = session_path(owner, repo, branch)
+    digest = hashlib.sha256("\0".join((owner, repo, branch)).encode()).hexdigest()[:12]
+    return plain, f"{plain}__{digest}"
+
+
+async def own_session_path(
+    ctx: AppContext, user_id: str, owner: str, repo: str, branch: str, session_id: str | None = None
+) -> tuple[str | None, asyncpg.Record | None]:
+    """The path for a session of `user_id` on this repository and branch: `(path, None)`, or
+    `(None, holder)` when another session of theirs already has this very repository and branch.
+    Paths are unique per person; other people's sessions never matter."""
+    for candidate in session_path_candidates(owner, repo, branch):
+        holder = await queries.chat_sessions.get_session_by_path(ctx.pool, user_id=user_id, session_path=candidate)
+        if holder is None or holder["id"] == session_id:
+            return candidate, None
+        if (holder["repository_owner"], holder["repository_name"], holder["branch"]) == (owner, repo, branch):
+            return None, holder
+    return None, None  # both taken by other names: a 48-bit hash collision
+
+
+def workspace_path(config: Config, user_id: str, name: str) -> Path:
+    """The workspace folder of a person's session path, `WORKSPACE_DIR/<user id>/<session path>`;
+    400 for anything that could leave that folder."""
+    for part in (user_id, name):
+        if not isinstance(part, str) or not _SESSION_PATH.match(part) or part in (".", ".."):
+            raise ServiceError(400, "Invalid session path")
     root = config.workspace_dir.resolve()
-    directory = root / name
+    directory = root / user_id / name
     # resolve() follows symbolic links: a link planted in WORKSPACE_DIR cannot lead outside it.
-    if directory.resolve().parent != root:
+    if directory.resolve().parent != root / user_id or (root / user_id).resolve().parent != root:
         raise ServiceError(400, "Invalid session path")
     return directory
 
@@ -194,18 +222,17 @@ async def init_repository(ctx: AppContext, user: CurrentUser, session_id: str) -
     url = _check_clone_url(ctx.config, clone_url)
     base = api.check_branch(row["base_branch"] or default_branch, "Invalid base branch name")
     branch = api.check_branch(row["branch"] or default_branch_name(row["id"]))
-    name_on_disk = session_path(owner, name, branch)
-    directory = workspace_path(ctx.config, name_on_disk)
-    taken = await queries.github.get_session_by_path(ctx.pool, session_path=name_on_disk, id=row["id"])
-    if taken is not None:
+    name_on_disk, _ = await own_session_path(ctx, user.id, owner, name, branch, row["id"])
+    if name_on_disk is None:
         raise ServiceError(409, "Another session already works on this repository and branch")
+    directory = workspace_path(ctx.config, user.id, name_on_disk)
 
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         log.error("WORKSPACE_DIR is not usable: %s", exc.strerror)
         raise ServiceError(503, "Workspace storage is not available on this server") from None
-    async with _lock(name_on_disk):
+    async with _lock(f"{user.id}/{name_on_disk}"):
         try:
             pushed = await prepare(directory, url, token, base, branch)
         except git.GitError as exc:
@@ -230,9 +257,9 @@ async def remove_workspace(ctx: AppContext, chat_session_row: asyncpg.Record | d
     if not name:
         return
     try:
-        directory = workspace_path(ctx.config, name)
+        directory = workspace_path(ctx.config, chat_session_row["user_id"], name)
     except ServiceError:
         log.warning("not removing a workspace with an unsafe session path")
         return
-    async with _lock(name):
+    async with _lock(f"{chat_session_row['user_id']}/{name}"):
         await _remove_tree(directory)
