@@ -11,7 +11,7 @@ class UsersHandler(APIHandler):
     @admin_required
     async def get(self) -> None:
         users, pagination = await admin.list_users(
-            self.ctx, self.get_query_argument("limit", None), self.get_query_argument("offset", None)
+            self.ctx, self.page(default=admin.USERS_PAGE_DEFAULT, maximum=admin.USERS_PAGE_MAX)
         )
         # `data` stays the plain array old clients read; the page facts sit beside it.
         self.write_json({"success": True, "data": users, "pagination": pagination})
@@ -71,7 +71,7 @@ class ImpersonationsHandler(APIHandler):
     async def get(self) -> None:
         self.ok(
             await admin.list_impersonations(
-                self.ctx, self.get_query_argument("limit", None), self.get_query_argument("offset", None)
+                self.ctx, self.page(default=admin.USERS_PAGE_DEFAULT, maximum=admin.USERS_PAGE_MAX)
             )
         )
 

@@ -33,6 +33,7 @@ from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage
 from services.errors import ServiceError
 from services.logs import REQUEST_CONTEXT
+from services.pagination import Page, parse_page
 
 log = logging.getLogger("webedt.http")
 
@@ -242,6 +243,15 @@ class APIHandler(tornado.web.RequestHandler):
         if text is not None and "\x00" in text:
             raise ServiceError(400, NUL_MESSAGE)
         return text
+
+    def page(self, *, default: int, maximum: int) -> Page:
+        """The `limit` and `offset` this request asks for (services/pagination.py has the rule)."""
+        return parse_page(
+            self.get_query_argument("limit", None),
+            self.get_query_argument("offset", None),
+            default=default,
+            maximum=maximum,
+        )
 
     def client_ip(self) -> str:
         """The client's address: forwarded headers count only from `TRUSTED_PROXIES`."""

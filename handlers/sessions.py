@@ -32,8 +32,7 @@ class SessionListHandler(APIHandler):
             await sessions.list_sessions(
                 self.ctx,
                 self.current_user.id,
-                limit=self.get_query_argument("limit", None),
-                offset=self.get_query_argument("offset", None),
+                self.page(default=sessions.SESSIONS_PAGE_MAX, maximum=sessions.SESSIONS_PAGE_MAX),
                 cursor=self.get_query_argument("cursor", None) or None,
             )
         )
@@ -47,8 +46,7 @@ class DeletedSessionsHandler(APIHandler):
             await sessions.list_deleted(
                 self.ctx,
                 self.current_user.id,
-                self.get_query_argument("limit", None),
-                self.get_query_argument("offset", None),
+                self.page(default=sessions.DELETED_PAGE_DEFAULT, maximum=sessions.DELETED_PAGE_MAX),
             )
         )
 
@@ -80,8 +78,7 @@ class MessagesHandler(APIHandler):
                 self.ctx,
                 self.current_user.id,
                 session_id,
-                self.get_query_argument("limit", None),
-                self.get_query_argument("offset", None),
+                self.page(default=sessions.MESSAGES_PAGE_MAX, maximum=sessions.MESSAGES_PAGE_MAX),
             )
         )
 

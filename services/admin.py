@@ -18,7 +18,7 @@ from services import auth
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
-from services.sessions import page_params
+from services.pagination import Page
 from services.users import claude_auth_summary, iso
 
 USER_NOT_FOUND = "User not found"
@@ -55,18 +55,11 @@ def user_detail(ctx: AppContext, row: asyncpg.Record) -> dict[str, Any]:
     return detail
 
 
-async def list_users(ctx: AppContext, limit: Any, offset: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def list_users(ctx: AppContext, page: Page) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One page of users in creation order, and its pagination facts."""
-    limit_value, offset_value = page_params(limit, offset, default=USERS_PAGE_DEFAULT, maximum=USERS_PAGE_MAX)
-    rows = [r async for r in queries.admin.list_users_page(ctx.pool, limit=limit_value, offset=offset_value)]
+    rows = [r async for r in queries.admin.list_users_page(ctx.pool, limit=page.limit, offset=page.offset)]
     total = await queries.admin.count_users(ctx.pool)
-    pagination = {
-        "total": total,
-        "limit": limit_value,
-        "offset": offset_value,
-        "hasMore": offset_value + len(rows) < total,
-    }
-    return [user_summary(r) for r in rows], pagination
+    return [user_summary(r) for r in rows], page.fields(total, len(rows))
 
 
 async def get_user(ctx: AppContext, user_id: str) -> asyncpg.Record:
@@ -248,10 +241,9 @@ async def impersonation_of(ctx: AppContext, current: auth.CurrentUser) -> dict[s
     return {"impersonatorId": link["impersonator_id"], "impersonatorEmail": link["impersonator_email"]}
 
 
-async def list_impersonations(ctx: AppContext, limit: Any, offset: Any) -> dict[str, Any]:
+async def list_impersonations(ctx: AppContext, page: Page) -> dict[str, Any]:
     """GET /api/admin/impersonations: the audit trail, newest first."""
-    limit_value, offset_value = page_params(limit, offset, default=USERS_PAGE_DEFAULT, maximum=USERS_PAGE_MAX)
-    rows = [r async for r in queries.admin.list_impersonations(ctx.pool, limit=limit_value, offset=offset_value)]
+    rows = [r async for r in queries.admin.list_impersonations(ctx.pool, limit=page.limit, offset=page.offset)]
     total = await queries.admin.count_impersonations(ctx.pool)
     return {
         "impersonations": [
@@ -267,8 +259,5 @@ async def list_impersonations(ctx: AppContext, limit: Any, offset: Any) -> dict[
             }
             for r in rows
         ],
-        "total": total,
-        "limit": limit_value,
-        "offset": offset_value,
-        "hasMore": offset_value + len(rows) < total,
+        **page.fields(total, len(rows)),
     }

@@ -20,7 +20,7 @@ import orjson
 
 from services.context import AppContext
 from services.db import queries
-from services.errors import ServiceError
+from services.pagination import whole_number
 from services.users import iso
 
 EVENTS_CHANNEL = "webedt_events"
@@ -128,18 +128,11 @@ _MAX_ID = 2**63 - 1
 
 
 def page_arguments(after: str | None, limit: str | None) -> tuple[int, int]:
-    """`after` (default 0) and `limit` (default 1,000, at most 5,000) from query strings."""
-    after_id = 0
-    if after not in (None, ""):
-        if not after.isdigit() or int(after) > _MAX_ID:
-            raise ServiceError(400, "after must be a non-negative whole number")
-        after_id = int(after)
-    size = PAGE_DEFAULT_LIMIT
-    if limit not in (None, ""):
-        if not limit.isdigit() or int(limit) < 1:
-            raise ServiceError(400, "limit must be a positive whole number")
-        size = min(int(limit), PAGE_MAX_LIMIT)
-    return after_id, size
+    """`after` (default 0) and `limit` (default 1,000, at most 5,000) from query strings, by the
+    rule of services/pagination.py (a keyset `after` in place of an offset)."""
+    after_id = whole_number("after", after, minimum=0, range_text="from 0 (the previous page's lastId)")
+    size = whole_number("limit", limit, minimum=1, range_text=f"from 1 to {PAGE_MAX_LIMIT}")
+    return after_id or 0, min(size, PAGE_MAX_LIMIT) if size is not None else PAGE_DEFAULT_LIMIT
 
 
 def event_json(chat_session_id: str, row: asyncpg.Record) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
 from services.github import accounts, api, repos, workspaces
+from services.pagination import Page
 from services.users import iso
 
 log = logging.getLogger(__name__)
@@ -50,25 +51,6 @@ EVENT_UUID_MAX_CHARS = 200
 
 
 # ---- small helpers ----------------------------------------------------------------------------
-
-
-def _int_or_none(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
-
-
-def page_params(limit: Any, offset: Any, *, default: int, maximum: int) -> tuple[int, int]:
-    """`limit` and `offset` from query strings: a missing, zero or malformed limit is the
-    default, a large one is capped at `maximum`; a missing or negative offset is 0."""
-    limit_value = _int_or_none(limit)
-    if limit_value is None or limit_value <= 0:
-        limit_value = default
-    offset_value = _int_or_none(offset)
-    return min(limit_value, maximum), max(0, offset_value or 0)
 
 
 def preview_url(row: asyncpg.Record | dict[str, Any]) -> str | None:
@@ -197,54 +179,43 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ServiceError(400, "Invalid cursor") from None
 
 
-async def list_sessions(
-    ctx: AppContext, user_id: str, limit: Any = None, offset: Any = None, cursor: str | None = None
-) -> dict[str, Any]:
+async def list_sessions(ctx: AppContext, user_id: str, page: Page, cursor: str | None = None) -> dict[str, Any]:
     """GET /api/sessions: newest first, `limit` (at most 500) with `offset` or `cursor`.
 
     `nextCursor` continues after the last session returned and, unlike an offset, does not
     skip or repeat sessions when new ones are created meanwhile.
     """
-    limit_value, offset_value = page_params(limit, offset, default=SESSIONS_PAGE_MAX, maximum=SESSIONS_PAGE_MAX)
     before_created, before_id = _decode_cursor(cursor) if cursor else (None, "")
-    page = await queries.chat_sessions.list_live_sessions(
+    found = await queries.chat_sessions.list_live_sessions(
         ctx.pool,
         user_id=user_id,
         before_created_at=before_created,
         before_id=before_id,
-        limit=limit_value,
-        offset=offset_value,
+        limit=page.limit,
+        offset=page.offset,
     )
-    has_more = bool(page["has_more"])
+    has_more = bool(found["has_more"])
     return {
         # The query made the SessionRow objects: building them in Python cost this process twice
         # as much as the rest of the request.
-        "sessions": orjson.Fragment("[" + page["sessions_json"] + "]"),
-        "total": page["total"],
-        "limit": limit_value,
-        "offset": offset_value,
+        "sessions": orjson.Fragment("[" + found["sessions_json"] + "]"),
+        # With a cursor the offset does not apply, so `hasMore` is the query's own.
+        **page.fields(found["total"], 0),
         "hasMore": has_more,
-        "nextCursor": _encode_cursor(page["last_created_at"], page["last_id"]) if has_more else None,
+        "nextCursor": _encode_cursor(found["last_created_at"], found["last_id"]) if has_more else None,
     }
 
 
-async def list_deleted(ctx: AppContext, user_id: str, limit: Any, offset: Any) -> dict[str, Any]:
+async def list_deleted(ctx: AppContext, user_id: str, page: Page) -> dict[str, Any]:
     """GET /api/sessions/deleted: the trash, most recently deleted first."""
-    limit_value, offset_value = page_params(limit, offset, default=DELETED_PAGE_DEFAULT, maximum=DELETED_PAGE_MAX)
     rows = [
         r
         async for r in queries.chat_sessions.list_deleted_sessions(
-            ctx.pool, user_id=user_id, limit=limit_value, offset=offset_value
+            ctx.pool, user_id=user_id, limit=page.limit, offset=page.offset
         )
     ]
     total = await queries.chat_sessions.count_deleted_sessions(ctx.pool, user_id=user_id)
-    return {
-        "sessions": [session_json(r) for r in rows],
-        "total": total,
-        "limit": limit_value,
-        "offset": offset_value,
-        "hasMore": offset_value + len(rows) < total,
-    }
+    return {"sessions": [session_json(r) for r in rows], **page.fields(total, len(rows))}
 
 
 async def get_session(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
@@ -283,22 +254,17 @@ async def add_message(ctx: AppContext, user_id: str, session_id: str, body: dict
     return message_json(message)
 
 
-async def list_messages(ctx: AppContext, user_id: str, session_id: str, limit: Any, offset: Any) -> dict[str, Any]:
+async def list_messages(ctx: AppContext, user_id: str, session_id: str, page: Page) -> dict[str, Any]:
     """GET /api/sessions/:id/messages: oldest first, at most 1000 a page."""
     row = await get_owned(ctx, session_id, user_id)
-    limit_value, offset_value = page_params(limit, offset, default=MESSAGES_PAGE_MAX, maximum=MESSAGES_PAGE_MAX)
     rows = [
         r
         async for r in queries.messages.list_messages(
-            ctx.pool, chat_session_id=row["id"], limit=limit_value, offset=offset_value
+            ctx.pool, chat_session_id=row["id"], limit=page.limit, offset=page.offset
         )
     ]
     total = await queries.messages.count_messages(ctx.pool, chat_session_id=row["id"])
-    return {
-        "messages": [message_json(r) for r in rows],
-        "total": total,
-        "hasMore": offset_value + len(rows) < total,
-    }
+    return {"messages": [message_json(r) for r in rows], **page.fields(total, len(rows))}
 
 
 async def add_event(ctx: AppContext, user_id: str, session_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from services import session_list
-from tests.helpers import TestServer, register
+from tests.helpers import ORIGIN, TestServer, register
 from tests.sse import open_sse
 
 SESSION_KEYS = {
@@ -187,8 +188,8 @@ async def test_list_sessions(server: TestServer, client: httpx.AsyncClient) -> N
 
     capped = (await client.get("/api/sessions", params={"limit": 100000})).json()["data"]
     assert capped["limit"] == 500
-    fallback = (await client.get("/api/sessions", params={"limit": "abc", "offset": "-3"})).json()["data"]
-    assert fallback["limit"] == 500 and fallback["offset"] == 0
+    # A malformed limit or offset is a 400 (test_every_list_has_one_rule_for_a_bad_limit).
+    assert (await client.get("/api/sessions", params={"limit": "abc"})).status_code == 400
     bad = await client.get("/api/sessions", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 400
     assert bad.json() == {"success": False, "error": "Invalid cursor"}
@@ -219,7 +220,10 @@ async def test_messages(client: httpx.AsyncClient) -> None:
     session = await create(client)
     url = f"/api/sessions/{session['id']}/messages"
     empty = await client.get(url)
-    assert empty.json() == {"success": True, "data": {"messages": [], "total": 0, "hasMore": False}}
+    assert empty.json() == {
+        "success": True,
+        "data": {"messages": [], "total": 0, "limit": 1000, "offset": 0, "hasMore": False},
+    }
     first = await client.post(url, json={"type": "user", "content": "Hello there"})
     assert first.status_code == 200
     message = first.json()["data"]
@@ -369,3 +373,32 @@ async def test_changes_reach_the_session_list_stream(server: TestServer, client:
     assert events[1].json()["session"]["userRequest"] == "Watched, renamed"
     assert all(e.json()["session"]["id"] == session["id"] for e in events)
     assert events[2].json()["session"]["deletedAt"] is not None and events[3].json()["session"]["deletedAt"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "maximum"),
+    [
+        ("/api/sessions", 500),
+        ("/api/sessions/deleted", 100),
+        ("/api/sessions/{id}/messages", 1000),
+        ("/api/sessions/{id}/events", 5000),
+    ],
+)
+async def test_every_list_has_one_rule_for_a_bad_limit(client: httpx.AsyncClient, path: str, maximum: int) -> None:
+    await register(client)
+    created = await client.post(
+        "/api/sessions/create-code-session",
+        json={"repositoryOwner": "octo", "repositoryName": "lists", "baseBranch": "main", "branch": "b-lists"},
+        headers={"Origin": ORIGIN},
+    )
+    url = path.format(id=created.json()["session"]["id"])
+    for bad in ("0", "-1", "ten", "1.5"):
+        response = await client.get(url, params={"limit": bad})
+        assert response.status_code == 400, (url, bad)
+        assert response.json() == {"success": False, "error": f"limit must be a whole number from 1 to {maximum}"}
+    if not path.endswith("/events"):
+        response = await client.get(url, params={"offset": "-5"})
+        assert (response.status_code, response.json()["error"]) == (400, "offset must be a whole number from 0")
+    # Larger than the maximum is capped, as before.
+    capped = (await client.get(url, params={"limit": str(maximum * 10)})).json()["data"]
+    assert capped["limit"] == maximum

@@ -59,8 +59,7 @@ async def test_deleted_list_pagination(client: httpx.AsyncClient) -> None:
     assert page["hasMore"] is True and page["total"] == 3
     rest = (await client.get("/api/sessions/deleted", params={"limit": 2, "offset": 2})).json()["data"]
     assert [s["id"] for s in rest["sessions"]] == [sessions[0]["id"]] and rest["hasMore"] is False
-    odd = (await client.get("/api/sessions/deleted", params={"limit": "0", "offset": "-5"})).json()["data"]
-    assert odd["limit"] == 20 and odd["offset"] == 0
+    assert (await client.get("/api/sessions/deleted")).json()["data"]["limit"] == 20
     assert (await client.get("/api/sessions/deleted", params={"limit": 5000})).json()["data"]["limit"] == 100
 
 
