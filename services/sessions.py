@@ -167,6 +167,7 @@ async def create_code_session(ctx: AppContext, user_id: str, body: dict[str, Any
         repository_url=f"https://github.com/{owner}/{repo}",
         base_branch=base_branch,
         branch=branch,
+        provider=ctx.config.new_session_provider,
     )
     if row is None:
         existing = await queries.chat_sessions.get_session_by_path(ctx.pool, session_path=path)

@@ -52,6 +52,7 @@ from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, queries
 from services.errors import ServiceError
 from services.logs import detached_context
+from services.managed_agents.provider import ManagedAgentsProvider
 from services.users import iso
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ MAX_BACKOFF_SECONDS = 30.0
 # Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
 CREDENTIALS_TTL_SECONDS = 60.0
 ADOPT_BATCH = 50
+# Every backend a chat session can name in `chat_sessions.provider`.
+BACKENDS: dict[str, type[AgentProvider]] = {**PROVIDERS, ManagedAgentsProvider.name: ManagedAgentsProvider}
 
 
 def now_iso() -> str:
@@ -141,15 +144,24 @@ class RunDriver:
         self.lease_seconds = max(3 * self.adopt_seconds, 3.0)
         self.heartbeat_seconds = self.lease_seconds / 4
         self.retry_window_seconds = config.claude_retry_window_seconds
+        # Backends other than `provider` (Managed Agents), by `chat_sessions.provider` name.
+        self.other_providers: dict[str, AgentProvider] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._stopping = False
 
     def provider_for(self, name: str | None) -> AgentProvider:
+        """The backend a chat session runs on (`chat_sessions.provider`), made on first use."""
         if name in (None, self.provider.name):
             return self.provider
-        raise ServiceError(400, f"Unknown agent provider {name!r}; known: {', '.join(PROVIDERS)}")
+        provider = self.other_providers.get(name)
+        if provider is None:
+            backend = BACKENDS.get(name)
+            if backend is None:
+                raise ServiceError(400, f"Unknown agent provider {name!r}; known: {', '.join(BACKENDS)}")
+            provider = self.other_providers[name] = backend(self.ctx)
+        return provider
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -170,6 +182,8 @@ class RunDriver:
         with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
             await queries.runs.release_runs(self.ctx.pool, run_owner=self.owner)
         await self.provider.aclose()
+        for provider in self.other_providers.values():
+            await provider.aclose()
 
     async def _maintain(self) -> None:
         next_adopt = 0.0
@@ -395,6 +409,9 @@ class _Run:
         )
         last_end = progress["last_end"] if progress else None
         if last_end is not None:
+            failure = self.provider.end_error(last_end)
+            if failure is not None:
+                return Outcome("error", failure, total_cost=self.provider.cost(last_end))
             return Outcome("completed", total_cost=self.provider.cost(last_end))
         if remote_state in (RemoteState.COMPLETED, RemoteState.ARCHIVED):
             return Outcome("completed")
@@ -435,6 +452,7 @@ class _Run:
             branch_prefix=row["branch"] or "claude/session",
             model=self.ctx.config.claude_default_model,
             message_uuid=first["upstream_uuid"],
+            base_branch=row["base_branch"],
         )
         remote = None
         if self.create_attempted:
