@@ -263,7 +263,8 @@ class Translator:
             "subtype": "success" if error is None else "error_during_execution",
             "is_error": error is not None,
             "result": turn["last_text"] if error is None else error,
-            "num_turns": max(turn["model_requests"], turn["messages"], 1),
+            # Claude Code counts model round trips; without spans, the agent's messages.
+            "num_turns": max(turn["model_requests"] or turn["messages"], 1),
             "duration_ms": max(duration_ms, 0),
             "usage": dict(turn["usage"]),
         }

@@ -1,0 +1,383 @@
+"""The Managed Agents backend (AGENT_BACKEND=managed-agents) on a fake Managed Agents API: runs
+rendered in the Claude Code vocabulary, follow-ups, interrupts, upstream errors, the SSE push
+channel with a stream dropped mid-turn, and the deployment's agent and environment made once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from services.claude.provider import CreateRequest
+from services.claude.runs import event_key
+from services.db import queries
+from services.github import accounts
+from services.managed_agents.provider import ManagedAgentsProvider
+from tests.fakes.claude import REPO, post_sse, run_to_end, stored, types, wait_status
+from tests.fakes.managed_agents import (
+    BRANCH,
+    PRIVATE_REPO_TOKEN,
+    TURN_TYPES,
+    FakeManagedAgents,
+    Fault,
+    managed_env,
+    running_fake_managed_agents,
+)
+from tests.helpers import TestServer, register, start_app, test_env
+
+# What one default turn is stored as, after the prompt's `input_preview` and `title_generation`.
+TURN_STORED = [
+    "user",  # the prompt's echo (user.message)
+    "system",  # session.status_running
+    "system",  # span.model_request_start
+    "assistant",  # agent.message
+    "assistant",  # agent.tool_use (Bash: git checkout -b)
+    "user",  # agent.tool_result
+    "assistant",  # agent.tool_use (Bash: git push)
+    "user",  # agent.tool_result
+    "system",  # span.model_request_end
+    "assistant",  # agent.message
+    "system",  # agent.future_thing: unknown upstream, stored all the same
+    "system",  # session.usage
+    "result",  # session.status_idle (end_turn)
+]
+
+
+@dataclass
+class Env:
+    server: TestServer
+    fake: FakeManagedAgents
+
+
+async def clear_resources(server: TestServer) -> None:
+    async with server.ctx.pool.acquire() as conn:
+        await conn.execute("DELETE FROM managed_agents_resources")
+
+
+@pytest.fixture(scope="module")
+async def env(database_url: str) -> AsyncIterator[Env]:
+    async with running_fake_managed_agents() as fake, start_app(test_env(database_url, **managed_env(fake))) as server:
+        await clear_resources(server)
+        yield Env(server, fake)
+
+
+@pytest.fixture
+async def http(env: Env) -> AsyncIterator[httpx.AsyncClient]:
+    env.fake.reset_knobs()
+    async with httpx.AsyncClient(base_url=env.server.url, timeout=30) as client:
+        await register(client)  # no Claude credentials: the deployment's key pays
+        yield client
+
+
+def provider(env: Env) -> ManagedAgentsProvider:
+    value = env.server.ctx.runs.provider_for("managed-agents")
+    assert isinstance(value, ManagedAgentsProvider)
+    return value
+
+
+def upstream_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["eventData"] for e in events if "managed" in e["eventData"]]
+
+
+async def test_a_run_is_stored_and_streamed_in_the_claude_code_vocabulary(env: Env, http: httpx.AsyncClient) -> None:
+    frames = await run_to_end(http, {"userRequest": "Fix the flaky test", "github": REPO})
+    assert frames[-1].event == "completed", [f.event for f in frames]
+    done = frames[-1].json()
+    session_id = done["websiteSessionId"]
+    assert done["branch"] == BRANCH
+    assert done["totalCost"] == "0.25"
+    assert done["remoteSessionId"] in env.fake.sessions
+    named = [f.event for f in frames]
+    assert "assistant" in named and "result" in named
+
+    events = await stored(http, session_id)
+    assert types(events) == ["input_preview", "title_generation", *TURN_STORED]
+    translated = upstream_of(events)
+    upstream = env.fake.sessions[done["remoteSessionId"]].events
+    # Every upstream event once, in order, kept untouched under `managed`, keyed by its id.
+    assert [e["managed"] for e in translated] == upstream
+    assert [e["uuid"] for e in translated] == [e["id"] for e in upstream]
+    assert [e["managed"]["type"] for e in translated[1:]] == TURN_TYPES
+    tool_use = translated[4]["message"]["content"][0]
+    assert tool_use == {
+        "type": "tool_use",
+        "id": upstream[4]["id"],
+        "name": "Bash",
+        "input": {"command": f"git checkout -b {BRANCH}"},
+    }
+    tool_result = translated[5]["message"]["content"][0]
+    assert tool_result["type"] == "tool_result" and tool_result["tool_use_id"] == upstream[4]["id"]
+    result = translated[-1]
+    assert result["result"] == "Done: Fix the flaky test"
+    assert result["is_error"] is False and result["subtype"] == "success"
+    assert result["num_turns"] == 1
+    assert result["duration_ms"] >= 0
+    assert result["usage"]["input_tokens"] == 100 and result["usage"]["output_tokens"] == 20
+    assert result["total_cost_usd"] == 0.25
+
+    session = (await http.get(f"/api/sessions/{session_id}")).json()["session"]
+    assert session["provider"] == "managed-agents"
+    assert session["status"] == "completed"
+    # The repository is mounted on its base branch; without a GitHub connection there is no token.
+    created = env.fake.sessions[done["remoteSessionId"]].body
+    assert created["resources"] == [
+        {
+            "type": "github_repository",
+            "url": "https://github.com/octo/widgets",
+            "checkout": {"type": "branch", "name": "main"},
+        }
+    ]
+    assert created["agent"] == env.fake.agents[-1]["id"] or created["agent"].startswith("agent_")
+    # The SDK authenticated its own way and sent the beta header.
+    call = next(c for c in env.fake.calls if c["path"] == "/v1/sessions" and c["method"] == "POST")
+    assert call["headers"]["anthropic-beta"].count("managed-agents-2026-04-01") >= 1
+    assert call["headers"].get("anthropic-version")
+
+
+async def test_a_follow_up_runs_a_second_turn(env: Env, http: httpx.AsyncClient) -> None:
+    frames = await run_to_end(http, {"userRequest": "Fix the flaky test", "github": REPO})
+    session_id = frames[-1].json()["websiteSessionId"]
+    response = await http.post(f"/api/sessions/{session_id}/send", json={"content": "Also update the README"})
+    assert response.status_code == 200, response.text
+    session = await wait_status(http, session_id, "completed")
+    assert session["totalCost"] == "0.5"
+    events = await stored(http, session_id)
+    results = [e["eventData"] for e in events if e["eventData"]["type"] == "result"]
+    assert [r["result"] for r in results] == ["Done: Fix the flaky test", "Done: Also update the README"]
+    assert len({e["eventData"]["uuid"] for e in events if "managed" in e["eventData"]}) == len(upstream_of(events))
+
+
+async def test_an_interrupt_sends_user_interrupt_and_ends_the_turn(env: Env, http: httpx.AsyncClient) -> None:
+    env.fake.hold = asyncio.Event()
+    env.fake.hold_at = 4
+    async with post_sse(http, {"userRequest": "Refactor everything", "github": REPO}) as stream:
+        frames = await stream.until("assistant")
+        session_id = frames[1].json()["websiteSessionId"]
+        response = await http.post(f"/api/sessions/{session_id}/interrupt")
+        assert response.status_code == 200, response.text
+        rest = await stream.until(lambda e: e.event in ("completed", "error"))
+    assert rest[-1].event == "completed"
+    events = await stored(http, session_id)
+    remote_id = rest[-1].json()["remoteSessionId"]
+    upstream_types = [e["type"] for e in env.fake.sessions[remote_id].events]
+    assert "user.interrupt" in upstream_types
+    result = [e["eventData"] for e in events if e["eventData"]["type"] == "result"]
+    assert len(result) == 1 and result[0]["interrupted"] is True
+    assert "interrupted" in types(events)  # the server's own record of the request
+
+
+async def test_a_session_terminated_by_an_error_ends_the_run_in_error(env: Env, http: httpx.AsyncClient) -> None:
+    env.fake.hold = asyncio.Event()
+    async with post_sse(http, {"userRequest": "Break the container", "github": REPO}) as stream:
+        frames = await stream.until("assistant")
+        session_id = frames[1].json()["websiteSessionId"]
+        remote_id = (await http.get(f"/api/sessions/{session_id}")).json()["session"]["remoteSessionId"]
+        await env.fake.terminate(remote_id)
+        rest = await stream.until(lambda e: e.event in ("completed", "error"))
+    assert rest[-1].event == "error"
+    assert "container crashed" in rest[-1].json()["error"]
+    events = await stored(http, session_id)
+    assert [e["eventData"]["type"] for e in events].count("error") == 1
+    assert (await http.get(f"/api/sessions/{session_id}")).json()["session"]["status"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [
+        ("requires_action", "requires_action"),
+        ("retries_exhausted", "retries_exhausted"),
+        ("budget_reached", "budget"),
+        ("refusal", "refused"),
+    ],
+)
+async def test_a_turn_that_stops_early_ends_the_run_with_a_clear_error(
+    env: Env, http: httpx.AsyncClient, reason: str, words: str
+) -> None:
+    env.fake.stop_reason = {"type": reason, **({"event_ids": ["sevt_x"]} if reason == "requires_action" else {})}
+    frames = await run_to_end(http, {"userRequest": "Try it", "github": REPO})
+    assert frames[-1].event == "error"
+    assert words in frames[-1].json()["error"]
+
+
+async def test_rate_limits_and_outages_are_retried(env: Env, http: httpx.AsyncClient) -> None:
+    env.fake.faults = [
+        Fault(429, "POST", re.compile(r"^/v1/sessions$"), count=2),
+        Fault(503, "GET", re.compile(r"/events$"), count=3),
+    ]
+    frames = await run_to_end(http, {"userRequest": "Fix the flaky test", "github": REPO})
+    assert frames[-1].event == "completed", frames[-1].data
+    assert all(f.count == 0 for f in env.fake.faults)
+
+
+async def test_a_private_repository_needs_the_persons_github_token(env: Env, http: httpx.AsyncClient) -> None:
+    secret = {"repoUrl": "https://github.com/octo/secret"}
+    frames = await run_to_end(http, {"userRequest": "Look at the secret repo", "github": secret})
+    assert frames[-1].event == "error"
+    assert "refused the GitHub repository octo/secret" in frames[-1].json()["error"]
+
+    user = await register(http)  # a new person, logged in on this client
+    assert await accounts.link(env.server.ctx, user["id"], "4242", PRIVATE_REPO_TOKEN)
+    frames = await run_to_end(http, {"userRequest": "Look at the secret repo again", "github": secret})
+    assert frames[-1].event == "completed", frames[-1].data
+    remote_id = frames[-1].json()["remoteSessionId"]
+    assert env.fake.sessions[remote_id].body["resources"][0]["authorization_token"] == PRIVATE_REPO_TOKEN
+    everything = str(await stored(http, frames[-1].json()["websiteSessionId"]))
+    assert PRIVATE_REPO_TOKEN not in everything
+
+
+async def test_a_refused_api_key_names_the_setting_never_the_key(env: Env, database_url: str) -> None:
+    bad_key = "sk-ant-not-the-right-key-0123"
+    settings = managed_env(
+        env.fake,
+        ANTHROPIC_API_KEY=bad_key,
+        MANAGED_AGENTS_AGENT_ID="agent_conf1",
+        MANAGED_AGENTS_ENVIRONMENT_ID="env_conf1",
+    )
+    async with (
+        start_app(test_env(database_url, **settings)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+    ):
+        await register(client)
+        frames = await run_to_end(client, {"userRequest": "Fix it", "github": REPO})
+    assert frames[-1].event == "error"
+    message = frames[-1].json()["error"]
+    assert "ANTHROPIC_API_KEY" in message
+    assert bad_key not in message
+
+
+async def test_the_agent_and_environment_are_created_once_under_concurrent_start(env: Env) -> None:
+    await clear_resources(env.server)
+    agents, environments = len(env.fake.agents), len(env.fake.environments)
+    env.fake.create_delay = 0.2
+    replicas = [ManagedAgentsProvider(env.server.ctx) for _ in range(5)]
+    try:
+        found = await asyncio.gather(*(p.deployment_resources() for p in replicas))
+    finally:
+        for replica in replicas:
+            await replica.aclose()
+    assert len(set(found)) == 1
+    assert len(env.fake.agents) == agents + 1 and len(env.fake.environments) == environments + 1
+    assert found[0].agent_id == env.fake.agents[-1]["id"]
+    stored_ids = {
+        kind: await queries.managed_agents.get_resource(env.server.ctx.pool, kind=kind)
+        for kind in ("agent", "environment")
+    }
+    assert stored_ids == {"agent": found[0].agent_id, "environment": found[0].environment_id}
+    agent = env.fake.agents[-1]
+    assert agent["model"] == env.server.ctx.config.claude_default_model
+    assert agent["tools"][0]["type"] == "agent_toolset_20260401"
+    assert "claude/" in agent["system"]
+    # The provider that runs sessions made its own before: drop its cache to use the new ones.
+    provider(env)._resources = None
+
+
+# ---- the push channel and the event list, on their own -------------------------------------------
+
+
+async def start_remote(env: Env, prompt: str) -> str:
+    managed = provider(env)
+    request = CreateRequest(
+        title=prompt,
+        content=prompt,
+        environment_id=await managed.environment(""),
+        repo_url="https://github.com/octo/widgets",
+        repo_full_name="octo/widgets",
+        branch_prefix="claude/x",
+        model="m",
+        message_uuid=f"uuid-{prompt}",
+        base_branch="main",
+    )
+    return (await managed.create("", request)).id
+
+
+async def test_the_event_list_pages_through_shared_timestamps_without_gaps_or_repeats(env: Env) -> None:
+    env.fake.reset_knobs()
+    env.fake.page_size = 2
+    managed = provider(env)
+    remote_id = await start_remote(env, "list me")
+    cursor: str | None = None
+    seen: list[str] = []
+    for _ in range(400):
+        batch = await managed.events_after("", remote_id, cursor)
+        cursor = batch.cursor
+        seen.extend(event_key(e) for e in batch.events)
+        if any(e["type"] == "result" for e in batch.events):
+            break
+        await asyncio.sleep(0.01)
+    upstream = [e["id"] for e in env.fake.sessions[remote_id].events]
+    assert seen == upstream
+    # A fresh reader (an adopting replica) translates the history to the same events.
+    again = await managed.events_after("", remote_id, None)
+    assert [event_key(e) for e in again.events] == upstream
+
+
+async def test_the_push_channel_survives_a_dropped_stream_with_nothing_lost_or_doubled(env: Env) -> None:
+    env.fake.reset_knobs()
+    env.fake.drop_stream_after = 3
+    env.fake.step_seconds = 0.03
+    managed = provider(env)
+    remote_id = await start_remote(env, "push me")
+    delivered: dict[str, dict[str, Any]] = {}  # what a follower stores, keyed by event_key
+    connections = 0
+    heartbeats = 0
+    while "result" not in {e["type"] for e in delivered.values()}:
+        connections += 1
+        assert connections < 50
+        channel = await managed.open_push("", remote_id)
+        assert channel is not None
+        from_this_channel: list[str] = []
+        try:
+            while (item := await channel.receive()) is not None:
+                if item.event is None:
+                    heartbeats += 1
+                    continue
+                key = event_key(item.event)
+                from_this_channel.append(key)
+                if key in delivered:
+                    assert delivered[key] == item.event  # the same translation every time
+                delivered[key] = item.event
+        finally:
+            await channel.close()
+        assert len(from_this_channel) == len(set(from_this_channel))  # one channel never repeats
+    assert connections > 1  # the stream was dropped mid-turn
+    upstream = env.fake.sessions[remote_id].events
+    assert list(delivered) == [e["id"] for e in upstream]
+    assert [e["managed"] for e in delivered.values()] == upstream
+    result = list(delivered.values())[-1]
+    assert result["type"] == "result" and result["result"] == "Done: push me"
+    # What the polling backfill reads agrees with what was pushed.
+    backfill = await managed.events_after("", remote_id, None)
+    assert [event_key(e) for e in backfill.events] == list(delivered)
+
+
+async def test_the_push_channel_sends_heartbeats_and_unknown_types(env: Env) -> None:
+    env.fake.reset_knobs()
+    env.fake.hold = asyncio.Event()
+    env.fake.hold_at = 9  # before agent.future_thing
+    managed = provider(env)
+    remote_id = await start_remote(env, "wait for me")
+    channel = await managed.open_push("", remote_id)
+    assert channel is not None
+    try:
+        items = []
+        while len([i for i in items if i.event is None]) < 2:
+            item = await asyncio.wait_for(channel.receive(), 5)
+            assert item is not None
+            items.append(item)
+        env.fake.hold.set()
+        while True:
+            item = await asyncio.wait_for(channel.receive(), 5)
+            assert item is not None
+            if item.event is not None and item.event["managed"]["type"] == "agent.future_thing":
+                assert item.event["type"] == "system"
+                assert item.event["managed"]["detail"] == {"kept": True}
+                break
+    finally:
+        await channel.close()
+    assert dataclasses.is_dataclass(items[0])
