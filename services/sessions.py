@@ -109,10 +109,13 @@ def claude_provider(ctx: AppContext) -> ClaudeRemoteProvider:
     return ctx.runs.provider
 
 
-async def archive_remote(ctx: AppContext, user_id: str, remote_session_id: str) -> dict[str, Any]:
-    """Archive a remote session; the outcome as `{success, message}` (a 404 counts as done)."""
-    provider = claude_provider(ctx)
+async def archive_remote(
+    ctx: AppContext, user_id: str, remote_session_id: str, provider_name: str | None = None
+) -> dict[str, Any]:
+    """Archive a remote session on the backend it ran on (`chat_sessions.provider`); the outcome
+    as `{success, message}` (a 404 counts as done)."""
     try:
+        provider = ctx.runs.provider_for(provider_name)
         token = await provider.authenticate(user_id)
         await provider.archive(token, remote_session_id)
     except (UpstreamError, ServiceError) as exc:
@@ -438,6 +441,15 @@ async def _delete_branch(ctx: AppContext, user: CurrentUser, token: str, row: as
     return {"success": ok, "message": message}
 
 
+def _archives_for_anyone(ctx: AppContext, row: asyncpg.Record) -> bool:
+    """Whether the session's backend archives without the person's Claude credentials (Managed
+    Agents, with the deployment's key; a backend that cannot be reached says so in the result)."""
+    try:
+        return not ctx.runs.provider_for(row["provider"]).personal_credentials
+    except ServiceError:
+        return True
+
+
 async def _cleanup(ctx: AppContext, user: CurrentUser, rows: list[asyncpg.Record]) -> dict[str, Any]:
     """Delete the branches and archive the remote sessions of trashed sessions, in parallel and
     bounded; every result is reported, none is fatal."""
@@ -454,10 +466,12 @@ async def _cleanup(ctx: AppContext, user: CurrentUser, rows: list[asyncpg.Record
                 return {"success": False, "message": "Cleanup failed"}
 
     branch_rows = [r for r in rows if token and r["branch"] and r["repository_owner"] and r["repository_name"]]
-    remote_rows = [r for r in rows if has_claude and r["remote_session_id"]]
+    remote_rows = [r for r in rows if r["remote_session_id"] and (has_claude or _archives_for_anyone(ctx, r))]
     branch_results, remote_results = await asyncio.gather(
         asyncio.gather(*(bounded(_delete_branch(ctx, user, token or "", r)) for r in branch_rows)),
-        asyncio.gather(*(bounded(archive_remote(ctx, user.id, r["remote_session_id"])) for r in remote_rows)),
+        asyncio.gather(
+            *(bounded(archive_remote(ctx, user.id, r["remote_session_id"], r["provider"])) for r in remote_rows)
+        ),
     )
     return {
         "branches": [{"sessionId": r["id"], **res} for r, res in zip(branch_rows, branch_results, strict=True)],

@@ -381,3 +381,72 @@ async def test_the_push_channel_sends_heartbeats_and_unknown_types(env: Env) -> 
     finally:
         await channel.close()
     assert dataclasses.is_dataclass(items[0])
+
+
+# ---- both backends on one deployment -------------------------------------------------------------
+
+
+async def test_sessions_of_both_backends_live_side_by_side_after_switching_the_backend(
+    env: Env, database_url: str
+) -> None:
+    from tests.fakes.claude import claude_env, connect_claude, running_fake_claude
+
+    async with running_fake_claude() as claude:
+        both = {**claude_env(claude, CLAUDE_ENVIRONMENT_ID="env_both"), **managed_env(env.fake)}
+        before = {**both, "AGENT_BACKEND": "remote-sessions"}
+        async with (
+            start_app(test_env(database_url, **before)) as old_server,
+            httpx.AsyncClient(base_url=old_server.url, timeout=30) as old_client,
+        ):
+            await register(old_client)
+            await connect_claude(old_client, claude)
+            frames = await run_to_end(old_client, {"userRequest": "On Remote Sessions", "github": REPO})
+            assert frames[-1].event == "completed"
+            claude_session = frames[-1].json()["websiteSessionId"]
+            cookies = old_client.cookies
+
+        # The deployment switches to Managed Agents; the person's older session keeps its backend.
+        async with (
+            start_app(test_env(database_url, **both)) as new_server,
+            httpx.AsyncClient(base_url=new_server.url, timeout=30, cookies=cookies) as client,
+        ):
+            frames = await run_to_end(client, {"userRequest": "On Managed Agents", "github": REPO})
+            assert frames[-1].event == "completed"
+            managed_session = frames[-1].json()["websiteSessionId"]
+            managed_remote = frames[-1].json()["remoteSessionId"]
+            assert managed_remote in env.fake.sessions
+
+            listed = (await client.get("/api/sessions")).json()["data"]["sessions"]
+            providers = {s["id"]: s["provider"] for s in listed}
+            assert providers[claude_session] == "claude" and providers[managed_session] == "managed-agents"
+
+            # A follow-up of the Remote Sessions session still goes to Claude Remote.
+            claude_remote = (await client.get(f"/api/sessions/{claude_session}")).json()["session"]["remoteSessionId"]
+            turns_before = claude.sessions[claude_remote].turns
+            response = await client.post(f"/api/sessions/{claude_session}/send", json={"content": "One more thing"})
+            assert response.status_code == 200, response.text
+            await wait_status(client, claude_session, "completed")
+            assert claude.sessions[claude_remote].turns == turns_before + 1
+            assert types(await stored(client, claude_session)).count("result") == 2
+
+            # Deleting archives each upstream session on its own backend.
+            for session_id in (claude_session, managed_session):
+                response = await client.delete(f"/api/sessions/{session_id}")
+                assert response.status_code == 200, response.text
+                assert response.json()["data"]["cleanup"]["remoteSession"]["success"] is True
+            assert claude.sessions[claude_remote].archived
+            assert env.fake.sessions[managed_remote].archived_at is not None
+
+
+async def test_deleting_a_managed_session_archives_it_without_claude_credentials(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    frames = await run_to_end(http, {"userRequest": "Delete me afterwards", "github": REPO})
+    done = frames[-1].json()
+    response = await http.delete(f"/api/sessions/{done['websiteSessionId']}")
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["cleanup"]["remoteSession"] == {
+        "success": True,
+        "message": "Remote session archived",
+    }
+    assert env.fake.sessions[done["remoteSessionId"]].archived_at is not None
