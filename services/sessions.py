@@ -350,7 +350,9 @@ async def update_session(ctx: AppContext, user: CurrentUser, session_id: str, bo
     )
     if updated is None:
         raise ServiceError(404, SESSION_NOT_FOUND)
-    if title is not None and title != row["user_request"] and updated["remote_session_id"]:
+    # Only Remote Sessions titles are renamed upstream (a Managed Agents session keeps its own).
+    renamed_upstream = row["provider"] in (None, claude_provider(ctx).name)
+    if title is not None and title != row["user_request"] and updated["remote_session_id"] and renamed_upstream:
         await rename_remote(ctx, user.id, updated["remote_session_id"], title)
     if updated["deleted_at"] is None:  # a trashed session is in nobody's list
         await announce(ctx, user.id, "updated", updated)
