@@ -149,6 +149,7 @@ class RunDriver:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
         self._maintainer: asyncio.Task[None] | None = None
+        self._preparer: asyncio.Task[None] | None = None
         self._stopping = False
 
     def provider_for(self, name: str | None) -> AgentProvider:
@@ -168,12 +169,18 @@ class RunDriver:
     async def start(self) -> None:
         """Adopt orphaned runs now, then keep leases fresh and adopt periodically."""
         self._maintainer = asyncio.create_task(self._maintain(), name="run-driver-maintenance")
+        if self.ctx.config.agent_backend == "managed-agents":
+            # The deployment's agent and environment, made now by whichever replica comes first
+            # rather than in someone's first request (which makes them itself if this failed).
+            self._preparer = asyncio.create_task(
+                self.provider_for(ManagedAgentsProvider.name).prepare(), name="managed-agents-resources"
+            )
 
     async def stop(self) -> None:
         """Stop driving (the runs go on upstream) and release the leases so another replica adopts
         them at once instead of after the lease expires."""
         self._stopping = True
-        tasks = [t for t in (self._maintainer, *self.tasks.values()) if t is not None]
+        tasks = [t for t in (self._maintainer, self._preparer, *self.tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:

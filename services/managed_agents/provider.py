@@ -23,6 +23,7 @@ import logging
 from typing import Any
 
 import anthropic
+import asyncpg
 import orjson
 from anthropic import AsyncStream
 
@@ -39,6 +40,7 @@ from services.claude.provider import (
     format_cost,
 )
 from services.context import AppContext
+from services.db import UNAVAILABLE_ERRORS
 from services.errors import ServiceError
 from services.github import accounts
 from services.managed_agents import resources
@@ -98,6 +100,16 @@ class ManagedAgentsProvider(AgentProvider):
         if self._resources is None:
             self._resources = await resources.ensure(self.ctx, self.client)
         return self._resources
+
+    async def prepare(self) -> None:
+        """Make sure the deployment's agent and environment exist (at start-up); a failure is
+        logged, and the first run that needs them tries again."""
+        try:
+            await self.deployment_resources()
+        except UpstreamError as exc:
+            log.warning("could not prepare the Managed Agents agent and environment: %s", exc.message)
+        except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
+            log.warning("could not prepare the Managed Agents agent and environment: database unavailable")
 
     async def environment(self, token: str) -> str:
         return (await self.deployment_resources()).environment_id
