@@ -9,8 +9,10 @@ import dataclasses
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -55,15 +57,19 @@ class Env:
     fake: FakeManagedAgents
 
 
-async def clear_resources(server: TestServer) -> None:
-    async with server.ctx.pool.acquire() as conn:
-        await conn.execute("DELETE FROM managed_agents_resources")
+async def clear_resources(database_url: str) -> None:
+    """Forget the deployment's agent and environment (made against another fake instance)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("DELETE FROM managed_agents_resources")
+    finally:
+        await connection.close()
 
 
 @pytest.fixture(scope="module")
 async def env(database_url: str) -> AsyncIterator[Env]:
+    await clear_resources(database_url)
     async with running_fake_managed_agents() as fake, start_app(test_env(database_url, **managed_env(fake))) as server:
-        await clear_resources(server)
         yield Env(server, fake)
 
 
@@ -252,7 +258,8 @@ async def test_a_refused_api_key_names_the_setting_never_the_key(env: Env, datab
 
 
 async def test_the_agent_and_environment_are_created_once_under_concurrent_start(env: Env) -> None:
-    await clear_resources(env.server)
+    await provider(env).deployment_resources()  # the start-up preparation is over
+    await clear_resources(env.server.ctx.config.database_url)
     agents, environments = len(env.fake.agents), len(env.fake.environments)
     env.fake.create_delay = 0.2
     replicas = [ManagedAgentsProvider(env.server.ctx) for _ in range(5)]
@@ -450,3 +457,51 @@ async def test_deleting_a_managed_session_archives_it_without_claude_credentials
         "message": "Remote session archived",
     }
     assert env.fake.sessions[done["remoteSessionId"]].archived_at is not None
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+
+def test_managed_agents_without_an_api_key_refuses_to_start_with_a_clear_message() -> None:
+    from tests.test_startup import run_cli
+
+    result = run_cli([], {"AGENT_BACKEND": "managed-agents", "SESSION_SECRET": "x" * 32, "ANTHROPIC_API_KEY": ""})
+    assert result.returncode == 2
+    assert "ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) is required when AGENT_BACKEND=managed" in result.stderr
+
+
+def test_backend_settings_are_read_and_checked(tmp_path: Path) -> None:
+    from services.config import ConfigError, load_config
+
+    base = {"SESSION_SECRET": "a-development-secret"}
+    assert load_config(base).agent_backend == "remote-sessions"
+    assert load_config(base).new_session_provider == "claude"
+    with pytest.raises(ConfigError, match="AGENT_BACKEND must be remote-sessions or managed-agents"):
+        load_config({**base, "AGENT_BACKEND": "codex"})
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-ant-from-a-file\n")
+    config = load_config({**base, "AGENT_BACKEND": "managed-agents", "ANTHROPIC_API_KEY_FILE": str(key_file)})
+    assert config.anthropic_api_key == "sk-ant-from-a-file"
+    assert config.new_session_provider == "managed-agents"
+    assert "sk-ant-from-a-file" not in repr(config)
+    with pytest.raises(ConfigError, match="MANAGED_AGENTS_API_BASE_URL must be a URL"):
+        load_config({**base, "MANAGED_AGENTS_API_BASE_URL": "nowhere"})
+
+
+async def test_a_refused_key_while_making_the_agent_is_a_502_naming_the_setting(env: Env, database_url: str) -> None:
+    bad_key = "sk-ant-wrong-one-987"
+    await provider(env).deployment_resources()  # the start-up preparation is over
+    await clear_resources(database_url)
+    try:
+        async with (
+            start_app(test_env(database_url, **managed_env(env.fake, ANTHROPIC_API_KEY=bad_key))) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            await register(client)
+            response = await client.post("/api/execute-remote", json={"userRequest": "Fix it", "github": REPO})
+    finally:
+        provider(env)._resources = None  # the module's server makes them again when it needs them
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["success"] is False and "ANTHROPIC_API_KEY" in body["error"]
+    assert bad_key not in response.text
