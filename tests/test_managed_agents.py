@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,7 @@ async def test_a_private_repository_needs_the_persons_github_token(env: Env, htt
     assert "refused the GitHub repository octo/secret" in frames[-1].json()["error"]
 
     user = await register(http)  # a new person, logged in on this client
-    assert await accounts.link(env.server.ctx, user["id"], "4242", PRIVATE_REPO_TOKEN)
+    assert await accounts.link(env.server.ctx, user["id"], str(uuid.uuid4()), PRIVATE_REPO_TOKEN)
     frames = await run_to_end(http, {"userRequest": "Look at the secret repo again", "github": secret})
     assert frames[-1].event == "completed", frames[-1].data
     remote_id = frames[-1].json()["remoteSessionId"]
