@@ -524,3 +524,41 @@ def test_the_sdk_never_logs_request_bodies_even_at_debug() -> None:
         root.handlers[:], level, sdk_level = saved
         root.setLevel(level)
         logging.getLogger("anthropic").setLevel(sdk_level)
+
+
+async def test_a_session_whose_creation_reply_was_lost_is_found_not_made_twice(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    env.fake.create_reply_delay = 2.5  # longer than CLAUDE_REQUEST_TIMEOUT_SECONDS (2)
+    before = set(env.fake.sessions)
+    frames = await run_to_end(http, {"userRequest": "Create me exactly once", "github": REPO})
+    assert frames[-1].event == "completed", frames[-1].data
+    made = [s for s in env.fake.sessions.values() if s.id not in before]
+    assert len(made) == 1 and frames[-1].json()["remoteSessionId"] == made[0].id
+
+
+async def test_a_follow_up_through_execute_remote_and_an_abort(env: Env, http: httpx.AsyncClient) -> None:
+    frames = await run_to_end(http, {"userRequest": "Fix the flaky test", "github": REPO})
+    session_id = frames[-1].json()["websiteSessionId"]
+    remote_id = frames[-1].json()["remoteSessionId"]
+    env.fake.hold = asyncio.Event()
+    async with post_sse(http, {"userRequest": "Now the docs", "websiteSessionId": session_id}) as stream:
+        await stream.until("assistant")
+        response = await http.post(f"/api/sessions/{session_id}/abort")
+        assert response.status_code == 200, response.text
+        assert response.json()["data"]["remoteInterrupted"] is True
+        rest = await stream.until(lambda e: e.event in ("completed", "error"))
+    assert rest[-1].event == "error" and rest[-1].json()["error"] == "Session aborted"
+    upstream = env.fake.sessions[remote_id]
+    assert [e["type"] for e in upstream.events].count("user.message") == 2
+    assert upstream.events[-1]["type"] == "session.status_idle"
+    assert "user.interrupt" in [e["type"] for e in upstream.events]
+
+
+async def test_an_upstream_that_stays_broken_ends_the_run_within_the_retry_window(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    env.fake.faults = [Fault(503, "GET", re.compile(r"/events$"), count=float("inf"))]
+    frames = await run_to_end(http, {"userRequest": "Fix the flaky test", "github": REPO})
+    assert frames[-1].event == "error"
+    assert frames[-1].json()["error"].startswith("Failed to get events: 503")

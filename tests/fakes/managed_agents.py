@@ -93,6 +93,8 @@ class FakeManagedAgents(LoopbackServer):
         self.faults: list[Fault] = []
         self.create_delay = 0.0
         self.stop_reason: dict[str, Any] = {"type": "end_turn"}
+        # Seconds a session creation waits before answering (past the client's timeout: lost).
+        self.create_reply_delay = 0.0
 
     async def start(self) -> None:
         await self.serve(FakeManagedHandler)
@@ -278,7 +280,7 @@ class FakeManagedHandler(tornado.web.RequestHandler):
             fake.environments.append(environment)
             return self.reply(200, environment)
         if path == "/v1/sessions" and method == "POST":
-            return self.create_session()
+            return await self.create_session()
         if path == "/v1/sessions" and method == "GET":
             newest = sorted(fake.sessions.values(), key=lambda s: s.id, reverse=True)
             limit = int(self.get_query_argument("limit", "20"))
@@ -301,7 +303,7 @@ class FakeManagedHandler(tornado.web.RequestHandler):
             return await self.stream(session)
         raise FakeError(404, "not_found_error", f"no route {method} {path}")
 
-    def create_session(self) -> None:
+    async def create_session(self) -> None:
         fake = self.fake
         body = self.body_json()
         if not any(a["id"] == body.get("agent") for a in fake.agents) and not str(body.get("agent")).startswith(
@@ -319,6 +321,7 @@ class FakeManagedHandler(tornado.web.RequestHandler):
             fake.emit(session, event)
             if event.get("type") == "user.message":
                 fake.start_turn(session, event["content"][0]["text"])
+        await asyncio.sleep(fake.create_reply_delay)  # past the client's timeout, the reply is lost
         self.reply(200, fake.session_json(session))
 
     def list_events(self, session: FakeManagedSession) -> None:
