@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from services.claude.provider import CreateRequest
@@ -562,3 +563,56 @@ async def test_an_upstream_that_stays_broken_ends_the_run_within_the_retry_windo
     frames = await run_to_end(http, {"userRequest": "Fix the flaky test", "github": REPO})
     assert frames[-1].event == "error"
     assert frames[-1].json()["error"].startswith("Failed to get events: 503")
+
+
+# ---- the translation on its own ------------------------------------------------------------------
+
+
+def test_errors_and_branches_in_the_translation() -> None:
+    from services.managed_agents.translate import Translator, branch_of, cost_usd
+
+    translator = Translator()
+    at = "2026-12-01T12:00:00Z"
+    translator.translate(
+        {"id": "e1", "type": "user.message", "content": [{"type": "text", "text": "hi"}], "processed_at": at}
+    )
+    retrying = translator.translate(
+        {
+            "id": "e2",
+            "type": "session.error",
+            "error": {"type": "model_overloaded_error", "message": "busy", "retry_status": {"type": "retrying"}},
+            "processed_at": at,
+        }
+    )
+    assert retrying["type"] == "system" and retrying["error"] == "busy (model_overloaded_error)"
+    repository = translator.translate(
+        {
+            "id": "e3",
+            "type": "session.error",
+            "error": {
+                "type": "repository_not_found_error",
+                "message": "no such repo",
+                "retry_status": {"type": "retrying"},
+            },
+            "processed_at": at,
+        }
+    )
+    assert repository["type"] == "result" and repository["is_error"] is True
+    assert "no such repo" in repository["error"]
+    # Once the turn is over, a terminated session is only a status.
+    assert (
+        translator.translate({"id": "e4", "type": "session.status_terminated", "processed_at": at})["type"] == "system"
+    )
+    # The state survives a round trip through JSON (the cursor, an adopting replica).
+    again = Translator(orjson.loads(orjson.dumps(translator.state)))
+    assert again.state == translator.state
+
+    assert branch_of("git checkout -b claude/a-b && git add .") == "claude/a-b"
+    assert branch_of("cd /workspace/widgets; git switch -c claude/x") == "claude/x"
+    assert branch_of("git push -u origin claude/pushed") == "claude/pushed"
+    assert branch_of("git push origin HEAD:claude/head") == "claude/head"
+    assert branch_of("git push") is None
+    assert branch_of("git status") is None
+    assert cost_usd({"amount": "1234", "currency": "USD"}) == 12.34
+    assert cost_usd({"amount": "-1", "currency": "USD"}) is None
+    assert cost_usd(None) is None
