@@ -305,9 +305,14 @@ async def start_remote(env: Env, prompt: str) -> str:
     return (await managed.create("", request)).id
 
 
-async def test_the_event_list_pages_through_shared_timestamps_without_gaps_or_repeats(env: Env) -> None:
+@pytest.mark.parametrize("ignore_since", [False, True])
+async def test_the_event_list_pages_through_shared_timestamps_without_gaps_or_repeats(
+    env: Env, ignore_since: bool
+) -> None:
     env.fake.reset_knobs()
     env.fake.page_size = 2
+    env.fake.ignore_since = ignore_since  # True: every read starts from the beginning again
+    results: list[dict[str, Any]] = []
     managed = provider(env)
     remote_id = await start_remote(env, "list me")
     cursor: str | None = None
@@ -316,11 +321,14 @@ async def test_the_event_list_pages_through_shared_timestamps_without_gaps_or_re
         batch = await managed.events_after("", remote_id, cursor)
         cursor = batch.cursor
         seen.extend(event_key(e) for e in batch.events)
-        if any(e["type"] == "result" for e in batch.events):
+        results.extend(e for e in batch.events if e["type"] == "result")
+        if results:
             break
         await asyncio.sleep(0.01)
     upstream = [e["id"] for e in env.fake.sessions[remote_id].events]
     assert seen == upstream
+    # Nothing translated twice either: the turn's accounting counts each event once.
+    assert results[0]["num_turns"] == 1 and results[0]["usage"]["input_tokens"] == 100
     # A fresh reader (an adopting replica) translates the history to the same events.
     again = await managed.events_after("", remote_id, None)
     assert [event_key(e) for e in again.events] == upstream

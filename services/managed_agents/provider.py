@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from typing import Any
@@ -45,7 +46,7 @@ from services.errors import ServiceError
 from services.github import accounts
 from services.managed_agents import resources
 from services.managed_agents.client import call, call_json, make_client, upstream_error
-from services.managed_agents.translate import TOOL_NAMES, Translator, branch_of
+from services.managed_agents.translate import TOOL_NAMES, Translator, branch_of, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,14 @@ def _cursor(raw: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _earlier(processed_at: str, since: str | None) -> bool:
+    """Whether an event is from before the cursor's instant (compared as times, not strings)."""
+    if since is None:
+        return False
+    at, cursor = parse_time(processed_at), parse_time(since)
+    return at is not None and cursor is not None and at < cursor
+
+
 class ManagedAgentsProvider(AgentProvider):
     """Anthropic's Managed Agents API (beta `managed-agents-2026-04-01`), with an API key."""
 
@@ -89,6 +98,7 @@ class ManagedAgentsProvider(AgentProvider):
             raise ServiceError(502, NO_API_KEY)
         self.client = make_client(ctx.config)
         self._resources: resources.Resources | None = None
+        self._resources_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -97,9 +107,12 @@ class ManagedAgentsProvider(AgentProvider):
         return await accounts.token_for_user_id(self.ctx, user_id) or ""
 
     async def deployment_resources(self) -> resources.Resources:
-        if self._resources is None:
-            self._resources = await resources.ensure(self.ctx, self.client)
-        return self._resources
+        """The agent and environment, read (or made) once per process; concurrent callers wait
+        for the first instead of each holding a pooled connection on the database lock."""
+        async with self._resources_lock:
+            if self._resources is None:
+                self._resources = await resources.ensure(self.ctx, self.client)
+            return self._resources
 
     async def prepare(self) -> None:
         """Make sure the deployment's agent and environment exist (at start-up); a failure is
@@ -214,8 +227,8 @@ class ManagedAgentsProvider(AgentProvider):
                 processed_at = event.get("processed_at")
                 if not processed_at:
                     continue  # queued, not processed yet: it comes again once it is
-                if event["id"] in seen_at_since:
-                    continue
+                if event["id"] in seen_at_since or _earlier(processed_at, since):
+                    continue  # read before (the list starts at `since`, inclusive)
                 if processed_at != since:
                     since, seen_at_since = processed_at, set()
                 seen_at_since.add(event["id"])

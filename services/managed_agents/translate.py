@@ -64,7 +64,8 @@ def _empty_turn() -> dict[str, Any]:
     }
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time (`processed_at`), or None."""
     if not isinstance(value, str):
         return None
     try:
@@ -256,7 +257,7 @@ class Translator:
 
     def _result(self, event: dict[str, Any], error: str | None) -> dict[str, Any]:
         turn = self.turn
-        started, ended = _time(turn["started_at"]), _time(event.get("processed_at"))
+        started, ended = parse_time(turn["started_at"]), parse_time(event.get("processed_at"))
         duration_ms = int((ended - started).total_seconds() * 1000) if started and ended else 0
         result: dict[str, Any] = {
             "type": "result",

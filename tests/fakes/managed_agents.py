@@ -95,6 +95,8 @@ class FakeManagedAgents(LoopbackServer):
         self.stop_reason: dict[str, Any] = {"type": "end_turn"}
         # Seconds a session creation waits before answering (past the client's timeout: lost).
         self.create_reply_delay = 0.0
+        # Answer the event list from the start whatever `created_at[gte]` says.
+        self.ignore_since = False
 
     async def start(self) -> None:
         await self.serve(FakeManagedHandler)
@@ -105,7 +107,8 @@ class FakeManagedAgents(LoopbackServer):
     def processed_at(self) -> str:
         # Two events per millisecond: timestamps are shared, as upstream allows.
         self._ticks += 1
-        return (self._clock + timedelta(milliseconds=self._ticks // 2)).isoformat().replace("+00:00", "Z")
+        moment = self._clock + timedelta(milliseconds=self._ticks // 2)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def emit(self, session: FakeManagedSession, event: dict[str, Any]) -> dict[str, Any]:
         event = {"id": self.new_id("sevt"), **event, "processed_at": self.processed_at()}
@@ -212,6 +215,13 @@ class FakeManagedAgents(LoopbackServer):
             "vault_ids": [],
             "outcome_evaluations": [],
         }
+
+
+def parse_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FakeError(400, "invalid_request_error", f"created_at[gte] is not a time: {value!r}") from None
 
 
 class FakeError(Exception):
@@ -331,7 +341,9 @@ class FakeManagedHandler(tornado.web.RequestHandler):
         start = 0
         if page:
             start, since = int(page.split(":")[0]), page.split(":", 1)[1] or None
-        matching = [e for e in events if since is None or e["processed_at"] >= since]
+        # Compared as instants, as upstream does (never as strings).
+        after = parse_time(since) if since and not self.fake.ignore_since else None
+        matching = [e for e in events if after is None or parse_time(e["processed_at"]) >= after]
         chunk = matching[start : start + self.fake.page_size]
         end = start + len(chunk)
         next_page = f"{end}:{since or ''}" if end < len(matching) else None
