@@ -83,6 +83,8 @@ MAX_BACKOFF_SECONDS = 30.0
 # Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
 CREDENTIALS_TTL_SECONDS = 60.0
 ADOPT_BATCH = 50
+# Remote states after which nothing more happens upstream.
+ENDED_REMOTE_STATES = (RemoteState.COMPLETED, RemoteState.ARCHIVED, RemoteState.FAILED)
 # Every backend a chat session can name in `chat_sessions.provider`.
 BACKENDS: dict[str, type[AgentProvider]] = {**PROVIDERS, ManagedAgentsProvider.name: ManagedAgentsProvider}
 
@@ -192,8 +194,10 @@ class Liveness:
                     "application_name": "webedt-liveness",
                 },
             )
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, OSError):
-            return self._lost()
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, OSError) as exc:
+            # The database is away: its outage is reported once, by services.db.
+            database_outage.failed("run driver liveness", exc)
+            return self._lost(logging.INFO)
         try:
             held = await queries.runs.lock_driver_liveness(conn, run_owner=self.owner)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
@@ -202,16 +206,16 @@ class Liveness:
             # The server still keeps the lock of this process's previous connection; later.
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
-            return self._lost()
+            return self._lost(logging.WARNING)
         self._conn = conn
         if self._lost_logged:
             log.info("run driver liveness lock held again")
             self._lost_logged = False
         return True
 
-    def _lost(self) -> bool:
+    def _lost(self, level: int) -> bool:
         if not self._lost_logged:
-            log.warning("run driver liveness lock lost; this process drives no run until it holds it again")
+            log.log(level, "run driver liveness lock lost; this process drives no run until it holds it again")
             self._lost_logged = True
         return False
 
@@ -501,7 +505,12 @@ class _Run:
             return None
         remote = await self.provider.get(token, self.remote_id)
         self.failing_since.pop("get session", None)
-        await self._collect(token)
+        if remote.state in ENDED_REMOTE_STATES and self.follower is not None and self.follower.live:
+            # The status may be ahead of the pushed events: store those that explain the end (a
+            # final result, an error) before judging, as a poll would have.
+            await self.backfill(token)
+        else:
+            await self._collect(token)
         self.failing_since.pop("get events", None)
         self.retried_unauthorized = False
         if has_pending:
