@@ -7,12 +7,12 @@ LIMIT 1;
 -- name: get_session_by_id(id)^
 SELECT * FROM chat_sessions WHERE id = :id;
 
--- name: insert_code_session(id, user_id, session_path, repository_owner, repository_name, user_request, repository_url, base_branch, branch)^
+-- name: insert_code_session(id, user_id, session_path, repository_owner, repository_name, user_request, repository_url, base_branch, branch, provider)^
 -- A pending session for later execution; NULL when the person's session path is taken.
 INSERT INTO chat_sessions (id, user_id, session_path, repository_owner, repository_name, user_request,
                            status, repository_url, base_branch, branch, provider)
 VALUES (:id, :user_id, :session_path, :repository_owner, :repository_name, :user_request,
-        'pending', :repository_url, :base_branch, :branch, 'claude')
+        'pending', :repository_url, :base_branch, :branch, :provider)
 ON CONFLICT DO NOTHING
 RETURNING *;
 

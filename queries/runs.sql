@@ -1,11 +1,11 @@
 -- Claude Remote runs: starting them, the lease that names the one replica driving each, the
 -- prompts waiting to be delivered, and how far a run has got.
 
--- name: insert_running_session(id, user_id, user_request, repository_url, repository_owner, repository_name, branch, run_owner, run_state)^
+-- name: insert_running_session(id, user_id, user_request, provider, repository_url, repository_owner, repository_name, branch, run_owner, run_state)^
 -- A new chat session whose first run starts now, its lease taken by the replica creating it.
 INSERT INTO chat_sessions (id, user_id, user_request, status, provider, repository_url, repository_owner,
                            repository_name, base_branch, branch, run_owner, run_state, worker_last_activity)
-VALUES (:id, :user_id, :user_request, 'running', 'claude', :repository_url, :repository_owner,
+VALUES (:id, :user_id, :user_request, 'running', :provider, :repository_url, :repository_owner,
         :repository_name, 'main', :branch, :run_owner, :run_state, now())
 RETURNING *;
 

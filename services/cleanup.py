@@ -98,6 +98,10 @@ async def handle_orphan(ctx: AppContext, row: asyncpg.Record) -> str:
         # Never reached upstream (or its creation reply was lost): the driver creates or finds it.
         return await _adopt(ctx, row)
     provider = claude_provider(ctx)
+    if row["provider"] not in (None, provider.name):
+        # Another backend (Managed Agents): its run driver reads the end from the session's
+        # events, so it carries the run on (and ends it) like any adopted run.
+        return await _adopt(ctx, row)
     try:
         token = await provider.authenticate(row["user_id"])
     except ServiceError as exc:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from services.addresses import DEFAULT_TRUSTED_PROXIES, Network, parse_networks
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# AGENT_BACKEND values and the `chat_sessions.provider` name each one gives new sessions.
+AGENT_BACKENDS = {"remote-sessions": "claude", "managed-agents": "managed-agents"}
 
 
 class ConfigError(Exception):
@@ -47,6 +49,14 @@ class Config:
     run_adopt_interval_seconds: float = 1.0
     run_lease_seconds: float = 30.0
     claude_sync_enabled: bool = True
+    # Which backend new chat sessions run on: "remote-sessions" (Claude Remote Sessions with each
+    # person's Claude OAuth token) or "managed-agents" (Anthropic's Managed Agents API, paid by
+    # the deployment's ANTHROPIC_API_KEY). A session keeps the backend it started on.
+    agent_backend: str = "remote-sessions"
+    anthropic_api_key: str = field(default="", repr=False)  # a secret: never in a repr or a log
+    managed_agents_api_base_url: str = "https://api.anthropic.com"
+    managed_agents_agent_id: str = ""
+    managed_agents_environment_id: str = ""
     claude_sync_interval_ms: int = 300_000
     claude_sync_limit: int = 50
     orphan_session_timeout_minutes: int = 30
@@ -79,6 +89,11 @@ class Config:
     @property
     def production(self) -> bool:
         return self.node_env == "production"
+
+    @property
+    def new_session_provider(self) -> str:
+        """The `chat_sessions.provider` of sessions created now (AGENT_BACKEND)."""
+        return AGENT_BACKENDS[self.agent_backend]
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -225,6 +240,15 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         trusted_proxies = parse_networks(_read(env, "TRUSTED_PROXIES") or DEFAULT_TRUSTED_PROXIES)
     except ValueError as exc:
         raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
+    agent_backend = _read(env, "AGENT_BACKEND") or Config.agent_backend
+    if agent_backend not in AGENT_BACKENDS:
+        raise ConfigError(f"AGENT_BACKEND must be remote-sessions or managed-agents, got {agent_backend!r}")
+    anthropic_api_key = _read(env, "ANTHROPIC_API_KEY") or ""
+    if agent_backend == "managed-agents" and not anthropic_api_key:
+        raise ConfigError(
+            "ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) is required when AGENT_BACKEND=managed-agents: "
+            "Managed Agents runs are paid by the deployment's Anthropic API key"
+        )
 
     return Config(
         port=port,
@@ -248,6 +272,13 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         run_adopt_interval_seconds=_float(env, "RUN_ADOPT_INTERVAL_SECONDS", 1.0, 0.1),
         run_lease_seconds=_float(env, "RUN_LEASE_SECONDS", 30.0, 1.0),
         claude_sync_enabled=_bool(env, "CLAUDE_SYNC_ENABLED", True),
+        agent_backend=agent_backend,
+        anthropic_api_key=anthropic_api_key,
+        managed_agents_api_base_url=_url(
+            env, "MANAGED_AGENTS_API_BASE_URL", Config.managed_agents_api_base_url, ("http", "https")
+        ),
+        managed_agents_agent_id=_read(env, "MANAGED_AGENTS_AGENT_ID") or "",
+        managed_agents_environment_id=_read(env, "MANAGED_AGENTS_ENVIRONMENT_ID") or "",
         claude_sync_interval_ms=_int(env, "CLAUDE_SYNC_INTERVAL_MS", 300_000, minimum=1000),
         claude_sync_limit=_int(env, "CLAUDE_SYNC_LIMIT", 50, minimum=1),
         orphan_session_timeout_minutes=_int(env, "ORPHAN_SESSION_TIMEOUT_MINUTES", 30, minimum=1),

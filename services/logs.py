@@ -82,3 +82,6 @@ def setup_logging(level: str, production: bool) -> None:
     # asyncpg warns on every connection it fails to restore during an outage; services.db's
     # DatabaseOutage reports the outage once instead.
     logging.getLogger("asyncpg").setLevel(logging.ERROR)
+    # The Anthropic SDK logs whole request bodies at DEBUG (a Managed Agents session's GitHub
+    # token, people's prompts): never, whatever LOG_LEVEL says.
+    logging.getLogger("anthropic").setLevel(max(logging.INFO, root.level))

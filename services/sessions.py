@@ -91,10 +91,13 @@ def claude_provider(ctx: AppContext) -> ClaudeRemoteProvider:
     return ctx.runs.provider
 
 
-async def archive_remote(ctx: AppContext, user_id: str, remote_session_id: str) -> dict[str, Any]:
-    """Archive a remote session; the outcome as `{success, message}` (a 404 counts as done)."""
-    provider = claude_provider(ctx)
+async def archive_remote(
+    ctx: AppContext, user_id: str, remote_session_id: str, provider_name: str | None = None
+) -> dict[str, Any]:
+    """Archive a remote session on the backend it ran on (`chat_sessions.provider`); the outcome
+    as `{success, message}` (a 404 counts as done)."""
     try:
+        provider = ctx.runs.provider_for(provider_name)
         token = await provider.authenticate(user_id)
         await provider.archive(token, remote_session_id)
     except (UpstreamError, ServiceError) as exc:
@@ -158,6 +161,7 @@ async def create_code_session(ctx: AppContext, user_id: str, body: dict[str, Any
         repository_url=f"https://github.com/{owner}/{repo}",
         base_branch=base_branch,
         branch=branch,
+        provider=ctx.config.new_session_provider,
     )
     if row is None:
         raise exists  # the same person created the same session at the same moment
@@ -314,7 +318,9 @@ async def update_session(ctx: AppContext, user: CurrentUser, session_id: str, bo
     )
     if updated is None:
         raise ServiceError(404, SESSION_NOT_FOUND)
-    if title is not None and title != row["user_request"] and updated["remote_session_id"]:
+    # Only Remote Sessions titles are renamed upstream (a Managed Agents session keeps its own).
+    renamed_upstream = row["provider"] in (None, claude_provider(ctx).name)
+    if title is not None and title != row["user_request"] and updated["remote_session_id"] and renamed_upstream:
         await rename_remote(ctx, user.id, updated["remote_session_id"], title)
     if updated["deleted_at"] is None:  # a trashed session is in nobody's list
         await announce(ctx, user.id, "updated", updated)
@@ -405,6 +411,15 @@ async def _delete_branch(ctx: AppContext, user: CurrentUser, token: str, row: as
     return {"success": ok, "message": message}
 
 
+def _archives_for_anyone(ctx: AppContext, row: asyncpg.Record) -> bool:
+    """Whether the session's backend archives without the person's Claude credentials (Managed
+    Agents, with the deployment's key; a backend that cannot be reached says so in the result)."""
+    try:
+        return not ctx.runs.provider_for(row["provider"]).personal_credentials
+    except ServiceError:
+        return True
+
+
 async def _cleanup(ctx: AppContext, user: CurrentUser, rows: list[asyncpg.Record]) -> dict[str, Any]:
     """Delete the branches and archive the remote sessions of trashed sessions, in parallel and
     bounded; every result is reported, none is fatal."""
@@ -421,10 +436,12 @@ async def _cleanup(ctx: AppContext, user: CurrentUser, rows: list[asyncpg.Record
                 return {"success": False, "message": "Cleanup failed"}
 
     branch_rows = [r for r in rows if token and r["branch"] and r["repository_owner"] and r["repository_name"]]
-    remote_rows = [r for r in rows if has_claude and r["remote_session_id"]]
+    remote_rows = [r for r in rows if r["remote_session_id"] and (has_claude or _archives_for_anyone(ctx, r))]
     branch_results, remote_results = await asyncio.gather(
         asyncio.gather(*(bounded(_delete_branch(ctx, user, token or "", r)) for r in branch_rows)),
-        asyncio.gather(*(bounded(archive_remote(ctx, user.id, r["remote_session_id"])) for r in remote_rows)),
+        asyncio.gather(
+            *(bounded(archive_remote(ctx, user.id, r["remote_session_id"], r["provider"])) for r in remote_rows)
+        ),
     )
     return {
         "branches": [{"sessionId": r["id"], **res} for r, res in zip(branch_rows, branch_results, strict=True)],

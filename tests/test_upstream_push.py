@@ -62,7 +62,8 @@ def long_turn(session: FakeSession, prompt: str) -> list[dict[str, Any]]:
     return events
 
 
-LONG_TYPES = ["assistant"] * STEPS + ["result"]
+# The echo of the prompt, then the turn.
+LONG_TYPES = ["user", *["assistant"] * STEPS, "result"]
 
 
 def counter(name: str, labels: dict[str, str] | None = None) -> float:
@@ -95,16 +96,11 @@ async def http(env: Env) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def is_echo(event: dict[str, Any]) -> bool:
-    """The fake's echo of a prompt we sent (a tool result is a `user` event too, without `session_id`)."""
-    return event["type"] == "user" and "session_id" in event
-
-
 def upstream_events_stored_once_in_order(log: list[dict[str, Any]], session: FakeSession) -> None:
-    """The stored upstream events are the remote session's events: same order, none twice (the
-    echoes of our own prompts are stored as their `input_preview`, under the same uuid)."""
+    """The stored upstream events are the remote session's events, the echoes of our own prompts
+    included: same order, none twice."""
     upstream = [e["eventData"] for e in log if e["eventData"]["type"] not in SERVER_EVENT_TYPES]
-    assert [e["uuid"] for e in upstream] == [e["uuid"] for e in session.events if not is_echo(e)]
+    assert [e["uuid"] for e in upstream] == [e["uuid"] for e in session.events]
     ids = [e["id"] for e in log]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 

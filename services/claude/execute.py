@@ -223,7 +223,9 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
             return StreamPlan(row["id"], created=False, after_id=_running_baseline(row))
         raise ServiceError(400, "userRequest is required")
 
-    provider = runs.provider_for(row["provider"] if row is not None else None)
+    # A new session runs on the deployment's AGENT_BACKEND; an existing one keeps its own.
+    provider_name = row["provider"] if row is not None else ctx.config.new_session_provider
+    provider = runs.provider_for(provider_name)
     token = await provider.authenticate(user_id)
     needs_remote = row is None or (row["remote_session_id"] is None and row["status"] != "running")
     repo: tuple[str, str, str] | None = None
@@ -266,6 +268,7 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
                 id=session_id,
                 user_id=user_id,
                 user_request=title,
+                provider=provider_name,
                 repository_url=repo[0],
                 repository_owner=repo[1],
                 repository_name=repo[2],

@@ -65,6 +65,8 @@ class CreateRequest:
     branch_prefix: str
     model: str
     message_uuid: str
+    # The branch the repository is checked out on (backends that mount it, like Managed Agents).
+    base_branch: str | None = None
 
 
 @dataclass
@@ -115,6 +117,9 @@ class AgentProvider(abc.ABC):
     """What the run driver needs from an agent backend."""
 
     name: str
+    # Whether upstream calls need the person's own credentials (a deployment-wide key does not:
+    # its sessions can be archived for anyone).
+    personal_credentials: bool = True
     # Upstream event types that end a turn (the run ends when a new one arrives).
     end_event_types: tuple[str, ...]
     # Upstream event types that do not show the agent at work (echoes of user turns).
@@ -161,6 +166,10 @@ class AgentProvider(abc.ABC):
     @abc.abstractmethod
     def branch(self, event: dict[str, Any]) -> str | None:
         """The git branch the agent works on, when this event reveals it."""
+
+    def end_error(self, end_event: dict[str, Any]) -> str | None:
+        """Why a turn's end event ends the run in error (None: the turn completed)."""
+        return None
 
     async def open_push(self, token: str, remote_id: str) -> PushChannel | None:
         """Open the backend's push channel for a remote session, or None when it has none (or it

@@ -68,6 +68,7 @@ from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, log_failure, queries
 from services.errors import ServiceError
 from services.logs import detached_context
+from services.managed_agents.provider import ManagedAgentsProvider
 from services.metrics import UPSTREAM_EVENT_LATENCY
 from services.users import iso
 
@@ -82,6 +83,10 @@ MAX_BACKOFF_SECONDS = 30.0
 # Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
 CREDENTIALS_TTL_SECONDS = 60.0
 ADOPT_BATCH = 50
+# Remote states after which nothing more happens upstream.
+ENDED_REMOTE_STATES = (RemoteState.COMPLETED, RemoteState.ARCHIVED, RemoteState.FAILED)
+# Every backend a chat session can name in `chat_sessions.provider`.
+BACKENDS: dict[str, type[AgentProvider]] = {**PROVIDERS, ManagedAgentsProvider.name: ManagedAgentsProvider}
 
 
 def now_iso() -> str:
@@ -189,8 +194,10 @@ class Liveness:
                     "application_name": "webedt-liveness",
                 },
             )
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, OSError):
-            return self._lost()
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, OSError) as exc:
+            # The database is away: its outage is reported once, by services.db.
+            database_outage.failed("run driver liveness", exc)
+            return self._lost(logging.INFO)
         try:
             held = await queries.runs.lock_driver_liveness(conn, run_owner=self.owner)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
@@ -199,16 +206,16 @@ class Liveness:
             # The server still keeps the lock of this process's previous connection; later.
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
-            return self._lost()
+            return self._lost(logging.WARNING)
         self._conn = conn
         if self._lost_logged:
             log.info("run driver liveness lock held again")
             self._lost_logged = False
         return True
 
-    def _lost(self) -> bool:
+    def _lost(self, level: int) -> bool:
         if not self._lost_logged:
-            log.warning("run driver liveness lock lost; this process drives no run until it holds it again")
+            log.log(level, "run driver liveness lock lost; this process drives no run until it holds it again")
             self._lost_logged = True
         return False
 
@@ -235,17 +242,27 @@ class RunDriver:
         self.lease_seconds = config.run_lease_seconds
         self.heartbeat_seconds = self.lease_seconds / 4
         self.retry_window_seconds = config.claude_retry_window_seconds
+        # Backends other than `provider` (Managed Agents), by `chat_sessions.provider` name.
+        self.other_providers: dict[str, AgentProvider] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
         # The push followers of the runs driven here, by session id (for interrupts).
         self.followers: dict[str, PushFollower] = {}
         self._maintainer: asyncio.Task[None] | None = None
+        self._preparer: asyncio.Task[None] | None = None
         self._stopping = False
 
     def provider_for(self, name: str | None) -> AgentProvider:
+        """The backend a chat session runs on (`chat_sessions.provider`), made on first use."""
         if name in (None, self.provider.name):
             return self.provider
-        raise ServiceError(400, f"Unknown agent provider {name!r}; known: {', '.join(PROVIDERS)}")
+        provider = self.other_providers.get(name)
+        if provider is None:
+            backend = BACKENDS.get(name)
+            if backend is None:
+                raise ServiceError(400, f"Unknown agent provider {name!r}; known: {', '.join(BACKENDS)}")
+            provider = self.other_providers[name] = backend(self.ctx)
+        return provider
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -253,12 +270,18 @@ class RunDriver:
         """Take the liveness lock, then adopt orphaned runs, keep leases fresh and adopt periodically."""
         await self.liveness.ensure()
         self._maintainer = asyncio.create_task(self._maintain(), name="run-driver-maintenance")
+        if self.ctx.config.agent_backend == "managed-agents":
+            # The deployment's agent and environment, made now by whichever replica comes first
+            # rather than in someone's first request (which makes them itself if this failed).
+            self._preparer = asyncio.create_task(
+                self.provider_for(ManagedAgentsProvider.name).prepare(), name="managed-agents-resources"
+            )
 
     async def stop(self) -> None:
         """Stop driving (the runs go on upstream) and release the leases so another replica adopts
         them at once instead of after the lease expires."""
         self._stopping = True
-        tasks = [t for t in (self._maintainer, *self.tasks.values()) if t is not None]
+        tasks = [t for t in (self._maintainer, self._preparer, *self.tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -268,6 +291,8 @@ class RunDriver:
             await queries.runs.release_runs(self.ctx.pool, run_owner=self.owner)
         await self.liveness.close()
         await self.provider.aclose()
+        for provider in self.other_providers.values():
+            await provider.aclose()
 
     def _stop_driving(self) -> None:
         for task in self.tasks.values():
@@ -480,7 +505,12 @@ class _Run:
             return None
         remote = await self.provider.get(token, self.remote_id)
         self.failing_since.pop("get session", None)
-        await self._collect(token)
+        if remote.state in ENDED_REMOTE_STATES and self.follower is not None and self.follower.live:
+            # The status may be ahead of the pushed events: store those that explain the end (a
+            # final result, an error) before judging, as a poll would have.
+            await self.backfill(token)
+        else:
+            await self._collect(token)
         self.failing_since.pop("get events", None)
         self.retried_unauthorized = False
         if has_pending:
@@ -589,6 +619,9 @@ class _Run:
         )
         last_end = progress["last_end"] if progress else None
         if last_end is not None and progress["end_count"] >= max(self.turns_delivered, 1):
+            failure = self.provider.end_error(last_end)
+            if failure is not None:
+                return Outcome("error", failure, total_cost=self.provider.cost(last_end))
             return Outcome("completed", total_cost=self.provider.cost(last_end))
         if remote_state in (RemoteState.COMPLETED, RemoteState.ARCHIVED):
             return Outcome("completed")
@@ -629,6 +662,7 @@ class _Run:
             branch_prefix=row["branch"] or "claude/session",
             model=self.ctx.config.claude_default_model,
             message_uuid=first["upstream_uuid"],
+            base_branch=row["base_branch"],
         )
         remote = None
         if self.create_attempted:

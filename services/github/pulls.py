@@ -237,7 +237,7 @@ async def _retire_session(ctx: AppContext, user_id: str, session: asyncpg.Record
     the trash. The merge already happened, so a failure here is logged, never returned."""
     if session["remote_session_id"]:
         try:
-            outcome = await sessions.archive_remote(ctx, user_id, session["remote_session_id"])
+            outcome = await sessions.archive_remote(ctx, user_id, session["remote_session_id"], session["provider"])
             if not outcome["success"]:
                 log.warning("auto-PR could not archive the remote session: %s", outcome["message"])
         except Exception:

@@ -1,0 +1,101 @@
+"""The official `anthropic` SDK's async client for Managed Agents, and its errors as `UpstreamError`.
+
+The SDK authenticates its own way (the key, its own `anthropic-version`) and adds the
+`managed-agents-2026-04-01` beta header on every beta call; nothing here adds headers. Its own
+retries are turned off: the run driver retries 429, 5xx and network failures with its backoff and
+retry window, exactly as for Remote Sessions. Replies are read raw (`with_raw_response`, the raw
+SSE events) so that event types this SDK release does not know are kept, not dropped or reshaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anthropic
+
+from services.claude.client import UpstreamError, _excerpt
+from services.config import Config
+from services.metrics import UPSTREAM_CALLS
+
+T = TypeVar("T")
+
+
+class ApiKeyRefused(UpstreamError):
+    """Upstream refused the deployment's ANTHROPIC_API_KEY: neither retried nor a person's login."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+    @property
+    def unauthorized(self) -> bool:
+        # Not the person's credentials (the driver would ask them to reconnect Claude).
+        return False
+
+
+def make_client(config: Config) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        api_key=config.anthropic_api_key,
+        base_url=config.managed_agents_api_base_url,
+        timeout=config.claude_request_timeout_seconds,
+        max_retries=0,
+    )
+
+
+def upstream_error(operation: str, exc: Exception) -> UpstreamError:
+    """The SDK's exception as an UpstreamError; the message never holds the key or a token."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return UpstreamError(operation, "no answer in time", kind="timeout")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return UpstreamError(operation, "connection failed", kind="network")
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        if status == 401:
+            return ApiKeyRefused(
+                operation,
+                "the Anthropic API refused the deployment's ANTHROPIC_API_KEY (401); an operator must set a valid key",
+                status=401,
+            )
+        return UpstreamError(operation, f"{status} {_excerpt(error_message(exc))}".rstrip(), status=status)
+    if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
+        return UpstreamError(operation, "reply is not what the API returns", kind="malformed")
+    return UpstreamError(operation, exc.__class__.__name__, kind="network")
+
+
+def error_message(exc: anthropic.APIStatusError) -> str:
+    """The `error.message` of an API error body, else the SDK's message."""
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+    return exc.message
+
+
+async def call(operation: str, request: Callable[[], Awaitable[T]]) -> T:
+    """Run one SDK call, counted in the metrics; SDK exceptions become UpstreamError."""
+    try:
+        result = await request()
+    except anthropic.AnthropicError as exc:
+        error = upstream_error(operation, exc)
+        UPSTREAM_CALLS.labels("managed-agents", error.kind).inc()
+        raise error from None
+    UPSTREAM_CALLS.labels("managed-agents", "ok").inc()
+    return result
+
+
+async def call_json(operation: str, request: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    """An SDK call made through `with_raw_response`, its body decoded as a JSON object."""
+
+    async def raw() -> dict[str, Any]:
+        response = await request()
+        try:
+            value = await response.json()
+        except ValueError:
+            raise UpstreamError(operation, "reply is not JSON", kind="malformed") from None
+        if not isinstance(value, dict):
+            raise UpstreamError(operation, "reply is not a JSON object", kind="malformed")
+        return value
+
+    return await call(operation, raw)

@@ -1,0 +1,380 @@
+"""`ManagedAgentsProvider`: runs on Anthropic's Managed Agents API (chat_sessions.provider
+"managed-agents"), through the official SDK's async client with the deployment's API key.
+
+- `authenticate` needs nothing from the person's Claude account: the credential it hands the run
+  driver is the person's GitHub token (or "" when GitHub is not connected), which `create` gives
+  upstream as the `github_repository` resource's `authorization_token`. It is never logged nor
+  stored in an event.
+- `environment` makes sure the deployment's agent and environment exist (`resources.ensure`).
+- `events_after` pages through the event list from a cursor of its own: a JSON object with the
+  last `processed_at` read, the ids read at that instant (several events can share one, so the
+  next read asks `created_at[gte]` and skips those ids) and the translation state
+  (`translate.Translator`). No cursor means the whole history, translated from the start.
+- `open_push` opens the SSE stream first, then lists the history, so that nothing emitted in
+  between is missed; both are translated by one translator and de-duplicated by event id.
+- A session's idle status read by a GET never ends a turn (its last events may not be listed yet):
+  only the translated `session.status_idle` event, the `result`, does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+import anthropic
+import asyncpg
+import orjson
+from anthropic import AsyncStream
+
+from services.claude.client import UpstreamError
+from services.claude.provider import (
+    MAX_PAGES_PER_POLL,
+    AgentProvider,
+    CreateRequest,
+    EventBatch,
+    PushChannel,
+    PushItem,
+    RemoteSession,
+    RemoteState,
+    format_cost,
+)
+from services.context import AppContext
+from services.db import UNAVAILABLE_ERRORS
+from services.errors import ServiceError
+from services.github import accounts
+from services.managed_agents import resources
+from services.managed_agents.client import call, call_json, make_client, upstream_error
+from services.managed_agents.translate import TOOL_NAMES, Translator, branch_of, parse_time
+
+log = logging.getLogger(__name__)
+
+NO_API_KEY = (
+    "This session runs on Managed Agents, but ANTHROPIC_API_KEY is not set on this server; "
+    "an operator must set it to continue the session"
+)
+CONSOLE_URL = "https://platform.claude.com/workspaces/default/sessions/"
+FIND_CREATED_LOOKBACK = 10
+STREAM_READ_TIMEOUT_SECONDS = 120.0
+# The session status as the run driver knows it. An idle or rescheduling session is left to
+# the events: the end of a turn is the `session.status_idle` event, never a GET's status.
+STATES = {"running": RemoteState.RUNNING, "rescheduling": RemoteState.RUNNING, "terminated": RemoteState.FAILED}
+
+
+def _content(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def _cursor(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _earlier(processed_at: str, since: str | None) -> bool:
+    """Whether an event is from before the cursor's instant (compared as times, not strings)."""
+    if since is None:
+        return False
+    at, cursor = parse_time(processed_at), parse_time(since)
+    return at is not None and cursor is not None and at < cursor
+
+
+class ManagedAgentsProvider(AgentProvider):
+    """Anthropic's Managed Agents API (beta `managed-agents-2026-04-01`), with an API key."""
+
+    name = "managed-agents"
+    personal_credentials = False
+    end_event_types = ("result",)
+    quiet_event_types = ("user", "system")
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        if not ctx.config.anthropic_api_key:
+            raise ServiceError(502, NO_API_KEY)
+        self.client = make_client(ctx.config)
+        self._resources: resources.Resources | None = None
+        self._resources_lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    async def authenticate(self, user_id: str, *, force: bool = False) -> str:
+        return await accounts.token_for_user_id(self.ctx, user_id) or ""
+
+    async def deployment_resources(self) -> resources.Resources:
+        """The agent and environment, read (or made) once per process; concurrent callers wait
+        for the first instead of each holding a pooled connection on the database lock."""
+        async with self._resources_lock:
+            if self._resources is None:
+                self._resources = await resources.ensure(self.ctx, self.client)
+            return self._resources
+
+    async def prepare(self) -> None:
+        """Make sure the deployment's agent and environment exist (at start-up); a failure is
+        logged, and the first run that needs them tries again."""
+        try:
+            await self.deployment_resources()
+        except UpstreamError as exc:
+            log.warning("could not prepare the Managed Agents agent and environment: %s", exc.message)
+        except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
+            log.warning("could not prepare the Managed Agents agent and environment: database unavailable")
+
+    async def environment(self, token: str) -> str:
+        return (await self.deployment_resources()).environment_id
+
+    def _session(self, value: dict[str, Any]) -> RemoteSession:
+        if not isinstance(value.get("id"), str) or not value["id"]:
+            raise UpstreamError("get session", "reply has no session id", kind="malformed")
+        state = (
+            RemoteState.ARCHIVED if value.get("archived_at") else STATES.get(value.get("status"), RemoteState.UNKNOWN)
+        )
+        title = value.get("title")
+        return RemoteSession(
+            value["id"], self.web_url(value["id"]), state, title if isinstance(title, str) else None, value
+        )
+
+    async def create(self, token: str, request: CreateRequest) -> RemoteSession:
+        agent_id = (await self.deployment_resources()).agent_id
+        repository: dict[str, Any] = {
+            "type": "github_repository",
+            "url": f"https://github.com/{request.repo_full_name}",
+            "checkout": {"type": "branch", "name": request.base_branch or "main"},
+        }
+        if token:
+            repository["authorization_token"] = token
+        try:
+            value = await call_json(
+                "create session",
+                lambda: self.client.beta.sessions.with_raw_response.create(
+                    agent=agent_id,
+                    environment_id=request.environment_id,
+                    title=request.title,
+                    resources=[repository],
+                    initial_events=[{"type": "user.message", "content": _content(request.content)}],
+                    metadata={"webedt_message_uuid": request.message_uuid},
+                ),
+            )
+        except UpstreamError as exc:
+            if exc.kind == "http" and exc.status in (400, 403, 404, 422):
+                hint = "" if token else " without a GitHub connection only public repositories can be used;"
+                raise UpstreamError(
+                    "create session",
+                    f"Managed Agents refused the GitHub repository {request.repo_full_name} "
+                    f"({exc.message.removeprefix('Failed to create session: ')});{hint} "
+                    "check the repository URL and your GitHub connection",
+                    status=exc.status,
+                ) from None
+            raise
+        return self._session(value)
+
+    async def find_created(self, token: str, request: CreateRequest) -> RemoteSession | None:
+        # Sessions carry the uuid of their first prompt in their metadata.
+        page = await call_json(
+            "list sessions", lambda: self.client.beta.sessions.with_raw_response.list(limit=FIND_CREATED_LOOKBACK)
+        )
+        for value in page.get("data") or []:
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            if isinstance(metadata, dict) and metadata.get("webedt_message_uuid") == request.message_uuid:
+                return self._session(value)
+        return None
+
+    async def get(self, token: str, remote_id: str) -> RemoteSession:
+        value = await call_json("get session", lambda: self.client.beta.sessions.with_raw_response.retrieve(remote_id))
+        return self._session(value)
+
+    async def _page(self, remote_id: str, since: str | None, page: str | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if page:
+            kwargs["page"] = page
+        elif since:
+            kwargs["created_at_gte"] = since
+        value = await call_json(
+            "get events", lambda: self.client.beta.sessions.events.with_raw_response.list(remote_id, **kwargs)
+        )
+        if not isinstance(value.get("data"), list):
+            raise UpstreamError("get events", "reply has no list of events under `data`", kind="malformed")
+        return value
+
+    async def history(self, remote_id: str) -> list[dict[str, Any]]:
+        """Every processed upstream event of the session so far, raw, in upstream order."""
+        events: list[dict[str, Any]] = []
+        page: str | None = None
+        while True:
+            value = await self._page(remote_id, None, page)
+            events.extend(e for e in value["data"] if isinstance(e, dict) and e.get("processed_at"))
+            page = value.get("next_page")
+            if not page:
+                return events
+
+    async def events_after(self, token: str, remote_id: str, cursor: str | None) -> EventBatch:
+        state = _cursor(cursor)
+        translator = Translator(state.get("translation"))
+        since: str | None = state.get("since")
+        seen_at_since: set[str] = set(state.get("ids") or [])
+        events: list[dict[str, Any]] = []
+        page: str | None = None
+        complete = False
+        for _ in range(MAX_PAGES_PER_POLL):
+            value = await self._page(remote_id, since if page is None else None, page)
+            for event in value["data"]:
+                if not isinstance(event, dict) or not event.get("id"):
+                    continue
+                processed_at = event.get("processed_at")
+                if not processed_at:
+                    continue  # queued, not processed yet: it comes again once it is
+                if event["id"] in seen_at_since or _earlier(processed_at, since):
+                    continue  # read before (the list starts at `since`, inclusive)
+                if processed_at != since:
+                    since, seen_at_since = processed_at, set()
+                seen_at_since.add(event["id"])
+                events.append(translator.translate(event))
+            page = value.get("next_page")
+            if not page:
+                complete = True
+                break
+        # A cursor left mid-way (more pages) restarts from `since`, skipping what was read there.
+        next_cursor = orjson.dumps(
+            {"since": since, "ids": sorted(seen_at_since), "translation": translator.state}
+        ).decode()
+        return EventBatch(events, next_cursor, complete)
+
+    async def send(self, token: str, remote_id: str, content: str | list[dict[str, Any]], message_uuid: str) -> None:
+        await call(
+            "send message",
+            lambda: self.client.beta.sessions.events.with_raw_response.send(
+                remote_id, events=[{"type": "user.message", "content": _content(content)}]
+            ),
+        )
+
+    async def interrupt(self, token: str, remote_id: str) -> None:
+        await call(
+            "interrupt session",
+            lambda: self.client.beta.sessions.events.with_raw_response.send(
+                remote_id, events=[{"type": "user.interrupt"}]
+            ),
+        )
+
+    async def archive(self, token: str, remote_id: str) -> None:
+        try:
+            await call("archive session", lambda: self.client.beta.sessions.with_raw_response.archive(remote_id))
+        except UpstreamError as exc:
+            if not exc.not_found:  # already gone counts as archived
+                raise
+
+    def web_url(self, remote_id: str) -> str:
+        return CONSOLE_URL + remote_id
+
+    def cost(self, end_event: dict[str, Any]) -> str | None:
+        return format_cost(end_event.get("total_cost_usd"))
+
+    def end_error(self, end_event: dict[str, Any]) -> str | None:
+        error = end_event.get("error")
+        return error if end_event.get("is_error") and isinstance(error, str) else None
+
+    def branch(self, event: dict[str, Any]) -> str | None:
+        managed = event.get("managed")
+        if not isinstance(managed, dict) or managed.get("type") != "agent.tool_use":
+            return None
+        if TOOL_NAMES.get(str(managed.get("name")), managed.get("name")) != "Bash":
+            return None
+        command = managed.get("input", {}).get("command") if isinstance(managed.get("input"), dict) else None
+        return branch_of(command) if isinstance(command, str) else None
+
+    async def open_push(self, token: str, remote_id: str) -> PushChannel | None:
+        channel = ManagedPushChannel(self, remote_id)
+        await channel.open()
+        return channel
+
+
+class ManagedPushChannel(PushChannel):
+    """A session's SSE event stream, read raw (unknown event types survive), preceded by its
+    history: `open` connects first and lists second, `receive` hands out the history and then
+    the live events, each upstream event once, translated."""
+
+    def __init__(self, provider: ManagedAgentsProvider, remote_id: str) -> None:
+        self.provider = provider
+        self.remote_id = remote_id
+        self.translator = Translator()
+        self.seen: set[str] = set()
+        self.pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._stream: AsyncStream[Any] | None = None
+        self._events: Any = None
+        self._closed = False
+
+    async def open(self) -> None:
+        client = self.provider.client
+        self._stream = await call(
+            "open event stream",
+            lambda: client.beta.sessions.events.stream(self.remote_id, timeout=STREAM_READ_TIMEOUT_SECONDS),
+        )
+        self._events = AsyncStream.raw_events(self._stream.response).__aiter__()
+        try:
+            for event in await self.provider.history(self.remote_id):
+                self._take(event)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _take(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        event_id = event.get("id")
+        if not isinstance(event_id, str) or not event_id or event_id in self.seen:
+            return None
+        self.seen.add(event_id)
+        translated = self.translator.translate(event)
+        self.pending.append(translated)
+        return translated
+
+    async def receive(self) -> PushItem | None:
+        while True:
+            if self.pending:
+                event = self.pending.popleft()
+                status = RemoteState.RUNNING if event["managed"].get("type") == "session.status_running" else None
+                return PushItem(event=event, status=status)
+            if self._closed or self._events is None:
+                return None
+            try:
+                sse = await self._events.__anext__()
+            except StopAsyncIteration:
+                await self.close()
+                return None
+            except anthropic.AnthropicError as exc:
+                log.info("event stream of %s ended: %s", self.remote_id, upstream_error("read events", exc).message)
+                await self.close()
+                return None
+            except Exception as exc:  # the connection broke (httpx2's own errors)
+                log.info("event stream of %s broke: %s", self.remote_id, exc.__class__.__name__)
+                await self.close()
+                return None
+            if not sse.data:
+                return PushItem()  # a heartbeat comment or an empty frame
+            try:
+                data = sse.json()
+            except ValueError:
+                return PushItem()
+            if sse.event == "error":
+                await self.close()
+                error = data.get("error") if isinstance(data, dict) else None
+                message = error.get("message") if isinstance(error, dict) else None
+                raise UpstreamError("read events", str(message or "stream error"), kind="network")
+            if not isinstance(data, dict) or data.get("type") in (None, "ping") or not data.get("processed_at"):
+                return PushItem()  # a heartbeat, or an event that comes again once processed
+            if self._take(data) is None:
+                return PushItem()  # already delivered from the history
+
+    async def interrupt(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._stream is not None:
+            try:
+                await self._stream.close()
+            except Exception:  # closing a broken connection may fail too
+                log.debug("closing the event stream of %s failed", self.remote_id)
