@@ -21,13 +21,6 @@ SET branch = :branch, session_path = :session_path, base_branch = COALESCE(base_
 WHERE id = :id AND user_id = :user_id
 RETURNING *;
 
--- name: trash_session(id, user_id)^
--- Soft-deletes the caller's own session after auto-PR merged its branch.
-UPDATE chat_sessions SET deleted_at = now()
-WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL
-RETURNING *;
-
-
 -- name: use_oauth_state(nonce, keep_seconds)$
 -- Marks a state's nonce as used: true the first time, false for every later use. Forgets the
 -- nonces of states that have expired anyway.

@@ -132,16 +132,6 @@ SET status = :status, total_cost = COALESCE(:total_cost, total_cost), branch = C
 WHERE id = :id
 RETURNING *;
 
--- name: abort_session(id)^
--- Aborted: error, and the prompts not delivered yet leave the outbox (see finish_run).
-WITH dropped AS (
-    UPDATE messages SET upstream_uuid = NULL
-    WHERE chat_session_id = :id AND upstream_uuid IS NOT NULL AND delivered_at IS NULL
-)
-UPDATE chat_sessions SET status = 'error', completed_at = now(), run_owner = NULL, run_state = NULL
-WHERE id = :id
-RETURNING *;
-
 -- name: max_event_id(chat_session_id)$
 SELECT COALESCE(max(id), 0) FROM events WHERE chat_session_id = :chat_session_id;
 

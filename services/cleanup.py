@@ -24,11 +24,8 @@ from typing import Any
 
 import asyncpg
 
-from services import event_log, session_list
-from services.chat_sessions import session_json
 from services.claude.client import UpstreamError
-from services.claude.provider import RemoteState
-from services.claude.runs import error_event
+from services.claude.ending import Outcome, end_run, local_status
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, leading, queries
 from services.errors import ServiceError
@@ -40,12 +37,6 @@ log = logging.getLogger(__name__)
 
 CLEANUP_LOCK_KEY = 7_215_334_005
 BATCH = 100
-ENDED = {
-    RemoteState.COMPLETED: "completed",
-    RemoteState.IDLE: "completed",
-    RemoteState.ARCHIVED: "completed",
-    RemoteState.FAILED: "error",
-}
 REMOTE_GONE = "The remote session no longer exists"
 FAILED = "Claude reported that the session failed"
 
@@ -59,23 +50,11 @@ async def _finish(
     claimed = await queries.runs.claim_run(ctx.pool, id=row["id"], run_owner=owner, lease_seconds=timeout)
     if claimed is None:
         return False
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        locked = await queries.runs.lock_owned_run(conn, id=row["id"], run_owner=owner)
-        if locked is None:
-            return False
-        stored = [stored_event(e) for e in events]
-        if error is not None:
-            stored.append(error_event(error, source="cleanup"))
-        if stored:
-            await event_log.append(ctx, row["id"], stored, conn=conn)
-        final = await queries.runs.finish_run(
-            conn, id=row["id"], status=status, total_cost=session_cost(ctx, events), branch=None
-        )
-        await event_log.announce_status(ctx, row["id"], conn=conn)
-    if final["deleted_at"] is None:
-        await session_list.announce(ctx, final["user_id"], "status_changed", session_json(final))
-    log.info("orphaned session %s finished as %s", row["id"], status)
-    return True
+    outcome = Outcome(status, error, total_cost=session_cost(ctx, events), source="cleanup")
+    ended = await end_run(ctx, row["id"], outcome, owner=owner, events=[stored_event(e) for e in events])
+    if ended == "ended":
+        log.info("orphaned session %s finished as %s", row["id"], status)
+    return ended == "ended"
 
 
 async def _adopt(ctx: AppContext, row: asyncpg.Record) -> str:
@@ -110,8 +89,8 @@ async def handle_orphan(ctx: AppContext, row: asyncpg.Record) -> str:
         return "finished" if await _finish(ctx, row, "error", [], exc.message) else "alive"
     try:
         remote = await provider.get(token, remote_id)
-        status = ENDED.get(remote.state)
-        if status is None:
+        status = local_status(remote.state)
+        if status in (None, "running"):
             return await _adopt(ctx, row)
         events = await fetch_all_events(ctx, token, remote_id)
     except UpstreamError as exc:

@@ -372,7 +372,10 @@ async def _bulk_change(
         return await change(conn)
 
 
-async def _soft_delete(ctx: AppContext, user_id: str, ids: list[str], not_found: str) -> list[asyncpg.Record]:
+async def move_to_trash(ctx: AppContext, user_id: str, ids: list[str], not_found: str) -> list[asyncpg.Record]:
+    """The one way a session goes to the trash: all of `ids` (the caller's, not in the trash
+    yet) or none (404 `not_found`); each one leaves the person's session lists."""
+
     async def change(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return [r async for r in queries.chat_sessions.soft_delete_sessions(conn, ids=ids, user_id=user_id)]
 
@@ -455,7 +458,7 @@ async def _cleanup(ctx: AppContext, user: CurrentUser, rows: list[asyncpg.Record
 async def delete_session(ctx: AppContext, user: CurrentUser, session_id: str) -> dict[str, Any]:
     """DELETE /api/sessions/:id: to the trash; archive upstream and delete the branch."""
     row = await get_live(ctx, session_id, user.id)
-    rows = await _soft_delete(ctx, user.id, [row["id"]], SESSION_NOT_FOUND)
+    rows = await move_to_trash(ctx, user.id, [row["id"]], SESSION_NOT_FOUND)
     cleanup = await _cleanup(ctx, user, rows)
     result: dict[str, Any] = {}
     if cleanup["branches"]:
@@ -479,7 +482,7 @@ async def restore_session(ctx: AppContext, user_id: str, session_id: str) -> dic
 async def bulk_delete(ctx: AppContext, user: CurrentUser, body: dict[str, Any]) -> dict[str, Any]:
     """POST /api/sessions/bulk-delete."""
     ids = _bulk_ids(body)
-    rows = await _soft_delete(ctx, user.id, ids, "One or more sessions not found")
+    rows = await move_to_trash(ctx, user.id, ids, "One or more sessions not found")
     cleanup = await _cleanup(ctx, user, rows)
     return {"message": f"{len(rows)} session(s) deleted", "count": len(rows), "cleanup": cleanup}
 

@@ -32,6 +32,7 @@ import asyncpg
 from services import event_log, session_list
 from services.chat_sessions import get_owned, session_json
 from services.claude.client import UpstreamError
+from services.claude.ending import announce_ended, local_status
 from services.claude.provider import RemoteState
 from services.claude.runs import stored_upstream_event
 from services.context import AppContext
@@ -53,15 +54,6 @@ MAX_EVENT_BATCHES = 10
 TITLE_MAX_CHARS = 500
 INITIAL_DELAY_SECONDS = 5.0
 _GITHUB_REPO = re.compile(r"github\.com[/:]([^/]+)/([^/?#]+?)(?:\.git)?/?$")
-
-# CONTRACT.md 5.4
-STATUS_FROM_REMOTE = {
-    RemoteState.IDLE: "completed",
-    RemoteState.RUNNING: "running",
-    RemoteState.COMPLETED: "completed",
-    RemoteState.FAILED: "error",
-    RemoteState.ARCHIVED: "completed",
-}
 
 
 @dataclass
@@ -144,8 +136,9 @@ def _timestamp(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else None
 
 
-def local_status(remote_state: str) -> str:
-    return STATUS_FROM_REMOTE.get(remote_state, "pending")
+def imported_status(remote_state: str) -> str:
+    """The status of a remote session imported here (CONTRACT.md 5.4; unknown states: pending)."""
+    return local_status(remote_state) or "pending"
 
 
 def stored_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +184,7 @@ async def _import_one(
         report.already_exists += 1
         return
     url, owner, name, branch = _repository(remote)
-    status = local_status(state)
+    status = imported_status(state)
     title = _title(remote, events)
     path = session_path(owner, name, branch) if owner and name and branch else None
     values = {
@@ -313,7 +306,7 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
     existing = await queries.chat_sessions.count_event_uuids(ctx.pool, chat_session_id=row["id"])
     new_ids = await event_log.append(ctx, row["id"], [stored_event(e) for e in events]) if events else []
     local = row["status"]
-    mapped = STATUS_FROM_REMOTE.get(remote.state)
+    mapped = local_status(remote.state)
     if mapped is not None and row["status"] != "running":
         cost = session_cost(ctx, events)
         if mapped != row["status"] or (cost is not None and cost != row["total_cost"]):
@@ -323,8 +316,7 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
             if updated is not None:
                 local = updated["status"]
                 await event_log.announce_status(ctx, row["id"])
-                if updated["deleted_at"] is None:
-                    await session_list.announce(ctx, user_id, "status_changed", session_json(updated))
+                await announce_ended(ctx, updated)
                 if local == "running" and ctx.runs is not None:
                     await ctx.runs.ensure_driving(row["id"])
     return {

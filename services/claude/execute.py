@@ -22,8 +22,10 @@ from services import claude_auth, event_log, session_list
 from services.chat_sessions import get_owned, session_json
 from services.claude import titles
 from services.claude.client import UpstreamError
+from services.claude.ending import Outcome, end_run
 from services.claude.provider import AgentProvider
-from services.claude.runs import RunDriver, error_event, now_iso
+from services.claude.run_state import RunState, run_state_patch
+from services.claude.runs import RunDriver, now_iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
@@ -185,9 +187,7 @@ async def _authenticate(ctx: AppContext, provider_name: str | None, user_id: str
 
 
 def _running_baseline(row: asyncpg.Record) -> int:
-    state = row["run_state"] or {}
-    value = state.get("baseline_event_id") if isinstance(state, dict) else None
-    return value if isinstance(value, int) else 0
+    return RunState.read(row["run_state"]).baseline_event_id or 0
 
 
 # ---- execute-remote ------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
                 repository_name=repo[2],
                 branch=branch,
                 run_owner=runs.owner,
-                run_state={"baseline_event_id": 0, "environment_id": environment_id},
+                run_state=RunState(baseline_event_id=0, environment_id=environment_id).to_json(),
             )
             announcements.append(("created", session_json(created_row)))
             events = [preview, title_event]
@@ -287,10 +287,10 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
                     conn,
                     id=session_id,
                     run_owner=runs.owner,
-                    run_state={
-                        "baseline_event_id": await queries.runs.max_event_id(conn, chat_session_id=session_id),
-                        "environment_id": environment_id,
-                    },
+                    run_state=RunState(
+                        baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id),
+                        environment_id=environment_id,
+                    ).to_json(),
                     repository_url=repo[0] if repo else None,
                     repository_owner=repo[1] if repo else None,
                     repository_name=repo[2] if repo else None,
@@ -375,7 +375,9 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
                 conn,
                 id=session_id,
                 run_owner=runs.owner,
-                run_state={"baseline_event_id": await queries.runs.max_event_id(conn, chat_session_id=session_id)},
+                run_state=RunState(
+                    baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id)
+                ).to_json(),
                 repository_url=None,
                 repository_owner=None,
                 repository_name=None,
@@ -424,7 +426,7 @@ async def _record_interrupt(ctx: AppContext, session_id: str) -> None:
     event = {"type": "interrupted", "message": "Interrupt requested", "source": "user", "timestamp": now_iso()}
     await event_log.append(ctx, session_id, [event])
     # Once interrupted, an idle remote session ends the run even if the agent had done nothing.
-    await queries.runs.patch_run_state(ctx.pool, id=session_id, patch={"interrupted": True})
+    await queries.runs.patch_run_state(ctx.pool, id=session_id, patch=run_state_patch(interrupted=True))
 
 
 async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
@@ -441,15 +443,7 @@ async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any
         except (ServiceError, UpstreamError) as exc:
             # The local abort stands even when Claude cannot be told.
             log.info("abort of %s could not interrupt upstream: %s", session_id, exc)
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        locked = await queries.runs.lock_session(conn, id=session_id)
-        if locked["status"] == "running":
-            await event_log.append(ctx, session_id, [error_event("Session aborted", source="user")], conn=conn)
-        final = await queries.runs.abort_session(conn, id=session_id)
-        await event_log.announce_status(ctx, session_id, conn=conn)
-    session = session_json(final)
-    await session_list.announce(
-        ctx, user_id, "status_changed", {"id": session_id, "status": "error", "completedAt": session["completedAt"]}
-    )
+    # Whoever drives it, and even when it is not running (an abort always leaves `error`).
+    await end_run(ctx, session_id, Outcome("error", "Session aborted", source="user"), owner=None)
     runs.wake(session_id)
     return {"message": "Session aborted", "sessionId": session_id, "remoteInterrupted": interrupted}

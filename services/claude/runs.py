@@ -45,7 +45,6 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,8 +52,8 @@ import asyncpg
 import orjson
 
 from services import claude_auth, event_log, session_list
-from services.chat_sessions import session_json
 from services.claude.client import UpstreamError
+from services.claude.ending import Outcome, end_run
 from services.claude.follow import STATUS_CHECK_SECONDS, PushFollower
 from services.claude.provider import (
     PROVIDERS,
@@ -64,6 +63,7 @@ from services.claude.provider import (
     PushItem,
     RemoteState,
 )
+from services.claude.run_state import RunState, run_state_patch
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, log_failure, queries
 from services.errors import ServiceError
@@ -91,10 +91,6 @@ BACKENDS: dict[str, type[AgentProvider]] = {**PROVIDERS, ManagedAgentsProvider.n
 
 def now_iso() -> str:
     return iso(datetime.now(UTC)) or ""
-
-
-def error_event(message: str, source: str = "claude") -> dict[str, Any]:
-    return {"type": "error", "timestamp": now_iso(), "source": source, "error": message}
 
 
 def event_key(event: dict[str, Any]) -> str:
@@ -153,15 +149,6 @@ def observe_latency(events: list[dict[str, Any]], via: str) -> None:
             continue
         if when.tzinfo is not None:
             UPSTREAM_EVENT_LATENCY.labels(via).observe(max((now - when).total_seconds(), 0.0))
-
-
-@dataclass
-class Outcome:
-    """How a run ended: `completed` or `error` (with the message of its one error event)."""
-
-    status: str
-    error: str | None = None
-    total_cost: str | None = None
 
 
 class Liveness:
@@ -448,15 +435,15 @@ class _Run:
         self.remote_id = row["remote_session_id"]
         self.branch = row["branch"]
         self.provider = self.driver.provider_for(row["provider"])
-        state = row["run_state"] or {}
-        if not isinstance(state.get("baseline_event_id"), int):
+        state = RunState.read(row["run_state"])
+        if state.baseline_event_id is None:
             # Adopted without a run state (for instance a running session imported by the sync):
             # only what happens from now on can end the run.
             self.baseline = await queries.runs.max_event_id(self.ctx.pool, chat_session_id=self.session_id)
             await queries.runs.patch_run_state(
-                self.ctx.pool, id=self.session_id, patch={"baseline_event_id": self.baseline}
+                self.ctx.pool, id=self.session_id, patch=run_state_patch(baseline_event_id=self.baseline)
             )
-        self.create_attempted = bool(state.get("create_attempted"))
+        self.create_attempted = state.create_attempted
         if self.create_attempted:
             # Adopted mid-creation: the dead replica's request may still be on its way.
             self.create_in_doubt_until = time.monotonic() + self.create_grace_seconds
@@ -466,11 +453,10 @@ class _Run:
             control = await queries.runs.run_control(self.ctx.pool, id=self.session_id)
             if control is None or control["status"] != "running" or control["run_owner"] != self.driver.owner:
                 return
-            state = control["run_state"] or {}
-            if isinstance(state.get("baseline_event_id"), int):
-                self.baseline = state["baseline_event_id"]
-            if isinstance(state.get("turns_delivered"), int):
-                self.turns_delivered = state["turns_delivered"]
+            state = RunState.read(control["run_state"])
+            if state.baseline_event_id is not None:
+                self.baseline = state.baseline_event_id
+            self.turns_delivered = state.turns_delivered
             delay = self._follow_delay()
             try:
                 outcome = await self._step(state, control["has_pending"])
@@ -498,7 +484,7 @@ class _Run:
             self.token_read_at = time.monotonic()
         return self.token
 
-    async def _step(self, state: dict[str, Any], has_pending: bool) -> Outcome | None:
+    async def _step(self, state: RunState, has_pending: bool) -> Outcome | None:
         token = await self._token_now()
         if self.remote_id is None:
             await self._create(token, state)
@@ -519,7 +505,7 @@ class _Run:
             if self.caught_up:
                 await self._deliver(token)
             return None
-        return await self._judge(remote.state, bool(state.get("interrupted")))
+        return await self._judge(remote.state, state.interrupted)
 
     async def _collect(self, token: str) -> None:
         """Append every event after the cursor that this run has not stored yet, in order; while
@@ -642,7 +628,7 @@ class _Run:
 
     # ---- creating the remote session and delivering prompts ---------------------------------------
 
-    async def _create(self, token: str, state: dict[str, Any]) -> None:
+    async def _create(self, token: str, state: RunState) -> None:
         prompts = [p async for p in queries.runs.undelivered_prompts(self.ctx.pool, chat_session_id=self.session_id)]
         row = await queries.chat_sessions.get_session_by_id(self.ctx.pool, id=self.session_id)
         if row is None:
@@ -652,7 +638,7 @@ class _Run:
         if not row["repository_url"] or not row["repository_owner"] or not row["repository_name"]:
             raise ServiceError(400, "github.repoUrl is required")
         first = prompts[0]
-        environment_id = state.get("environment_id") or await self.provider.environment(token)
+        environment_id = state.environment_id or await self.provider.environment(token)
         request = CreateRequest(
             title=row["user_request"],
             content=prompt_content(first),
@@ -673,7 +659,9 @@ class _Run:
                 return
         if remote is None:
             self.create_attempted = True
-            await queries.runs.patch_run_state(self.ctx.pool, id=self.session_id, patch={"create_attempted": True})
+            await queries.runs.patch_run_state(
+                self.ctx.pool, id=self.session_id, patch=run_state_patch(create_attempted=True)
+            )
             try:
                 remote = await self.provider.create(token, request)
             except UpstreamError as exc:
@@ -708,7 +696,7 @@ class _Run:
         async with self.ctx.pool.acquire() as conn, conn.transaction():
             await queries.runs.mark_prompt_delivered(conn, id=message_id)
             await queries.runs.patch_run_state(
-                conn, id=self.session_id, patch={"turns_delivered": turns, "interrupted": False}
+                conn, id=self.session_id, patch=run_state_patch(turns_delivered=turns, interrupted=False)
             )
         self.turns_delivered = turns
         self.saw_running = False
@@ -758,30 +746,9 @@ class _Run:
         return None, delay
 
     async def finish(self, outcome: Outcome) -> bool:
-        """End the run in one transaction, only while this replica still holds it: the error event
-        (if any) first, then the row; then tell the session list and the streams.
+        """End the run (services/claude/ending.py), only while this replica still holds it.
 
-        False (the run goes on) when a prompt arrived just now: a follow-up recorded before this
-        transaction took the row lock must be delivered, not dropped."""
-        async with self.ctx.pool.acquire() as conn, conn.transaction():
-            row = await queries.runs.lock_owned_run(conn, id=self.session_id, run_owner=self.driver.owner)
-            if row is None:
-                return True
-            if outcome.status == "completed" and await queries.runs.has_undelivered_prompts(
-                conn, chat_session_id=self.session_id
-            ):
-                return False
-            if outcome.status == "error":
-                await event_log.append(
-                    self.ctx, self.session_id, [error_event(outcome.error or "Run failed")], conn=conn
-                )
-            final = await queries.runs.finish_run(
-                conn, id=self.session_id, status=outcome.status, total_cost=outcome.total_cost, branch=None
-            )
-            await event_log.announce_status(self.ctx, self.session_id, conn=conn)
-        log.info("run of session %s ended: %s", self.session_id, outcome.status)
-        if final["deleted_at"] is None:  # a trashed session is not on anyone's list
-            session = session_json(final)
-            keys = ("id", "status", "completedAt", "totalCost", "branch", "remoteSessionId", "remoteWebUrl")
-            await session_list.announce(self.ctx, final["user_id"], "status_changed", {k: session[k] for k in keys})
-        return True
+        False (the run goes on) when a prompt arrived just now: a follow-up recorded before the
+        row was locked must be delivered, not dropped."""
+        ended = await end_run(self.ctx, self.session_id, outcome, owner=self.driver.owner, unless_prompts_wait=True)
+        return ended != "prompts_wait"

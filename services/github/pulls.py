@@ -13,7 +13,6 @@ from github.PullRequest import PullRequest
 
 from services import chat_sessions, sessions
 from services.context import AppContext
-from services.db import queries
 from services.errors import ServiceError
 from services.github import api
 from services.github.repos import delete_branch_sync, repository
@@ -242,10 +241,11 @@ async def _retire_session(ctx: AppContext, user_id: str, session: asyncpg.Record
                 log.warning("auto-PR could not archive the remote session: %s", outcome["message"])
         except Exception:
             log.exception("auto-PR could not archive the remote session")
-    row = await queries.github.trash_session(ctx.pool, id=session["id"], user_id=user_id)
-    if row is not None:
-        # The session list of the person's other tabs drops it, as for DELETE /api/sessions/:id.
-        await sessions.announce(ctx, user_id, "deleted", row)
+    try:
+        # As DELETE /api/sessions/:id does it (the person's other tabs drop it from their list).
+        await sessions.move_to_trash(ctx, user_id, [session["id"]], chat_sessions.SESSION_NOT_FOUND)
+    except ServiceError:
+        log.info("auto-PR: session %s was already in the trash or gone", session["id"])
 
 
 async def auto_pr(
