@@ -194,27 +194,17 @@ def _running_baseline(row: asyncpg.Record) -> int:
 
 
 async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamPlan:
-    """Start or continue a run for execute-remote, or find the run a reconnecting stream joins."""
-    runs = _runs(ctx)
+    """Start or continue a run for execute-remote, or find the run a reconnecting stream joins.
+
+    Four modes: a reconnect (Last-Event-ID) joins what its stream followed; no prompt watches the
+    running session; a prompt without a session starts a new one; a prompt for a session starts
+    its next run or goes into the one going on."""
     if params.user_request is None and not params.website_session_id:
         raise ServiceError(400, "userRequest or websiteSessionId is required")
     if not params.repo_url and not params.website_session_id:
         raise ServiceError(400, "github.repoUrl is required for new sessions")
-
     if params.last_event_id is not None:
-        # A browser's EventSource reconnecting: join whatever that stream was following, never
-        # start a second run or send the prompt again. Its URL may not name the session (a new
-        # session's id only came in the `session-created` frame), the event id does.
-        if params.website_session_id:
-            row = await get_owned(ctx, params.website_session_id, user_id)
-        else:
-            row = await queries.runs.find_owned_session_by_event(
-                ctx.pool, event_id=params.last_event_id, user_id=user_id
-            )
-            if row is None:
-                raise ServiceError(404, "Session not found")
-        return StreamPlan(row["id"], created=False, after_id=params.last_event_id)
-
+        return await _rejoin(ctx, user_id, params.website_session_id, params.last_event_id)
     row = await get_owned(ctx, params.website_session_id, user_id) if params.website_session_id else None
     if params.user_request is None:
         assert row is not None
@@ -222,34 +212,36 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
             # Watching the current run without adding a prompt.
             return StreamPlan(row["id"], created=False, after_id=_running_baseline(row))
         raise ServiceError(400, "userRequest is required")
+    if row is None:
+        return await _start_new_session(ctx, user_id, params.user_request, params.repo_url)
+    return await _prompt_session(ctx, user_id, row, params.user_request, params.repo_url)
 
-    # A new session runs on the deployment's AGENT_BACKEND; an existing one keeps its own.
-    provider_name = row["provider"] if row is not None else ctx.config.new_session_provider
-    provider = runs.provider_for(provider_name)
-    token = await provider.authenticate(user_id)
-    needs_remote = row is None or (row["remote_session_id"] is None and row["status"] != "running")
-    repo: tuple[str, str, str] | None = None
-    if needs_remote:
-        # A session keeps its repository; the request's only fills in a row that has none.
-        if row is not None and row["repository_url"] and row["repository_owner"] and row["repository_name"]:
-            repo = (row["repository_url"], row["repository_owner"], row["repository_name"])
-        elif params.repo_url:
-            repo = parse_repo(params.repo_url)
-        else:
-            raise ServiceError(400, "github.repoUrl is required")
+
+async def _rejoin(ctx: AppContext, user_id: str, website_session_id: str | None, last_event_id: int) -> StreamPlan:
+    """A browser's EventSource reconnecting: join whatever that stream was following, never start
+    a second run or send the prompt again. Its URL may not name the session (a new session's id
+    only came in the `session-created` frame); the event id does."""
+    if website_session_id:
+        row = await get_owned(ctx, website_session_id, user_id)
+    else:
+        row = await queries.runs.find_owned_session_by_event(ctx.pool, event_id=last_event_id, user_id=user_id)
+        if row is None:
+            raise ServiceError(404, "Session not found")
+    return StreamPlan(row["id"], created=False, after_id=last_event_id)
+
+
+async def _environment(provider: AgentProvider, token: str) -> str:
     try:
-        environment_id = await provider.environment(token) if needs_remote else None
+        return await provider.environment(token)
     except UpstreamError as exc:
         # Detection lets only a refused token through (anything else reads as "not found").
         if exc.unauthorized:
             raise ServiceError(401, claude_auth.EXPIRED) from None
         raise ServiceError(502, exc.message) from None
 
-    text, images = serialize_prompt(params.user_request)
-    message_uuid = str(uuid.uuid4())
-    preview = input_preview(text)
-    title, branch = titles.derive(params.user_request)
-    title_event = {
+
+def _title_event(title: str, branch: str) -> dict[str, Any]:
+    return {
         "type": "title_generation",
         "timestamp": now_iso(),
         "source": "claude",
@@ -258,65 +250,131 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
         "title": title,
         "branch_name": branch,
     }
-    announcements: list[tuple[str, dict[str, Any]]] = []
+
+
+async def _start_new_session(
+    ctx: AppContext, user_id: str, user_request: str | list[dict[str, Any]], repo_url: str | None
+) -> StreamPlan:
+    """A prompt without a session: a new chat session on the deployment's AGENT_BACKEND, running."""
+    runs = _runs(ctx)
+    provider_name = ctx.config.new_session_provider
+    provider = runs.provider_for(provider_name)
+    token = await provider.authenticate(user_id)
+    assert repo_url is not None  # begin() refuses a new session without one
+    repo_url, owner, name = parse_repo(repo_url)
+    environment_id = await _environment(provider, token)
+    text, images = serialize_prompt(user_request)
+    preview = input_preview(text)
+    title, branch = titles.derive(user_request)
+    session_id = str(uuid.uuid4())
     async with ctx.pool.acquire() as conn, conn.transaction():
-        if row is None:
-            assert repo is not None
-            session_id = str(uuid.uuid4())
-            created_row = await queries.runs.insert_running_session(
-                conn,
-                id=session_id,
-                user_id=user_id,
-                user_request=title,
-                provider=provider_name,
-                repository_url=repo[0],
-                repository_owner=repo[1],
-                repository_name=repo[2],
-                branch=branch,
-                run_owner=runs.owner,
-                run_state=RunState(baseline_event_id=0, environment_id=environment_id).to_json(),
-            )
-            announcements.append(("created", session_json(created_row)))
-            events = [preview, title_event]
-        else:
-            session_id = row["id"]
-            locked = await queries.runs.lock_session(conn, id=session_id)
-            events = [preview]
-            if locked["status"] != "running":
-                await queries.runs.start_run(
-                    conn,
-                    id=session_id,
-                    run_owner=runs.owner,
-                    run_state=RunState(
-                        baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id),
-                        environment_id=environment_id,
-                    ).to_json(),
-                    repository_url=repo[0] if repo else None,
-                    repository_owner=repo[1] if repo else None,
-                    repository_name=repo[2] if repo else None,
-                )
-                announcements.append(("status_changed", {"id": session_id, "status": "running"}))
-                if locked["remote_session_id"] is None:
-                    # A pending session (create-code-session) starts its first run.
-                    await queries.runs.set_title_and_branch(conn, id=session_id, user_request=title, branch=branch)
-                    announcements.append(("updated", {"id": session_id, "userRequest": title, "branch": branch}))
-                    events.append(title_event)
-                await event_log.announce_status(ctx, session_id, conn=conn)
-            # else: a run is going on; the driver delivers this prompt into it.
-        await queries.runs.insert_prompt(
-            conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=message_uuid
+        created = await queries.runs.insert_running_session(
+            conn,
+            id=session_id,
+            user_id=user_id,
+            user_request=title,
+            provider=provider_name,
+            repository_url=repo_url,
+            repository_owner=owner,
+            repository_name=name,
+            branch=branch,
+            run_owner=runs.owner,
+            run_state=RunState(baseline_event_id=0, environment_id=environment_id).to_json(),
         )
-        ids = await event_log.append(ctx, session_id, events, conn=conn)
-    for kind, session in announcements:
-        await session_list.announce(ctx, user_id, kind, session)
+        await queries.runs.insert_prompt(
+            conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=str(uuid.uuid4())
+        )
+        ids = await event_log.append(ctx, session_id, [preview, _title_event(title, branch)], conn=conn)
+    await session_list.announce(ctx, user_id, "created", session_json(created))
     await runs.ensure_driving(session_id)
-    return StreamPlan(
-        session_id,
-        created=row is None,
-        after_id=ids[0] if ids else 0,
-        preview=preview,
-        preview_id=ids[0] if ids else None,
+    return StreamPlan(session_id, created=True, after_id=ids[0], preview=preview, preview_id=ids[0])
+
+
+async def _prompt_session(
+    ctx: AppContext,
+    user_id: str,
+    row: asyncpg.Record,
+    user_request: str | list[dict[str, Any]],
+    repo_url: str | None,
+) -> StreamPlan:
+    """A prompt for an existing session: its next run (the first, for a pending session), or one
+    more prompt for the run going on (the driver delivers it)."""
+    provider = _runs(ctx).provider_for(row["provider"])
+    token = await provider.authenticate(user_id)
+    repo: tuple[str, str, str] | None = None
+    environment_id = None
+    if row["remote_session_id"] is None and row["status"] != "running":
+        # A session keeps its repository; the request's only fills in a row that has none.
+        if row["repository_url"] and row["repository_owner"] and row["repository_name"]:
+            repo = (row["repository_url"], row["repository_owner"], row["repository_name"])
+        elif repo_url:
+            repo = parse_repo(repo_url)
+        else:
+            raise ServiceError(400, "github.repoUrl is required")
+        environment_id = await _environment(provider, token)
+    text, images = serialize_prompt(user_request)
+    preview = input_preview(text)
+    title, branch = titles.derive(user_request)
+    session_id = row["id"]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        locked, started = await _queue_prompt(ctx, conn, session_id, text, images, environment_id, repo)
+        events = [preview]
+        first_run = started and locked["remote_session_id"] is None
+        if first_run:
+            # A pending session (create-code-session) starts its first run.
+            await queries.runs.set_title_and_branch(conn, id=session_id, user_request=title, branch=branch)
+            events.append(_title_event(title, branch))
+        ids = await event_log.append(ctx, session_id, events, conn=conn)
+    renamed = {"id": session_id, "userRequest": title, "branch": branch} if first_run else None
+    await _announce_start(ctx, user_id, session_id, started, renamed)
+    return StreamPlan(session_id, created=False, after_id=ids[0], preview=preview, preview_id=ids[0])
+
+
+async def _queue_prompt(
+    ctx: AppContext,
+    conn: asyncpg.Connection,
+    session_id: str,
+    text: str,
+    images: list[dict[str, Any]] | None,
+    environment_id: str | None = None,
+    repo: tuple[str, str, str] | None = None,
+) -> tuple[asyncpg.Record, bool]:
+    """In the caller's transaction: record the prompt in the outbox, starting a run (this
+    replica's lease) when none goes on. Returns the session row as it was, and whether a run
+    started. The caller then announces it (`_announce_start`), which also wakes the driver."""
+    locked = await queries.runs.lock_session(conn, id=session_id)
+    started = locked["status"] != "running"
+    if started:
+        await queries.runs.start_run(
+            conn,
+            id=session_id,
+            run_owner=_runs(ctx).owner,
+            run_state=RunState(
+                baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id),
+                environment_id=environment_id,
+            ).to_json(),
+            repository_url=repo[0] if repo else None,
+            repository_owner=repo[1] if repo else None,
+            repository_name=repo[2] if repo else None,
+        )
+        await event_log.announce_status(ctx, session_id, conn=conn)
+    await queries.runs.insert_prompt(
+        conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=str(uuid.uuid4())
     )
+    return locked, started
+
+
+async def _announce_start(
+    ctx: AppContext, user_id: str, session_id: str, started: bool, renamed: dict[str, Any] | None = None
+) -> None:
+    """After `_queue_prompt` committed: tell the session list a run started (and the session's new
+    title), and have the run driven (here, unless another live replica drives it and sees the
+    outbox itself)."""
+    if started:
+        await session_list.announce(ctx, user_id, "status_changed", {"id": session_id, "status": "running"})
+    if renamed is not None:
+        await session_list.announce(ctx, user_id, "updated", renamed)
+    await _runs(ctx).ensure_driving(session_id)
 
 
 async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, Any]] | None:
@@ -350,7 +408,7 @@ async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, A
 
 async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: dict[str, Any]) -> None:
     """POST /api/sessions/:id/send: deliver a follow-up now (through the run driver), no stream."""
-    runs = _runs(ctx)
+    _runs(ctx)  # 503 before anything is recorded when runs are unavailable here
     content = body.get("content")
     if not isinstance(content, str) or not content.strip():
         raise ServiceError(400, "Message content is required")
@@ -366,31 +424,10 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
         if exc.message == claude_auth.NOT_CONFIGURED:
             raise ServiceError(401, "Claude authentication not configured") from None
         raise
-    message_uuid = str(uuid.uuid4())
-    started = False
     async with ctx.pool.acquire() as conn, conn.transaction():
-        locked = await queries.runs.lock_session(conn, id=session_id)
-        if locked["status"] != "running":
-            await queries.runs.start_run(
-                conn,
-                id=session_id,
-                run_owner=runs.owner,
-                run_state=RunState(
-                    baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id)
-                ).to_json(),
-                repository_url=None,
-                repository_owner=None,
-                repository_name=None,
-            )
-            started = True
-            await event_log.announce_status(ctx, session_id, conn=conn)
-        await queries.runs.insert_prompt(
-            conn, chat_session_id=session_id, content=content, images=None, upstream_uuid=message_uuid
-        )
+        _, started = await _queue_prompt(ctx, conn, session_id, content, None)
         await event_log.append(ctx, session_id, [follow_up_preview(content)], conn=conn)
-    if started:
-        await session_list.announce(ctx, user_id, "status_changed", {"id": session_id, "status": "running"})
-    await runs.ensure_driving(session_id)
+    await _announce_start(ctx, user_id, session_id, started)
 
 
 async def interrupt(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
