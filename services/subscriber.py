@@ -100,37 +100,41 @@ class _Subscription:
                 return
             for item in self._after_replay():
                 yield item
-            if self.reason is not None:
-                return
-            # Live: the hub's queued items after `last_id`, a chunk of frames per wake-up.
             loop = asyncio.get_running_loop()
-            while not self._stopped():
+            while self.reason is None and not self._stopped():
                 items = sub.take()
-                if not items:
-                    # Waiting inline (not in Subscriber.wait) keeps an idle stream's frames few.
-                    sub.waiter = loop.create_future()
-                    try:
-                        await sub.waiter
-                    finally:
-                        sub.waiter = None
+                if items:
+                    chunk = self._live_chunk(items)
+                    if chunk:
+                        yield chunk
                     continue
-                chunk_parts: list[bytes] = []
-                for item in items:
-                    if isinstance(item, EventFrame):
-                        if item.id > self.last_id:
-                            chunk_parts.append(item.data)
-                            self.last_id = item.id
-                    elif isinstance(item, StatusChange) and self._ends_run(item.status):
-                        if chunk_parts:
-                            yield b"".join(chunk_parts)
-                        return
-                if chunk_parts:
-                    yield b"".join(chunk_parts)
+                # Waiting inline (not in Subscriber.wait) keeps an idle stream's frames few.
+                sub.waiter = loop.create_future()
+                try:
+                    await sub.waiter
+                finally:
+                    sub.waiter = None
         finally:
-            if self.ctx.hub is not None:
-                self.ctx.hub.unsubscribe(sub, "finished")
-            if self.reason is None:
-                self.reason = sub.reason if sub.reason not in (None, "finished") else "client_gone"
+            self._leave()
+
+    def _live_chunk(self, items: list[EventFrame | StatusChange]) -> bytes:
+        """The frames of the hub's items after `last_id`; a status change that ends the followed
+        run sets `reason` (the frames before it still go out)."""
+        parts: list[bytes] = []
+        for item in items:
+            if isinstance(item, EventFrame):
+                if item.id > self.last_id:
+                    parts.append(item.data)
+                    self.last_id = item.id
+            elif self._ends_run(item.status):
+                break
+        return b"".join(parts)
+
+    def _leave(self) -> None:
+        if self.ctx.hub is not None:
+            self.ctx.hub.unsubscribe(self.sub, "finished")
+        if self.reason is None:
+            self.reason = self.sub.reason if self.sub.reason not in (None, "finished") else "client_gone"
 
     def _stopped(self) -> bool:
         if self.sub.reason is not None:
