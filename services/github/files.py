@@ -347,6 +347,21 @@ def _base64_content(value: str, path: str) -> str:
     return cleaned
 
 
+def _commit_writes(files: list[Any], images: list[Any]) -> list[tuple[str, str | None, str | None]]:
+    """The files and images of a commit request as (path, text or None, base64 or None); items
+    without a path or a string content are left out, as the original did."""
+    writes: list[tuple[str, str | None, str | None]] = []
+    for item, always_base64 in [*((f, False) for f in files), *((i, True) for i in images)]:
+        if not isinstance(item, dict) or not item.get("path") or not isinstance(item.get("content"), str):
+            continue
+        path = api.check_path(item["path"])
+        if always_base64 or item.get("encoding") == "base64":
+            writes.append((path, None, _base64_content(item["content"], path)))
+        else:
+            writes.append((path, item["content"], None))
+    return writes
+
+
 async def commit(ctx: AppContext, token: str, owner: str, repo: str, body: dict[str, Any]) -> dict[str, Any]:
     """Files, images and deletions as one commit on a branch (Git Data API)."""
     api.check_repo(owner, repo)
@@ -356,21 +371,7 @@ async def commit(ctx: AppContext, token: str, owner: str, repo: str, body: dict[
         raise ServiceError(400, "files, images and deletions must be arrays")
     if not files and not images and not deletions:
         raise ServiceError(400, "No files, images, or deletions to commit")
-    # (path, text content or None, base64 content or None)
-    writes: list[tuple[str, str | None, str | None]] = []
-    for item in files:
-        if not isinstance(item, dict) or not item.get("path") or not isinstance(item.get("content"), str):
-            continue
-        path = api.check_path(item["path"])
-        if item.get("encoding") == "base64":
-            writes.append((path, None, _base64_content(item["content"], path)))
-        else:
-            writes.append((path, item["content"], None))
-    for item in images:
-        if not isinstance(item, dict) or not item.get("path") or not isinstance(item.get("content"), str):
-            continue
-        path = api.check_path(item["path"])
-        writes.append((path, None, _base64_content(item["content"], path)))
+    writes = _commit_writes(files, images)
     removals = [api.check_path(p) for p in deletions if isinstance(p, str) and p]
     if not writes and not removals:
         raise ServiceError(400, "No valid files to commit")

@@ -248,6 +248,36 @@ async def _retire_session(ctx: AppContext, user_id: str, session: asyncpg.Record
         log.info("auto-PR: session %s was already in the trash or gone", session["id"])
 
 
+async def _wait_until_mergeable(ctx: AppContext, token: str, owner: str, repo: str, number: int) -> str:
+    """The PR's head sha once GitHub has decided it can be merged (it computes that lazily); 409
+    when it cannot be, 408 when GitHub has not decided within AUTO_PR_DEADLINE_SECONDS."""
+
+    def mergeability(client: Github) -> tuple[bool | None, str]:
+        try:
+            fresh = repository(client, owner, repo).get_pull(number)
+            return fresh.mergeable, fresh.head.sha
+        except GithubException as exc:
+            api.reraise(exc, {404: "Pull request not found"})
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + AUTO_PR_DEADLINE_SECONDS
+    mergeable: bool | None = None
+    head_sha = ""
+    for attempt in range(MERGEABLE_POLLS):
+        mergeable, head_sha = await api.run(ctx, token, mergeability)
+        if mergeable is not None or loop.time() + MERGEABLE_POLL_SECONDS > deadline:
+            break
+        if attempt < MERGEABLE_POLLS - 1:
+            await asyncio.sleep(MERGEABLE_POLL_SECONDS)
+    if mergeable is False:
+        raise ServiceError(
+            409, "Pull request has conflicts or is blocked by branch protection rules - please resolve them on GitHub"
+        )
+    if mergeable is None:
+        raise ServiceError(408, "Timeout waiting for PR to become mergeable - please try merging manually")
+    return head_sha
+
+
 async def auto_pr(
     ctx: AppContext, token: str, user_id: str, owner: str, repo: str, branch: str, body: dict[str, Any]
 ) -> dict[str, Any]:
@@ -279,29 +309,7 @@ async def auto_pr(
     conflict = "Merge conflict when updating branch - manual resolution required"
     merged_base = await api.run(ctx, token, lambda c: _merge_base_sync(c, owner, repo, branch, base, conflict))
 
-    def mergeability(client: Github) -> tuple[bool | None, str]:
-        try:
-            fresh = repository(client, owner, repo).get_pull(pr["number"])
-            return fresh.mergeable, fresh.head.sha
-        except GithubException as exc:
-            api.reraise(exc, {404: "Pull request not found"})
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + AUTO_PR_DEADLINE_SECONDS
-    mergeable: bool | None = None
-    head_sha = ""
-    for attempt in range(MERGEABLE_POLLS):
-        mergeable, head_sha = await api.run(ctx, token, mergeability)
-        if mergeable is not None or loop.time() + MERGEABLE_POLL_SECONDS > deadline:
-            break
-        if attempt < MERGEABLE_POLLS - 1:
-            await asyncio.sleep(MERGEABLE_POLL_SECONDS)
-    if mergeable is False:
-        raise ServiceError(
-            409, "Pull request has conflicts or is blocked by branch protection rules - please resolve them on GitHub"
-        )
-    if mergeable is None:
-        raise ServiceError(408, "Timeout waiting for PR to become mergeable - please try merging manually")
+    head_sha = await _wait_until_mergeable(ctx, token, owner, repo, pr["number"])
 
     # `sha` makes GitHub refuse if the branch moved after we looked.
     options = {"merge_method": "merge", "sha": head_sha}
