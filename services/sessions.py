@@ -12,7 +12,7 @@ import asyncio
 import base64
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -357,11 +357,12 @@ async def _bulk_change(
     ids: list[str],
     *,
     in_trash: bool,
-    change: Callable[[asyncpg.Connection], Awaitable[list[asyncpg.Record]]],
+    query: Callable[..., AsyncIterator[asyncpg.Record]],
     not_found: str = "One or more sessions not found",
-) -> list[asyncpg.Record]:
-    """Lock every named session (all the caller's, all in or out of the trash) and apply
-    `change`, or change nothing and answer 404."""
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Lock every named session (all the caller's, all in or out of the trash) and apply `query`
+    (a named query taking `ids` and `user_id`), or change nothing and answer 404. Returns the
+    rows as locked and as the query returned them."""
     async with ctx.pool.acquire() as conn, conn.transaction():
         found = [
             r
@@ -369,30 +370,23 @@ async def _bulk_change(
         ]
         if len(found) != len(ids):
             raise ServiceError(404, not_found)
-        return await change(conn)
+        return found, [r async for r in query(conn, ids=ids, user_id=user_id)]
 
 
 async def move_to_trash(ctx: AppContext, user_id: str, ids: list[str], not_found: str) -> list[asyncpg.Record]:
     """The one way a session goes to the trash: all of `ids` (the caller's, not in the trash
     yet) or none (404 `not_found`); each one leaves the person's session lists."""
+    return await _move(ctx, user_id, ids, not_found, to_trash=True)
 
-    async def change(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        return [r async for r in queries.chat_sessions.soft_delete_sessions(conn, ids=ids, user_id=user_id)]
 
-    rows = await _bulk_change(ctx, user_id, ids, in_trash=False, change=change, not_found=not_found)
+async def _move(
+    ctx: AppContext, user_id: str, ids: list[str], not_found: str, *, to_trash: bool
+) -> list[asyncpg.Record]:
+    query = queries.chat_sessions.soft_delete_sessions if to_trash else queries.chat_sessions.restore_sessions
+    _, rows = await _bulk_change(ctx, user_id, ids, in_trash=not to_trash, query=query, not_found=not_found)
     for row in rows:
-        await announce(ctx, user_id, "deleted", row)
-    return rows
-
-
-async def _restore(ctx: AppContext, user_id: str, ids: list[str], not_found: str) -> list[asyncpg.Record]:
-    async def change(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        return [r async for r in queries.chat_sessions.restore_sessions(conn, ids=ids, user_id=user_id)]
-
-    rows = await _bulk_change(ctx, user_id, ids, in_trash=True, change=change, not_found=not_found)
-    for row in rows:
-        # Back in the list: for a list viewer that is a new entry.
-        await announce(ctx, user_id, "created", row)
+        # Into the trash it leaves the list; back from it, for a list viewer it is a new entry.
+        await announce(ctx, user_id, "deleted" if to_trash else "created", row)
     return rows
 
 
@@ -475,7 +469,7 @@ async def restore_session(ctx: AppContext, user_id: str, session_id: str) -> dic
     row = await get_owned(ctx, session_id, user_id)
     if row["deleted_at"] is None:
         raise ServiceError(404, "Session not found in trash")
-    await _restore(ctx, user_id, [row["id"]], "Session not found in trash")
+    await _move(ctx, user_id, [row["id"]], "Session not found in trash", to_trash=False)
     return {"message": "Session restored"}
 
 
@@ -490,7 +484,7 @@ async def bulk_delete(ctx: AppContext, user: CurrentUser, body: dict[str, Any]) 
 async def bulk_restore(ctx: AppContext, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST /api/sessions/bulk-restore."""
     ids = _bulk_ids(body)
-    rows = await _restore(ctx, user_id, ids, "One or more sessions not found in trash")
+    rows = await _move(ctx, user_id, ids, "One or more sessions not found in trash", to_trash=False)
     return {"message": f"{len(rows)} session(s) restored", "count": len(rows)}
 
 
@@ -498,16 +492,13 @@ async def bulk_delete_permanent(ctx: AppContext, user_id: str, body: dict[str, A
     """POST /api/sessions/bulk-delete-permanent: trashed sessions, with their events and
     messages, gone for good; their workspaces are removed too."""
     ids = _bulk_ids(body)
-    trashed: list[asyncpg.Record] = []
-
-    async def change(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        trashed.extend(
-            [r async for r in queries.chat_sessions.lock_owned_sessions(conn, ids=ids, user_id=user_id, in_trash=True)]
-        )
-        return [r async for r in queries.chat_sessions.delete_sessions_permanently(conn, ids=ids, user_id=user_id)]
-
-    deleted = await _bulk_change(
-        ctx, user_id, ids, in_trash=True, change=change, not_found="One or more sessions not found in trash"
+    trashed, deleted = await _bulk_change(
+        ctx,
+        user_id,
+        ids,
+        in_trash=True,
+        query=queries.chat_sessions.delete_sessions_permanently,
+        not_found="One or more sessions not found in trash",
     )
     for row in trashed:
         try:

@@ -109,23 +109,15 @@ class ClaudeRemoteClient:
     ) -> Any:
         """Send one request; the decoded JSON body of a 2xx, else an UpstreamError (both counted)."""
         try:
-            result = await self._send(operation, method, path, token, json=json, params=params)
+            result = await self._send(operation, method, path, token, json, params)
         except UpstreamError as exc:
             UPSTREAM_CALLS.labels("claude", exc.kind).inc()
             raise
         UPSTREAM_CALLS.labels("claude", "ok").inc()
         return result
 
-    async def _send(
-        self,
-        operation: str,
-        method: str,
-        path: str,
-        token: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> Any:
+    async def _send(self, operation: str, method: str, path: str, token: str, json: Any, params: Any) -> Any:
+        """`_request`'s work: one HTTP exchange, its failures as UpstreamError."""
         content = orjson.dumps(json) if json is not None else None
         try:
             response = await self._http.request(

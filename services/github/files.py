@@ -244,19 +244,27 @@ def _commit(
     return str(made["sha"])
 
 
+def _move_request(
+    owner: str, repo: str, old: str, body: dict[str, Any], new_key: str, what: str
+) -> tuple[str, str, str]:
+    """The checked (old path, new path, branch) of a rename; `what` names the path in messages."""
+    api.check_repo(owner, repo)
+    old = api.check_path(old)
+    new = body.get(new_key)
+    branch = _required_branch(body)
+    if not new:
+        raise ServiceError(400, f"New {what} is required")
+    new = api.check_path(new)
+    if new == old:
+        raise ServiceError(400, f"New {what} must be different from the old path")
+    return old, new, branch
+
+
 async def rename_file(
     ctx: AppContext, token: str, owner: str, repo: str, old_path: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     """Move one file in a single commit."""
-    api.check_repo(owner, repo)
-    old_path = api.check_path(old_path)
-    new_path = body.get("newPath")
-    branch = _required_branch(body)
-    if not new_path:
-        raise ServiceError(400, "New path is required")
-    new_path = api.check_path(new_path)
-    if new_path == old_path:
-        raise ServiceError(400, "New path must be different from the old path")
+    old_path, new_path, branch = _move_request(owner, repo, old_path, body, "newPath", "path")
     message = api.optional_text(body.get("message"), "message") or f"Rename {old_path} to {new_path}"
 
     def move(client: Github) -> dict[str, Any]:
@@ -302,15 +310,7 @@ async def rename_folder(
     ctx: AppContext, token: str, owner: str, repo: str, old_folder: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     """Move every file under a folder to a new folder in a single commit."""
-    api.check_repo(owner, repo)
-    old_folder = api.check_path(old_folder)
-    new_folder = body.get("newFolderPath")
-    branch = _required_branch(body)
-    if not new_folder:
-        raise ServiceError(400, "New folder path is required")
-    new_folder = api.check_path(new_folder)
-    if new_folder == old_folder:
-        raise ServiceError(400, "New folder path must be different from the old path")
+    old_folder, new_folder, branch = _move_request(owner, repo, old_folder, body, "newFolderPath", "folder path")
     message = api.optional_text(body.get("message"), "message") or f"Rename folder {old_folder} to {new_folder}"
 
     def move(client: Github) -> dict[str, Any]:
