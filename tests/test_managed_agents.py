@@ -624,3 +624,33 @@ def test_errors_and_branches_in_the_translation() -> None:
     assert cost_usd({"amount": "1234", "currency": "USD"}) == 12.34
     assert cost_usd({"amount": "-1", "currency": "USD"}) is None
     assert cost_usd(None) is None
+
+
+async def test_the_run_driver_follows_the_sse_stream_and_survives_its_drops(env: Env, http: httpx.AsyncClient) -> None:
+    # The driver follows a Managed Agents run over the session's event stream (the push channel),
+    # reconnecting and backfilling from the list when the stream drops mid-turn: every upstream
+    # event stored once, in order.
+    env.fake.drop_stream_after = 3
+    env.fake.hold = asyncio.Event()
+    env.fake.hold_at = 6  # the turn waits mid-way until the driver has followed the stream
+    async with post_sse(http, {"userRequest": "Follow the stream", "github": REPO}) as stream:
+        frames = await stream.until("assistant")
+        remote_id = (await http.get(f"/api/sessions/{frames[1].json()['websiteSessionId']}")).json()["session"][
+            "remoteSessionId"
+        ]
+        path = f"/v1/sessions/{remote_id}/events/stream"
+        deadline = asyncio.get_running_loop().time() + 15
+        while not [c for c in env.fake.calls if c["path"] == path]:
+            assert asyncio.get_running_loop().time() < deadline, "the driver never opened the event stream"
+            await asyncio.sleep(0.05)
+        env.fake.hold.set()
+        frames += await stream.until(lambda e: e.event in ("completed", "error"), timeout=30)
+    assert frames[-1].event == "completed", [f.event for f in frames]
+    done = frames[-1].json()
+    # Dropped after three events; polling fills the gap until the stream is open again.
+    events = await stored(http, done["websiteSessionId"])
+    assert types(events) == ["input_preview", "title_generation", *TURN_STORED]
+    translated = upstream_of(events)
+    assert [e["managed"] for e in translated] == env.fake.sessions[remote_id].events
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
