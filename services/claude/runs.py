@@ -68,7 +68,6 @@ from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, log_failure, queries
 from services.errors import ServiceError
 from services.logs import detached_context
-from services.managed_agents.provider import ManagedAgentsProvider
 from services.metrics import UPSTREAM_EVENT_LATENCY
 from services.users import iso
 
@@ -86,7 +85,20 @@ ADOPT_BATCH = 50
 # Remote states after which nothing more happens upstream.
 ENDED_REMOTE_STATES = (RemoteState.COMPLETED, RemoteState.ARCHIVED, RemoteState.FAILED)
 # Every backend a chat session can name in `chat_sessions.provider`.
-BACKENDS: dict[str, type[AgentProvider]] = {**PROVIDERS, ManagedAgentsProvider.name: ManagedAgentsProvider}
+MANAGED_AGENTS = "managed-agents"
+BACKENDS = (*PROVIDERS, MANAGED_AGENTS)
+
+
+def backend_class(name: str) -> type[AgentProvider] | None:
+    """The provider class a `chat_sessions.provider` name stands for, None when unknown.
+
+    Managed Agents is imported on first use: the Anthropic SDK (and pydantic) costs a process
+    about 50 MiB, which a deployment that never uses it need not pay."""
+    if name == MANAGED_AGENTS:
+        from services.managed_agents.provider import ManagedAgentsProvider
+
+        return ManagedAgentsProvider
+    return PROVIDERS.get(name)
 
 
 def now_iso() -> str:
@@ -245,7 +257,7 @@ class RunDriver:
             return self.provider
         provider = self.other_providers.get(name)
         if provider is None:
-            backend = BACKENDS.get(name)
+            backend = backend_class(name)
             if backend is None:
                 raise ServiceError(400, f"Unknown agent provider {name!r}; known: {', '.join(BACKENDS)}")
             provider = self.other_providers[name] = backend(self.ctx)
@@ -261,7 +273,8 @@ class RunDriver:
             # The deployment's agent and environment, made now by whichever replica comes first
             # rather than in someone's first request (which makes them itself if this failed).
             self._preparer = asyncio.create_task(
-                self.provider_for(ManagedAgentsProvider.name).prepare(), name="managed-agents-resources"
+                self.provider_for(MANAGED_AGENTS).prepare(),  # type: ignore[attr-defined]
+                name="managed-agents-resources",
             )
 
     async def stop(self) -> None:
