@@ -48,6 +48,12 @@ HEADER_TOO_LARGE_RESPONSE = (
     b"Connection: close\r\n\r\n" + HEADER_TOO_LARGE_BODY
 )
 _lingering: set[asyncio.Task[None]] = set()
+# Per-connection state lives here, not on the streams: an attribute added to an IOStream after
+# Tornado made it un-shares the instance's key table (about 1.2 KiB on every connection, open
+# streams included). Connections whose first request has not begun, and the header reads under
+# way with their clocks: both short-lived entries.
+_fresh: set[tornado.iostream.IOStream] = set()
+_header_reads: dict[tornado.iostream.IOStream, tuple[Future[bytes], object | None]] = {}
 
 
 async def _linger(sock: socket.socket) -> None:
@@ -73,42 +79,39 @@ class ServerStream(tornado.iostream.IOStream):
     a JSON 431 for an over-long header, and a lingering close (`linger_on_close`) for answers
     sent before the request body was read."""
 
-    linger_on_close = False
-    header_seconds: float | None = None  # set by APIServer
-    _awaiting_first_request = True
-    _header_read: Future[bytes] | None = None
-    _header_clock: object | None = None
+    linger_on_close = False  # set on the instance only for a connection about to close
+    header_seconds: float | None = None  # a class attribute of each APIServer's own subclass
 
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Future[bytes]:  # type: ignore[override]
         future: Future[bytes] = super().read_until_regex(regex, max_bytes)  # type: ignore[assignment]
+        fresh = self in _fresh
+        _fresh.discard(self)
         if self.header_seconds is not None and not future.done():
-            self._header_read = future
-            future.add_done_callback(self._header_read_done)
+            _header_reads[self] = (future, None)
+            future.add_done_callback(lambda _: self._header_read_done())
             # A new connection owes its first request at once; a kept-alive one may idle first.
-            if self._awaiting_first_request or self._read_buffer_size:
+            if fresh or self._read_buffer_size:
                 self._start_header_clock()
-        self._awaiting_first_request = False
         return future
 
     def _read_to_buffer(self) -> int | None:
         count = super()._read_to_buffer()
-        if count and self._header_read is not None:
+        if count and self in _header_reads:
             self._start_header_clock()  # the first bytes of the next request
         return count
 
     def _start_header_clock(self) -> None:
-        if self._header_clock is None and self.header_seconds is not None:
-            self._header_clock = self.io_loop.call_later(self.header_seconds, self._headers_too_slow)
+        read = _header_reads.get(self)
+        if read is not None and read[1] is None and self.header_seconds is not None:
+            _header_reads[self] = (read[0], self.io_loop.call_later(self.header_seconds, self._headers_too_slow))
 
-    def _header_read_done(self, _future: Future[bytes]) -> None:
-        self._header_read = None
-        if self._header_clock is not None:
-            self.io_loop.remove_timeout(self._header_clock)
-            self._header_clock = None
+    def _header_read_done(self) -> None:
+        _, clock = _header_reads.pop(self, (None, None))
+        if clock is not None:
+            self.io_loop.remove_timeout(clock)
 
     def _headers_too_slow(self) -> None:
-        self._header_clock = None
-        if self._header_read is not None and not self.closed():
+        if self in _header_reads and not self.closed():
             self.close()  # Tornado's header read ends with StreamClosedError, quietly
 
     def _check_max_bytes(self, delimiter: bytes | re.Pattern[bytes], size: int) -> None:
@@ -125,6 +128,7 @@ class ServerStream(tornado.iostream.IOStream):
 
     def close_fd(self) -> None:
         # Tornado has already unregistered the descriptor from the loop.
+        _fresh.discard(self)
         if self.linger_on_close and self.socket is not None:
             sock, self.socket = self.socket, None  # type: ignore[assignment]
             with contextlib.suppress(RuntimeError):  # no loop: the process is ending
@@ -140,12 +144,12 @@ class ServerStream(tornado.iostream.IOStream):
 class APIServer(tornado.httpserver.HTTPServer):
     """Tornado's HTTPServer with `ServerStream` connections."""
 
-    header_seconds: float | None = None
+    stream_class: type[ServerStream] = ServerStream
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: Any) -> None:
         if type(stream) is tornado.iostream.IOStream:
-            stream.__class__ = ServerStream  # same state, a few methods more; TCPServer builds the stream
-            stream.header_seconds = self.header_seconds
+            stream.__class__ = self.stream_class  # same state, a few methods more; TCPServer builds the stream
+            _fresh.add(stream)
         super().handle_stream(stream, address)
 
 
@@ -160,7 +164,8 @@ def make_http_server(app: tornado.web.Application, config: Config) -> APIServer:
         idle_connection_timeout=max(config.keepalive_timeout_seconds, config.header_timeout_seconds),
         body_timeout=config.body_timeout_seconds,
     )
-    server.header_seconds = config.header_timeout_seconds
+    # Its own subclass, so that servers of different settings (tests) can share a process.
+    server.stream_class = type("ServerStream", (ServerStream,), {"header_seconds": config.header_timeout_seconds})
     return server
 
 
