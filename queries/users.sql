@@ -1,8 +1,4 @@
--- name: insert_user(id, email, password_hash, is_admin)^
-INSERT INTO users (id, email, password_hash, is_admin)
-VALUES (:id, :email, :password_hash, :is_admin)
-ON CONFLICT DO NOTHING
-RETURNING *;
+-- People (table `users`): accounts, credentials, settings, the GitHub link.
 
 -- name: get_user_by_id(id)^
 SELECT * FROM users WHERE id = :id;
@@ -61,3 +57,54 @@ DELETE FROM users WHERE lower(email) = lower(:email) RETURNING id;
 -- name: upgrade_password_hash(id, old_hash, new_hash)!
 -- A stronger hash of the same password, unless the password was changed meanwhile.
 UPDATE users SET password_hash = :new_hash WHERE id = :id AND password_hash = :old_hash;
+
+-- name: list_users_page(limit, offset)
+-- The admin user list in creation order (no secret columns).
+SELECT id, email, display_name, github_id, is_admin, created_at
+FROM users
+ORDER BY created_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: count_users()$
+SELECT count(*) FROM users;
+
+-- name: insert_user(id, email, display_name, password_hash, is_admin)^
+-- NULL when the e-mail is taken (in any letter case).
+INSERT INTO users (id, email, display_name, password_hash, is_admin)
+VALUES (:id, :email, :display_name, :password_hash, :is_admin)
+ON CONFLICT DO NOTHING
+RETURNING *;
+
+-- name: update_user(id, set_email, email, set_display_name, display_name, set_is_admin, is_admin, set_password, password_hash)^
+-- A partial update: each set_* flag says whether its column changes.
+UPDATE users SET
+    email = CASE WHEN :set_email THEN :email ELSE email END,
+    display_name = CASE WHEN :set_display_name THEN :display_name ELSE display_name END,
+    is_admin = CASE WHEN :set_is_admin THEN :is_admin ELSE is_admin END,
+    password_hash = CASE WHEN :set_password THEN :password_hash ELSE password_hash END
+WHERE id = :id
+RETURNING *;
+
+-- name: delete_user(id)$
+DELETE FROM users WHERE id = :id RETURNING id;
+
+-- name: list_claude_users(after_id, limit)
+-- People with Claude credentials, in id order (keyset pages).
+SELECT id FROM users
+WHERE claude_auth IS NOT NULL AND id > :after_id
+ORDER BY id
+LIMIT :limit;
+
+-- name: get_github_connection(id)^
+SELECT id, github_id, github_access_token FROM users WHERE id = :id;
+
+-- name: link_github_account(id, github_id, github_access_token)^
+-- Links only when no other account holds this GitHub id; the unique index on github_id
+-- settles a race between two such links.
+UPDATE users SET github_id = :github_id, github_access_token = :github_access_token
+WHERE id = :id
+  AND NOT EXISTS (SELECT 1 FROM users other WHERE other.github_id = :github_id AND other.id <> :id)
+RETURNING id;
+
+-- name: unlink_github_account(id)!
+UPDATE users SET github_id = NULL, github_access_token = NULL WHERE id = :id;

@@ -57,8 +57,8 @@ def user_detail(ctx: AppContext, row: asyncpg.Record) -> dict[str, Any]:
 
 async def list_users(ctx: AppContext, page: Page) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One page of users in creation order, and its pagination facts."""
-    rows = [r async for r in queries.admin.list_users_page(ctx.pool, limit=page.limit, offset=page.offset)]
-    total = await queries.admin.count_users(ctx.pool)
+    rows = [r async for r in queries.users.list_users_page(ctx.pool, limit=page.limit, offset=page.offset)]
+    total = await queries.users.count_users(ctx.pool)
     return [user_summary(r) for r in rows], page.fields(total, len(rows))
 
 
@@ -98,7 +98,7 @@ async def create_user(ctx: AppContext, body: dict[str, Any]) -> dict[str, Any]:
     if await queries.users.get_user_by_email(ctx.pool, email=normalized) is not None:
         raise ServiceError(400, EMAIL_TAKEN)
     password_hash = await auth.hash_password(ctx, encoded)
-    row = await queries.admin.insert_user(
+    row = await queries.users.insert_user(
         ctx.pool,
         id=auth.new_user_id(),
         email=normalized,
@@ -146,10 +146,10 @@ async def update_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str, bo
         changes["set_password"], changes["password_hash"] = True, await auth.hash_password(ctx, encoded)
     try:
         async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await queries.admin.update_user(conn, id=user_id, **changes)
+            row = await queries.users.update_user(conn, id=user_id, **changes)
             if row is not None and encoded is not None:
                 # A reset password signs the person out everywhere (but not the admin doing it).
-                await queries.admin.delete_login_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
+                await queries.auth_sessions.delete_auth_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
     except asyncpg.UniqueViolationError:
         raise ServiceError(400, EMAIL_TAKEN) from None
     if row is None:
@@ -161,7 +161,7 @@ async def delete_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str) ->
     """DELETE /api/admin/users/:id: the user and everything they own."""
     if user_id == admin.id:
         raise ServiceError(400, "Cannot delete your own account")
-    deleted = await queries.admin.delete_user(ctx.pool, id=user_id) if user_id else None
+    deleted = await queries.users.delete_user(ctx.pool, id=user_id) if user_id else None
     if deleted is None:
         raise ServiceError(404, USER_NOT_FOUND)
     return {"id": deleted}
@@ -169,7 +169,7 @@ async def delete_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str) ->
 
 async def stats(ctx: AppContext) -> dict[str, Any]:
     """GET /api/admin/stats."""
-    row = await queries.admin.get_stats(ctx.pool)
+    row = await queries.admin.get_admin_stats(ctx.pool)
     return {
         "totalUsers": row["total_users"],
         "totalAdmins": row["total_admins"],
@@ -192,12 +192,12 @@ async def impersonate(
     """
     if target_id == admin.id:
         raise ServiceError(400, "Cannot impersonate yourself")
-    if await queries.admin.get_impersonation_of_session(ctx.pool, id=admin.session_id) is not None:
+    if await queries.auth_sessions.get_impersonation_of_session(ctx.pool, id=admin.session_id) is not None:
         raise ServiceError(400, "Stop impersonating before impersonating someone else")
     target = await get_user(ctx, target_id)
     token = secrets.token_urlsafe(32)
     async with ctx.pool.acquire() as conn, conn.transaction():
-        audit_id = await queries.admin.insert_impersonation(
+        audit_id = await queries.impersonations.insert_impersonation(
             conn,
             admin_id=admin.id,
             admin_email=admin.user["email"],
@@ -205,7 +205,7 @@ async def impersonate(
             target_email=target["email"],
             client_ip=client_ip,
         )
-        await queries.admin.insert_impersonation_session(
+        await queries.auth_sessions.insert_impersonation_session(
             conn,
             id=auth.hash_token(token),
             user_id=target["id"],
@@ -219,7 +219,7 @@ async def impersonate(
 
 async def stop_impersonating(ctx: AppContext, current: auth.CurrentUser) -> tuple[str, asyncpg.Record]:
     """Back to the admin's own account: a fresh login session for them, the end recorded."""
-    link = await queries.admin.get_impersonation_of_session(ctx.pool, id=current.session_id)
+    link = await queries.auth_sessions.get_impersonation_of_session(ctx.pool, id=current.session_id)
     if link is None:
         raise ServiceError(400, "You are not impersonating anyone")
     admin = await queries.users.get_user_by_id(ctx.pool, id=link["impersonator_id"])
@@ -229,13 +229,13 @@ async def stop_impersonating(ctx: AppContext, current: auth.CurrentUser) -> tupl
     async with ctx.pool.acquire() as conn, conn.transaction():
         await queries.auth_sessions.delete_auth_session(conn, id=current.session_id)
         if link["impersonation_id"] is not None:
-            await queries.admin.end_impersonation(conn, id=link["impersonation_id"])
+            await queries.impersonations.end_impersonation(conn, id=link["impersonation_id"])
     return token, admin
 
 
 async def impersonation_of(ctx: AppContext, current: auth.CurrentUser) -> dict[str, Any] | None:
     """Who is impersonating behind this login session, or None."""
-    link = await queries.admin.get_impersonation_of_session(ctx.pool, id=current.session_id)
+    link = await queries.auth_sessions.get_impersonation_of_session(ctx.pool, id=current.session_id)
     if link is None:
         return None
     return {"impersonatorId": link["impersonator_id"], "impersonatorEmail": link["impersonator_email"]}
@@ -243,8 +243,8 @@ async def impersonation_of(ctx: AppContext, current: auth.CurrentUser) -> dict[s
 
 async def list_impersonations(ctx: AppContext, page: Page) -> dict[str, Any]:
     """GET /api/admin/impersonations: the audit trail, newest first."""
-    rows = [r async for r in queries.admin.list_impersonations(ctx.pool, limit=page.limit, offset=page.offset)]
-    total = await queries.admin.count_impersonations(ctx.pool)
+    rows = [r async for r in queries.impersonations.list_impersonations(ctx.pool, limit=page.limit, offset=page.offset)]
+    total = await queries.impersonations.count_impersonations(ctx.pool)
     return {
         "impersonations": [
             {

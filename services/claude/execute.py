@@ -208,7 +208,7 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
         if params.website_session_id:
             row = await get_owned(ctx, params.website_session_id, user_id)
         else:
-            row = await queries.runs.find_owned_session_by_event(
+            row = await queries.chat_sessions.find_owned_session_by_event(
                 ctx.pool, event_id=params.last_event_id, user_id=user_id
             )
             if row is None:
@@ -263,7 +263,7 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
         if row is None:
             assert repo is not None
             session_id = str(uuid.uuid4())
-            created_row = await queries.runs.insert_running_session(
+            created_row = await queries.chat_sessions.insert_running_session(
                 conn,
                 id=session_id,
                 user_id=user_id,
@@ -280,15 +280,15 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
             events = [preview, title_event]
         else:
             session_id = row["id"]
-            locked = await queries.runs.lock_session(conn, id=session_id)
+            locked = await queries.chat_sessions.lock_session(conn, id=session_id)
             events = [preview]
             if locked["status"] != "running":
-                await queries.runs.start_run(
+                await queries.chat_sessions.start_run(
                     conn,
                     id=session_id,
                     run_owner=runs.owner,
                     run_state=RunState(
-                        baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id),
+                        baseline_event_id=await queries.events.get_last_event_id(conn, chat_session_id=session_id),
                         environment_id=environment_id,
                     ).to_json(),
                     repository_url=repo[0] if repo else None,
@@ -298,12 +298,14 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
                 announcements.append(("status_changed", {"id": session_id, "status": "running"}))
                 if locked["remote_session_id"] is None:
                     # A pending session (create-code-session) starts its first run.
-                    await queries.runs.set_title_and_branch(conn, id=session_id, user_request=title, branch=branch)
+                    await queries.chat_sessions.set_title_and_branch(
+                        conn, id=session_id, user_request=title, branch=branch
+                    )
                     announcements.append(("updated", {"id": session_id, "userRequest": title, "branch": branch}))
                     events.append(title_event)
                 await event_log.announce_status(ctx, session_id, conn=conn)
             # else: a run is going on; the driver delivers this prompt into it.
-        await queries.runs.insert_prompt(
+        await queries.messages.insert_prompt(
             conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=message_uuid
         )
         ids = await event_log.append(ctx, session_id, events, conn=conn)
@@ -336,7 +338,7 @@ async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, A
         data["remoteSessionId"] = row["remote_session_id"]
         data["remoteWebUrl"] = row["remote_web_url"]
         return "completed", data
-    message = await queries.runs.last_error_message(ctx.pool, chat_session_id=session_id)
+    message = await queries.events.get_last_error_message(ctx.pool, chat_session_id=session_id)
     return "error", {
         "type": "error",
         "timestamp": now_iso(),
@@ -369,14 +371,14 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
     message_uuid = str(uuid.uuid4())
     started = False
     async with ctx.pool.acquire() as conn, conn.transaction():
-        locked = await queries.runs.lock_session(conn, id=session_id)
+        locked = await queries.chat_sessions.lock_session(conn, id=session_id)
         if locked["status"] != "running":
-            await queries.runs.start_run(
+            await queries.chat_sessions.start_run(
                 conn,
                 id=session_id,
                 run_owner=runs.owner,
                 run_state=RunState(
-                    baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id)
+                    baseline_event_id=await queries.events.get_last_event_id(conn, chat_session_id=session_id)
                 ).to_json(),
                 repository_url=None,
                 repository_owner=None,
@@ -384,7 +386,7 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
             )
             started = True
             await event_log.announce_status(ctx, session_id, conn=conn)
-        await queries.runs.insert_prompt(
+        await queries.messages.insert_prompt(
             conn, chat_session_id=session_id, content=content, images=None, upstream_uuid=message_uuid
         )
         await event_log.append(ctx, session_id, [follow_up_preview(content)], conn=conn)
@@ -426,7 +428,7 @@ async def _record_interrupt(ctx: AppContext, session_id: str) -> None:
     event = {"type": "interrupted", "message": "Interrupt requested", "source": "user", "timestamp": now_iso()}
     await event_log.append(ctx, session_id, [event])
     # Once interrupted, an idle remote session ends the run even if the agent had done nothing.
-    await queries.runs.patch_run_state(ctx.pool, id=session_id, patch=run_state_patch(interrupted=True))
+    await queries.chat_sessions.patch_run_state(ctx.pool, id=session_id, patch=run_state_patch(interrupted=True))
 
 
 async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
