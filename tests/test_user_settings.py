@@ -152,3 +152,45 @@ async def test_settings_need_a_login(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/user/display-name", json={"displayName": "x"})
     assert response.status_code == 401
     assert response.json() == {"success": False, "error": "Unauthorized"}
+
+
+async def test_a_setting_changes_only_its_own_column(client: httpx.AsyncClient) -> None:
+    # All settings share one UPDATE (queries.users.update_user_setting): each route must write its
+    # own column and keep every other one as the earlier routes left it.
+    await register(client)
+    changes = [
+        ("preferred-provider", {"provider": "gemini"}),
+        ("image-resize-setting", {"maxDimension": 4096}),
+        ("display-name", {"displayName": "Ada"}),
+        ("voice-command-keywords", {"keywords": ["over"]}),
+        ("stop-listening-after-submit", {"stopAfterSubmit": True}),
+        ("default-landing-page", {"landingPage": "library"}),
+        ("preferred-model", {"preferredModel": "sonnet"}),
+        ("chat-verbosity", {"verbosityLevel": "normal"}),
+    ]
+    for route, body in changes:
+        response = await client.post(f"/api/user/{route}", json=body)
+        assert response.status_code == 200, response.text
+    user = await session_user(client)
+    assert {key: user[key] for key in SETTING_KEYS} == {
+        "preferredProvider": "gemini",
+        "imageResizeMaxDimension": 4096,
+        "displayName": "Ada",
+        "voiceCommandKeywords": ["over"],
+        "stopListeningAfterSubmit": True,
+        "defaultLandingPage": "library",
+        "preferredModel": "sonnet",
+        "chatVerbosityLevel": "normal",
+    }
+
+
+SETTING_KEYS = (
+    "preferredProvider",
+    "imageResizeMaxDimension",
+    "displayName",
+    "voiceCommandKeywords",
+    "stopListeningAfterSubmit",
+    "defaultLandingPage",
+    "preferredModel",
+    "chatVerbosityLevel",
+)
