@@ -9,6 +9,7 @@ remembers the admin, and stopping gives the admin a fresh session of their own.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
 from services.pagination import Page
-from services.users import claude_auth_summary, iso
+from services.users import claude_auth_summary, display_name, iso
 
 USER_NOT_FOUND = "User not found"
 EMAIL_TAKEN = "User with this email already exists"
@@ -70,14 +71,7 @@ async def get_user(ctx: AppContext, user_id: str) -> asyncpg.Record:
 
 
 def _display_name(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ServiceError(400, "displayName must be a string")
-    cleaned = value.strip()
-    if len(cleaned) > 100:
-        raise ServiceError(400, "Display name must be 100 characters or less")
-    return cleaned or None
+    return display_name(value, not_a_string="displayName must be a string")
 
 
 def _is_admin_flag(value: Any) -> bool:
@@ -111,32 +105,65 @@ async def create_user(ctx: AppContext, body: dict[str, Any]) -> dict[str, Any]:
     return user_summary(row)
 
 
+def _email(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ServiceError(400, "Please enter a valid email address")
+    return auth.normalize_email(value)
+
+
+# What PATCH /api/admin/users/:id may change besides the password: body key -> (column of
+# queries.users.update_user, its parser), checked in this order.
+USER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "isAdmin": ("is_admin", _is_admin_flag),
+    "email": ("email", _email),
+    "displayName": ("display_name", _display_name),
+}
+# queries.users.update_user changes a column only when its set_<column> flag is true.
+NO_CHANGES: dict[str, Any] = {
+    "set_email": False,
+    "email": None,
+    "set_display_name": False,
+    "display_name": None,
+    "set_is_admin": False,
+    "is_admin": None,
+    "set_password": False,
+    "password_hash": None,
+}
+
+
+def _user_changes(admin: auth.CurrentUser, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of queries.users.update_user for a valid body (the password aside)."""
+    if user_id == admin.id and body.get("isAdmin") is False:
+        raise ServiceError(400, "Cannot remove your own admin status")
+    changes = dict(NO_CHANGES)
+    for key, (column, parse) in USER_FIELDS.items():
+        if key in body:
+            changes[f"set_{column}"], changes[column] = True, parse(body[key])
+    return changes
+
+
+async def _store_user_changes(
+    ctx: AppContext, admin: auth.CurrentUser, user_id: str, changes: dict[str, Any]
+) -> asyncpg.Record:
+    try:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            row = await queries.users.update_user(conn, id=user_id, **changes)
+            if row is not None and changes["set_password"]:
+                # A reset password signs the person out everywhere (but not the admin doing it).
+                await queries.auth_sessions.delete_auth_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
+    except asyncpg.UniqueViolationError:
+        raise ServiceError(400, EMAIL_TAKEN) from None
+    if row is None:
+        raise ServiceError(404, USER_NOT_FOUND)
+    return row
+
+
 async def update_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """PATCH /api/admin/users/:id: any of email, displayName, isAdmin, password."""
-    fields = {name for name in ("email", "displayName", "isAdmin", "password") if name in body}
-    if not fields:
+    if not any(key in body for key in (*USER_FIELDS, "password")):
         raise ServiceError(400, "No fields to update")
-    changes: dict[str, Any] = {
-        "set_email": False,
-        "email": None,
-        "set_display_name": False,
-        "display_name": None,
-        "set_is_admin": False,
-        "is_admin": None,
-        "set_password": False,
-        "password_hash": None,
-    }
-    if "isAdmin" in fields:
-        changes["set_is_admin"], changes["is_admin"] = True, _is_admin_flag(body["isAdmin"])
-        if user_id == admin.id and not changes["is_admin"]:
-            raise ServiceError(400, "Cannot remove your own admin status")
-    if "email" in fields:
-        if not isinstance(body["email"], str) or not body["email"].strip():
-            raise ServiceError(400, "Please enter a valid email address")
-        changes["set_email"], changes["email"] = True, auth.normalize_email(body["email"])
-    if "displayName" in fields:
-        changes["set_display_name"], changes["display_name"] = True, _display_name(body["displayName"])
-    encoded = auth.check_password_rules(body["password"]) if "password" in fields else None
+    changes = _user_changes(admin, user_id, body)
+    encoded = auth.check_password_rules(body["password"]) if "password" in body else None
     await get_user(ctx, user_id)
     if changes["set_email"]:
         holder = await queries.users.get_user_by_email(ctx.pool, email=changes["email"])
@@ -144,17 +171,7 @@ async def update_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str, bo
             raise ServiceError(400, EMAIL_TAKEN)
     if encoded is not None:
         changes["set_password"], changes["password_hash"] = True, await auth.hash_password(ctx, encoded)
-    try:
-        async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await queries.users.update_user(conn, id=user_id, **changes)
-            if row is not None and encoded is not None:
-                # A reset password signs the person out everywhere (but not the admin doing it).
-                await queries.auth_sessions.delete_auth_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
-    except asyncpg.UniqueViolationError:
-        raise ServiceError(400, EMAIL_TAKEN) from None
-    if row is None:
-        raise ServiceError(404, USER_NOT_FOUND)
-    return user_summary(row)
+    return user_summary(await _store_user_changes(ctx, admin, user_id, changes))
 
 
 async def delete_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str) -> dict[str, Any]:
