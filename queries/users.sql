@@ -16,26 +16,16 @@ SELECT claude_auth FROM users WHERE id = :id FOR UPDATE;
 -- name: set_github_connection(id, github_id, github_access_token)!
 UPDATE users SET github_id = :github_id, github_access_token = :github_access_token WHERE id = :id;
 
--- name: update_user_setting(id, column, preferred_provider, image_resize_max_dimension, display_name, voice_command_keywords, stop_listening_after_submit, default_landing_page, preferred_model, chat_verbosity_level)!
--- One personal setting (services/users.SETTINGS): `column` names the one that changes, chosen
--- among these fixed columns; every other column keeps its value (its parameter is ignored).
-UPDATE users SET
-    preferred_provider =
-        CASE WHEN :column = 'preferred_provider' THEN :preferred_provider ELSE preferred_provider END,
-    image_resize_max_dimension =
-        CASE WHEN :column = 'image_resize_max_dimension' THEN :image_resize_max_dimension ELSE image_resize_max_dimension END,
-    display_name =
-        CASE WHEN :column = 'display_name' THEN :display_name ELSE display_name END,
-    voice_command_keywords =
-        CASE WHEN :column = 'voice_command_keywords' THEN :voice_command_keywords ELSE voice_command_keywords END,
-    stop_listening_after_submit =
-        CASE WHEN :column = 'stop_listening_after_submit' THEN :stop_listening_after_submit ELSE stop_listening_after_submit END,
-    default_landing_page =
-        CASE WHEN :column = 'default_landing_page' THEN :default_landing_page ELSE default_landing_page END,
-    preferred_model =
-        CASE WHEN :column = 'preferred_model' THEN :preferred_model ELSE preferred_model END,
-    chat_verbosity_level =
-        CASE WHEN :column = 'chat_verbosity_level' THEN :chat_verbosity_level ELSE chat_verbosity_level END
+-- name: update_user_setting(id, setting)!
+-- One personal setting (services/users.SETTINGS): `setting` is {column: value}. The columns
+-- listed are the only ones it can change; each one not named in `setting` keeps its value,
+-- because jsonb_populate_record fills the fields the object lacks from the row itself.
+UPDATE users AS u
+SET (preferred_provider, image_resize_max_dimension, display_name, voice_command_keywords,
+     stop_listening_after_submit, default_landing_page, preferred_model, chat_verbosity_level) =
+    (SELECT s.preferred_provider, s.image_resize_max_dimension, s.display_name, s.voice_command_keywords,
+            s.stop_listening_after_submit, s.default_landing_page, s.preferred_model, s.chat_verbosity_level
+     FROM jsonb_populate_record(u, :setting) AS s)
 WHERE id = :id;
 
 -- name: set_admin_by_email(email, is_admin)$

@@ -90,12 +90,13 @@ async def save_claude_auth(ctx: AppContext, user_id: str, claude_auth: dict[str,
 
 
 def one_of(allowed: tuple[Any, ...], message: str) -> Callable[[Any], Any]:
-    """A parser that accepts exactly one of `allowed` (never a boolean standing in for 0 or 1)."""
+    """A parser that accepts exactly one of `allowed` (never a boolean standing in for 0 or 1) and
+    returns the allowed value itself (so 1024.0 is stored as the integer 1024)."""
 
     def parse(value: Any) -> Any:
         if isinstance(value, bool) or value not in allowed:
             raise ServiceError(400, message)
-        return value
+        return allowed[allowed.index(value)]
 
     return parse
 
@@ -151,7 +152,7 @@ class Setting:
 
     body_key: str  # where the new value is in the request body
     parse: Callable[[Any], Any]  # the value to store, or ServiceError(400) naming what is wrong
-    column: str  # its column of `users` (one of those queries.users.update_user_setting takes)
+    column: str  # its column of `users` (one of those queries.users.update_user_setting can set)
     message: str  # the success message
     echo: str | None = None  # a reply key that carries the stored value back, if any
 
@@ -227,7 +228,5 @@ def validate_setting(name: str, body: dict[str, Any]) -> tuple[str, Any, dict[st
 async def update_setting(ctx: AppContext, user_id: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate and store one setting; return the success data."""
     column, value, data = validate_setting(name, body)
-    # The query takes every setting column; only the one `column` names is written.
-    values = {setting.column: None for setting in SETTINGS.values()} | {column: value}
-    await queries.users.update_user_setting(ctx.pool, id=user_id, column=column, **values)
+    await queries.users.update_user_setting(ctx.pool, id=user_id, setting={column: value})
     return data

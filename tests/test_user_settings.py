@@ -194,3 +194,11 @@ SETTING_KEYS = (
     "preferredModel",
     "chatVerbosityLevel",
 )
+
+
+async def test_a_whole_number_written_as_a_float_is_that_number(client: httpx.AsyncClient) -> None:
+    # JSON does not tell 1024 from 1024.0; both mean the allowed size (it used to answer a 5xx).
+    await register(client)
+    response = await client.post("/api/user/image-resize-setting", json={"maxDimension": 2048.0})
+    assert response.status_code == 200, response.text
+    assert (await session_user(client))["imageResizeMaxDimension"] == 2048
