@@ -1,3 +1,5 @@
+-- Login sessions (table `sessions`): the cookie's session, and the impersonation ones.
+
 -- name: insert_auth_session(id, user_id, expires_at)!
 INSERT INTO sessions (id, user_id, expires_at) VALUES (:id, :user_id, :expires_at);
 
@@ -15,3 +17,17 @@ DELETE FROM sessions WHERE id = :id;
 
 -- name: delete_expired_auth_sessions()!
 DELETE FROM sessions WHERE expires_at < now();
+
+-- name: delete_auth_sessions_except(user_id, keep_id)!
+-- After a password reset: sign the person out everywhere but the admin's own session.
+DELETE FROM sessions WHERE user_id = :user_id AND id <> :keep_id;
+
+-- name: insert_impersonation_session(id, user_id, expires_at, impersonator_id, impersonation_id)!
+INSERT INTO sessions (id, user_id, expires_at, impersonator_id, impersonation_id)
+VALUES (:id, :user_id, :expires_at, :impersonator_id, :impersonation_id);
+
+-- name: get_impersonation_of_session(id)^
+-- Who is behind an impersonation login session (no row when it is an ordinary one).
+SELECT s.impersonator_id, s.impersonation_id, u.email AS impersonator_email
+FROM sessions s JOIN users u ON u.id = s.impersonator_id
+WHERE s.id = :id;

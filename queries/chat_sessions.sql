@@ -1,3 +1,6 @@
+-- Chat sessions (table `chat_sessions`): the session list and trash, the background sync and
+-- orphan cleanup, and the Claude runs whose lease and state live on the session row.
+
 -- name: get_owned_session(id, user_id)^
 -- A chat session by id or session path, only when it belongs to user_id (trash included).
 SELECT * FROM chat_sessions
@@ -107,21 +110,9 @@ DELETE FROM chat_sessions
 WHERE id = ANY(:ids) AND user_id = :user_id AND deleted_at IS NOT NULL
 RETURNING id;
 
--- ---- background sync and orphan cleanup -------------------------------------------------------
+-- ---- background sync and orphan cleanup --------------------------------------------------------
 
--- name: try_maintenance_lock(key)$
--- Session-level advisory lock, on a connection of its own (services/db.leading): the replica
--- that gets it leads this cycle (sync or cleanup); the lock ends with that connection.
-SELECT pg_try_advisory_lock(:key);
-
--- name: list_claude_users(after_id, limit)
--- People with Claude credentials, in id order (keyset pages).
-SELECT id FROM users
-WHERE claude_auth IS NOT NULL AND id > :after_id
-ORDER BY id
-LIMIT :limit;
-
--- name: linked_remote_ids(user_id, remote_session_ids)
+-- name: list_linked_remote_ids(user_id, remote_session_ids)
 -- Which of these remote sessions already have a row of this person (trash included).
 SELECT remote_session_id FROM chat_sessions
 WHERE user_id = :user_id AND remote_session_id = ANY(:remote_session_ids);
@@ -143,9 +134,6 @@ VALUES (:id, :user_id, :session_path, :repository_owner, :repository_name, :user
         :total_cost, :created_at, :completed_at)
 ON CONFLICT DO NOTHING
 RETURNING *;
-
--- name: count_event_uuids(chat_session_id)$
-SELECT count(DISTINCT uuid) FROM events WHERE chat_session_id = :chat_session_id AND uuid IS NOT NULL;
 
 -- name: apply_remote_status(id, status, total_cost)^
 -- Sync-events on a session that no run drives: the remote status and cost; completedAt when it
@@ -169,3 +157,136 @@ WHERE status = 'running'
   AND COALESCE(worker_last_activity, created_at) < now() - make_interval(secs => :timeout_seconds)
 ORDER BY COALESCE(worker_last_activity, created_at)
 LIMIT :limit;
+
+-- ---- the event log's append lock, and the status the streams watch -----------------------------
+
+-- name: lock_session_log(chat_session_id)!
+-- Serialises appends to one chat session until the transaction ends, so that the session's ids
+-- become visible in id order: a reader that sees id N already sees every smaller id of that
+-- session, and "everything after N" is never missing a row that commits later. The lock is the
+-- session row itself (not an advisory lock): a transaction that already holds the row, say
+-- `FOR UPDATE` before appending, then never waits on an appender that waits on the row.
+-- FOR NO KEY UPDATE does not block the foreign-key checks of inserts into other tables.
+SELECT 1 FROM chat_sessions WHERE id = :chat_session_id FOR NO KEY UPDATE;
+
+-- name: get_session_status(chat_session_id)$
+-- The session's status, or NULL when the row is gone.
+SELECT status FROM chat_sessions WHERE id = :chat_session_id;
+
+-- name: set_session_repository(id, user_id, branch, session_path, base_branch)^
+-- Records the working branch and workspace path of the caller's own session.
+UPDATE chat_sessions
+SET branch = :branch, session_path = :session_path, base_branch = COALESCE(base_branch, :base_branch)
+WHERE id = :id AND user_id = :user_id
+RETURNING *;
+
+-- ---- runs: starting them, the lease that names the one replica driving each --------------------
+
+-- name: insert_running_session(id, user_id, user_request, provider, repository_url, repository_owner, repository_name, branch, run_owner, run_state)^
+-- A new chat session whose first run starts now, its lease taken by the replica creating it.
+INSERT INTO chat_sessions (id, user_id, user_request, status, provider, repository_url, repository_owner,
+                           repository_name, base_branch, branch, run_owner, run_state, worker_last_activity)
+VALUES (:id, :user_id, :user_request, 'running', :provider, :repository_url, :repository_owner,
+        :repository_name, 'main', :branch, :run_owner, :run_state, now())
+RETURNING *;
+
+-- name: lock_session(id)^
+-- The session row, locked until the end of the transaction (start, follow-up, abort).
+SELECT * FROM chat_sessions WHERE id = :id FOR UPDATE;
+
+-- name: start_run(id, run_owner, run_state, repository_url, repository_owner, repository_name)^
+-- An existing session starts a new run: running, with a fresh lease, completedAt cleared.
+UPDATE chat_sessions
+SET status = 'running', run_owner = :run_owner, run_state = :run_state, worker_last_activity = now(),
+    completed_at = NULL,
+    repository_url = COALESCE(repository_url, :repository_url),
+    repository_owner = COALESCE(repository_owner, :repository_owner),
+    repository_name = COALESCE(repository_name, :repository_name)
+WHERE id = :id
+RETURNING *;
+
+-- name: set_title_and_branch(id, user_request, branch)^
+UPDATE chat_sessions SET user_request = :user_request, branch = :branch WHERE id = :id
+RETURNING id, user_request, branch;
+
+-- name: get_run_control(id)^
+-- What the driver checks before each poll: still running, still its lease, prompts waiting.
+SELECT status, run_owner, run_state, remote_session_id,
+       EXISTS (SELECT 1 FROM messages m
+               WHERE m.chat_session_id = c.id AND m.upstream_uuid IS NOT NULL AND m.delivered_at IS NULL)
+           AS has_pending
+FROM chat_sessions c
+WHERE id = :id;
+
+-- name: patch_run_state(id, patch)!
+-- Merge keys into a running session's run state.
+UPDATE chat_sessions SET run_state = COALESCE(run_state, '{}'::jsonb) || :patch
+WHERE id = :id AND status = 'running';
+
+-- name: claim_run(id, run_owner, lease_seconds)^
+-- Take the run of a running session unless another live replica drives it.
+UPDATE chat_sessions SET run_owner = :run_owner, worker_last_activity = now()
+WHERE id = :id AND status = 'running'
+  AND (run_owner = :run_owner OR run_driver_gone(run_owner, worker_last_activity, :lease_seconds))
+RETURNING id;
+
+-- name: claim_orphan_runs(run_owner, lease_seconds, limit)
+-- Running sessions whose driver is gone (none, or one whose liveness lock is free), taken over.
+-- Only runs a driver can carry on: started by one (a run state) or linked to a remote session.
+-- SKIP LOCKED and the repeated condition make two replicas adopting at once split the rows.
+UPDATE chat_sessions SET run_owner = :run_owner, worker_last_activity = now()
+WHERE id IN (
+        SELECT id FROM chat_sessions
+        WHERE status = 'running'
+          AND (run_state IS NOT NULL OR remote_session_id IS NOT NULL)
+          AND run_driver_gone(run_owner, worker_last_activity, :lease_seconds)
+        ORDER BY worker_last_activity NULLS FIRST
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+  AND status = 'running'
+  AND run_driver_gone(run_owner, worker_last_activity, :lease_seconds)
+RETURNING id;
+
+-- name: renew_run_leases(run_owner)
+-- Renew every lease this replica holds; the ids returned are the runs it still owns.
+UPDATE chat_sessions SET worker_last_activity = now()
+WHERE run_owner = :run_owner AND status = 'running'
+RETURNING id;
+
+-- name: release_runs(run_owner)!
+-- On shutdown: give the runs up so that another replica adopts them at once.
+UPDATE chat_sessions SET run_owner = NULL WHERE run_owner = :run_owner AND status = 'running';
+
+-- name: set_remote_session(id, remote_session_id, remote_web_url)^
+-- Store the remote session as soon as it exists (only if none is stored yet).
+UPDATE chat_sessions SET remote_session_id = :remote_session_id, remote_web_url = :remote_web_url
+WHERE id = :id AND remote_session_id IS NULL
+RETURNING id, user_id, remote_session_id, remote_web_url;
+
+-- name: set_branch(id, branch)^
+UPDATE chat_sessions SET branch = :branch WHERE id = :id AND branch IS DISTINCT FROM :branch
+RETURNING id, user_id, branch;
+
+-- name: lock_owned_run(id, run_owner)^
+-- The session, locked, only while this replica still drives its run.
+SELECT * FROM chat_sessions WHERE id = :id AND run_owner = :run_owner AND status = 'running' FOR UPDATE;
+
+-- name: finish_run(id, status, total_cost, branch)^
+-- The run is over: final status, cost and branch, completedAt, lease and run state cleared.
+-- Prompts it never delivered leave the outbox (they stay in the history), so that the next run
+-- does not send them out of the blue.
+WITH dropped AS (
+    UPDATE messages SET upstream_uuid = NULL
+    WHERE chat_session_id = :id AND upstream_uuid IS NOT NULL AND delivered_at IS NULL
+)
+UPDATE chat_sessions
+SET status = :status, total_cost = COALESCE(:total_cost, total_cost), branch = COALESCE(:branch, branch),
+    completed_at = now(), run_owner = NULL, run_state = NULL
+WHERE id = :id
+RETURNING *;
+
+-- name: find_owned_session_by_event(event_id, user_id)^
+-- The caller's session holding an event (a browser reconnecting to execute-remote with
+-- Last-Event-ID, whose URL does not name the session it created).
+SELECT c.* FROM events e JOIN chat_sessions c ON c.id = e.chat_session_id
+WHERE e.id = :event_id AND c.user_id = :user_id;

@@ -1,15 +1,6 @@
--- The event log (table `events`) and the session-list announcements (table
--- `session_announcements`): appends, keyset reads, and the NOTIFYs that wake every replica's hub.
+-- The event log (table `events`): appends, keyset reads, how far a run has got, and the
+-- NOTIFYs that wake every replica's hub. Appends hold chat_sessions.lock_session_log.
 -- Reads are keyset pages (`id > :after_id ORDER BY id LIMIT :limit`), never a whole history.
-
--- name: lock_session_log(chat_session_id)!
--- Serialises appends to one chat session until the transaction ends, so that the session's ids
--- become visible in id order: a reader that sees id N already sees every smaller id of that
--- session, and "everything after N" is never missing a row that commits later. The lock is the
--- session row itself (not an advisory lock): a transaction that already holds the row, say
--- `FOR UPDATE` before appending, then never waits on an appender that waits on the row.
--- FOR NO KEY UPDATE does not block the foreign-key checks of inserts into other tables.
-SELECT 1 FROM chat_sessions WHERE id = :chat_session_id FOR NO KEY UPDATE;
 
 -- name: insert_events(chat_session_id, uuids, payloads)
 -- Appends events in array order; an event with a uuid already stored for the session is skipped.
@@ -37,51 +28,35 @@ WHERE chat_session_id = :chat_session_id AND id > :after_id
 ORDER BY id
 LIMIT :limit;
 
--- name: last_event_id(chat_session_id)$
+-- name: get_last_event_id(chat_session_id)$
 -- The newest event id of a session (0 when it has none).
 SELECT coalesce(max(id), 0) FROM events WHERE chat_session_id = :chat_session_id;
 
--- name: event_exists(chat_session_id, id)$
+-- name: has_event(chat_session_id, id)$
 SELECT EXISTS (SELECT 1 FROM events WHERE chat_session_id = :chat_session_id AND id = :id);
 
 -- name: count_events_between(chat_session_id, after_id, upto_id)$
 SELECT count(*) FROM events
 WHERE chat_session_id = :chat_session_id AND id > :after_id AND id <= :upto_id;
 
--- name: get_session_status(chat_session_id)$
--- The session's status, or NULL when the row is gone.
-SELECT status FROM chat_sessions WHERE id = :chat_session_id;
+-- name: count_event_uuids(chat_session_id)$
+SELECT count(DISTINCT uuid) FROM events WHERE chat_session_id = :chat_session_id AND uuid IS NOT NULL;
 
--- name: lock_announcements()!
--- Serialises announcements until commit, so their ids become visible in id order (see above).
-SELECT pg_advisory_xact_lock(1095650883, 0);
+-- name: get_run_progress(chat_session_id, after_id, end_types, quiet_types)^
+-- Since the run's baseline: the latest event that ends a turn, how many turns ended, and whether
+-- the agent did anything.
+SELECT
+    (SELECT count(*) FROM events
+     WHERE chat_session_id = :chat_session_id AND id > :after_id
+       AND event_data ->> 'type' = ANY(:end_types)) AS end_count,
+    (SELECT event_data FROM events
+     WHERE chat_session_id = :chat_session_id AND id > :after_id AND event_data ->> 'type' = ANY(:end_types)
+     ORDER BY id DESC LIMIT 1) AS last_end,
+    EXISTS (SELECT 1 FROM events
+            WHERE chat_session_id = :chat_session_id AND id > :after_id
+              AND NOT (COALESCE(event_data ->> 'type', '') = ANY(:quiet_types))) AS active;
 
--- name: insert_announcement(user_id, kind, session)$
-INSERT INTO session_announcements (user_id, kind, session)
-VALUES (:user_id, :kind, :session)
-RETURNING id;
-
--- name: notify_announcement(user_id)!
-SELECT pg_notify('webedt_session_list', :user_id);
-
--- name: last_announcement_id()$
-SELECT coalesce(max(id), 0) FROM session_announcements;
-
--- name: read_announcements_after(after_id, limit)
--- Every user's announcements after a position: the hub reads each one once per process.
-SELECT id, user_id, kind, session, created_at
-FROM session_announcements
-WHERE id > :after_id
-ORDER BY id
-LIMIT :limit;
-
--- name: read_user_announcements(user_id, after_id, upto_id, limit)
--- One user's announcements in a window, for a viewer that reconnects with Last-Event-ID.
-SELECT id, user_id, kind, session, created_at
-FROM session_announcements
-WHERE user_id = :user_id AND id > :after_id AND id <= :upto_id
-ORDER BY id
-LIMIT :limit;
-
--- name: prune_announcements(keep_seconds)!
-DELETE FROM session_announcements WHERE created_at < now() - make_interval(secs => :keep_seconds);
+-- name: get_last_error_message(chat_session_id)$
+SELECT event_data ->> 'error' FROM events
+WHERE chat_session_id = :chat_session_id AND event_data ->> 'type' = 'error'
+ORDER BY id DESC LIMIT 1;

@@ -1,36 +1,29 @@
 -- Writes of `server.py db import-original` into this server's database, and its bookkeeping
 -- (table `import_original`, migration 0007). Reads of the original are in original.sql.
 
--- name: try_lock_import()$
--- Held on the import's own connection for the whole run: one import at a time.
-SELECT pg_try_advisory_lock(7215334007);
-
--- name: unlock_import()$
-SELECT pg_advisory_unlock(7215334007);
-
--- name: get_progress(kind, original_ids)
+-- name: get_import_progress(kind, original_ids)
 SELECT original_id, fingerprint, last_message_id, last_event_id
 FROM import_original
 WHERE kind = :kind AND original_id = ANY(:original_ids::text[]);
 
--- name: save_progress(kind, original_id, fingerprint, last_message_id, last_event_id)!
+-- name: save_import_progress(kind, original_id, fingerprint, last_message_id, last_event_id)!
 INSERT INTO import_original (kind, original_id, fingerprint, last_message_id, last_event_id)
 VALUES (:kind, :original_id, :fingerprint, :last_message_id, :last_event_id)
 ON CONFLICT (kind, original_id) DO UPDATE
 SET fingerprint = excluded.fingerprint, last_message_id = excluded.last_message_id,
     last_event_id = excluded.last_event_id, imported_at = now();
 
--- name: imported_user_ids()
+-- name: list_imported_user_ids()
 -- People imported by an earlier run who still exist here.
 SELECT p.original_id AS id
 FROM import_original p JOIN users u ON u.id = p.original_id
 WHERE p.kind = 'user';
 
--- name: users_by_ids_or_emails(ids, email_keys)
+-- name: find_users_by_ids_or_emails(ids, email_keys)
 SELECT *, lower(email) AS email_key FROM users
 WHERE id = ANY(:ids::text[]) OR lower(email) = ANY(:email_keys::text[]);
 
--- name: insert_user(id, email, display_name, password_hash, github_id, github_access_token, claude_auth, preferred_provider, image_resize_max_dimension, voice_command_keywords, stop_listening_after_submit, default_landing_page, preferred_model, chat_verbosity_level, is_admin, created_at)!
+-- name: insert_original_user(id, email, display_name, password_hash, github_id, github_access_token, claude_auth, preferred_provider, image_resize_max_dimension, voice_command_keywords, stop_listening_after_submit, default_landing_page, preferred_model, chat_verbosity_level, is_admin, created_at)!
 INSERT INTO users (id, email, display_name, password_hash, github_id, github_access_token, claude_auth,
                    preferred_provider, image_resize_max_dimension, voice_command_keywords,
                    stop_listening_after_submit, default_landing_page, preferred_model,
@@ -40,7 +33,7 @@ VALUES (:id, :email, :display_name, :password_hash, :github_id, :github_access_t
         :stop_listening_after_submit, :default_landing_page, :preferred_model,
         :chat_verbosity_level, :is_admin, :created_at);
 
--- name: update_user(id, email, display_name, password_hash, github_id, github_access_token, claude_auth, preferred_provider, image_resize_max_dimension, voice_command_keywords, stop_listening_after_submit, default_landing_page, preferred_model, chat_verbosity_level, is_admin, created_at)!
+-- name: update_original_user(id, email, display_name, password_hash, github_id, github_access_token, claude_auth, preferred_provider, image_resize_max_dimension, voice_command_keywords, stop_listening_after_submit, default_landing_page, preferred_model, chat_verbosity_level, is_admin, created_at)!
 UPDATE users
 SET email = :email, display_name = :display_name, password_hash = :password_hash, github_id = :github_id,
     github_access_token = :github_access_token, claude_auth = :claude_auth,
@@ -50,7 +43,7 @@ SET email = :email, display_name = :display_name, password_hash = :password_hash
     chat_verbosity_level = :chat_verbosity_level, is_admin = :is_admin, created_at = :created_at
 WHERE id = :id;
 
--- name: insert_login_sessions(ids, user_ids, expires_ats)$
+-- name: insert_original_login_sessions(ids, user_ids, expires_ats)$
 -- Login sessions by the SHA-256 of their cookie token, with their bookkeeping rows; returns how
 -- many were new here.
 WITH written AS (
@@ -66,7 +59,7 @@ WITH written AS (
 )
 SELECT count(*) FROM written;
 
--- name: extend_login_sessions(ids, expires_ats)$
+-- name: extend_original_login_sessions(ids, expires_ats)$
 -- Login sessions imported before that are still here take a later expiry from the original;
 -- one ended here (logout, expiry) stays ended. Returns how many were extended.
 WITH extended AS (
@@ -77,10 +70,7 @@ WITH extended AS (
 )
 SELECT count(*) FROM extended;
 
--- name: lock_chat_session(id)^
-SELECT * FROM chat_sessions WHERE id = :id FOR UPDATE;
-
--- name: insert_chat_session(id, user_id, session_path, repository_owner, repository_name, user_request, status, repository_url, base_branch, branch, provider, provider_session_id, remote_session_id, remote_web_url, total_cost, issue_number, auto_commit, locked, created_at, completed_at, deleted_at, worker_last_activity)!
+-- name: insert_original_chat_session(id, user_id, session_path, repository_owner, repository_name, user_request, status, repository_url, base_branch, branch, provider, provider_session_id, remote_session_id, remote_web_url, total_cost, issue_number, auto_commit, locked, created_at, completed_at, deleted_at, worker_last_activity)!
 -- A session imported as `running` has no run owner: the run driver adopts it (claim_orphan_runs).
 INSERT INTO chat_sessions (id, user_id, session_path, repository_owner, repository_name, user_request, status,
                            repository_url, base_branch, branch, provider, provider_session_id,
@@ -91,7 +81,7 @@ VALUES (:id, :user_id, :session_path, :repository_owner, :repository_name, :user
         :remote_session_id, :remote_web_url, :total_cost, :issue_number, :auto_commit,
         :locked, :created_at, :completed_at, :deleted_at, :worker_last_activity);
 
--- name: update_chat_session(id, user_id, session_path, repository_owner, repository_name, user_request, status, repository_url, base_branch, branch, provider, provider_session_id, remote_session_id, remote_web_url, total_cost, issue_number, auto_commit, locked, created_at, completed_at, deleted_at)!
+-- name: update_original_chat_session(id, user_id, session_path, repository_owner, repository_name, user_request, status, repository_url, base_branch, branch, provider, provider_session_id, remote_session_id, remote_web_url, total_cost, issue_number, auto_commit, locked, created_at, completed_at, deleted_at)!
 -- The original changed a session that nobody changed here since the last import.
 UPDATE chat_sessions
 SET user_id = :user_id, session_path = :session_path, repository_owner = :repository_owner,
@@ -106,7 +96,7 @@ SET user_id = :user_id, session_path = :session_path, repository_owner = :reposi
     run_state = CASE WHEN :status = 'running' THEN run_state END
 WHERE id = :id;
 
--- name: insert_messages(chat_session_id, types, contents, images, timestamps)$
+-- name: insert_original_messages(chat_session_id, types, contents, images, timestamps)$
 -- New ids from this server's sequence, in array order.
 WITH written AS (
     INSERT INTO messages (chat_session_id, type, content, images, timestamp)
@@ -118,7 +108,7 @@ WITH written AS (
 )
 SELECT count(*) FROM written;
 
--- name: insert_events(chat_session_id, uuids, payloads, timestamps)$
+-- name: insert_original_events(chat_session_id, uuids, payloads, timestamps)$
 -- New ids from this server's sequence, in array order; the first of each upstream uuid is kept
 -- (a repeat, in this batch or stored before, is left out). Returns how many rows were stored.
 WITH written AS (

@@ -4,64 +4,65 @@
 -- zone` (or as ISO text) arrives as an instant; JSON columns are cast to jsonb for the same reason.
 -- Every table is read in keyset batches (`id > :after_id ORDER BY id LIMIT :limit`).
 
--- name: schema_columns()
+-- name: list_schema_columns()
 SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema();
 
--- name: schema_tables()
+-- name: list_schema_tables()
 SELECT table_name FROM information_schema.tables
 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'
 ORDER BY table_name;
 
 -- Exact row counts, one query per table the original is known to have (CONTRACT.md 3.2): the
 -- first five are carried, the others are not. Called only for tables that exist.
--- name: count_users()$
+
+-- name: count_original_users()$
 SELECT count(*) FROM users;
 
--- name: count_sessions()$
+-- name: count_original_sessions()$
 SELECT count(*) FROM sessions;
 
--- name: count_chat_sessions()$
+-- name: count_original_chat_sessions()$
 SELECT count(*) FROM chat_sessions;
 
--- name: count_messages()$
+-- name: count_original_messages()$
 SELECT count(*) FROM messages;
 
--- name: count_events()$
+-- name: count_original_events()$
 SELECT count(*) FROM events;
 
--- name: count_live_chat_messages()$
+-- name: count_original_live_chat_messages()$
 SELECT count(*) FROM live_chat_messages;
 
--- name: count_workspace_presence()$
+-- name: count_original_workspace_presence()$
 SELECT count(*) FROM workspace_presence;
 
--- name: count_workspace_events()$
+-- name: count_original_workspace_events()$
 SELECT count(*) FROM workspace_events;
 
--- name: count_orchestrator_jobs()$
+-- name: count_original_orchestrator_jobs()$
 SELECT count(*) FROM orchestrator_jobs;
 
--- name: count_orchestrator_cycles()$
+-- name: count_original_orchestrator_cycles()$
 SELECT count(*) FROM orchestrator_cycles;
 
--- name: count_orchestrator_tasks()$
+-- name: count_original_orchestrator_tasks()$
 SELECT count(*) FROM orchestrator_tasks;
 
--- name: estimated_rows(names)
+-- name: estimate_row_counts(names)
 -- Tables the contract does not know: PostgreSQL's own row estimate is enough for the report.
 SELECT c.relname AS name, greatest(c.reltuples, 0)::bigint AS row_count
 FROM pg_class c
 WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(:names::text[])
 ORDER BY c.relname;
 
--- name: email_case_variants()
+-- name: list_email_case_variants()
 -- People sharing one e-mail up to case: their ids, oldest first (the oldest is the one kept).
 SELECT lower(email) AS email_key, array_agg(id ORDER BY created_at::timestamp, id) AS ids
 FROM users
 GROUP BY lower(email)
 HAVING count(*) > 1;
 
--- name: read_users(after_id, limit)
+-- name: read_original_users(after_id, limit)
 SELECT id, email, display_name, password_hash, github_id, github_access_token,
        claude_auth::jsonb AS claude_auth, preferred_provider, image_resize_max_dimension,
        voice_command_keywords::jsonb AS voice_command_keywords, stop_listening_after_submit,
@@ -72,7 +73,7 @@ WHERE id > :after_id
 ORDER BY id
 LIMIT :limit;
 
--- name: read_login_sessions(after_id, limit)
+-- name: read_original_login_sessions(after_id, limit)
 -- The id is the `auth_session` cookie value: a bearer secret, never logged or printed.
 SELECT id, user_id, expires_at::timestamptz AS expires_at
 FROM sessions
@@ -80,7 +81,7 @@ WHERE id > :after_id
 ORDER BY id
 LIMIT :limit;
 
--- name: read_chat_sessions(after_id, limit)
+-- name: read_original_chat_sessions(after_id, limit)
 SELECT id, user_id, session_path, repository_owner, repository_name, user_request, status,
        repository_url, base_branch, branch, provider, provider_session_id, remote_session_id,
        remote_web_url, total_cost::text AS total_cost, issue_number, auto_commit, locked,
@@ -99,7 +100,7 @@ LIMIT :limit;
 -- (chat_session_id, id)), which makes an import quadratic; this way it reads only the session's
 -- rows through its own index and sorts them.
 
--- name: read_messages(chat_session_id, after_id)
+-- name: read_original_messages(chat_session_id, after_id)
 -- Images stay JSON text: they are copied, never looked into.
 SELECT id, type, content, images::jsonb::text AS images,
        timestamp::timestamp AT TIME ZONE 'UTC' AS timestamp
@@ -107,7 +108,7 @@ FROM messages
 WHERE chat_session_id = :chat_session_id AND id > :after_id
 ORDER BY id + 0;
 
--- name: read_events(chat_session_id, after_id)
+-- name: read_original_events(chat_session_id, after_id)
 -- Events stay JSON text (copied, not decoded); the upstream uuid only when it is a string.
 SELECT id,
        CASE WHEN jsonb_typeof(event_data::jsonb -> 'uuid') = 'string' THEN event_data::jsonb ->> 'uuid' END AS uuid,

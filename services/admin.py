@@ -9,6 +9,7 @@ remembers the admin, and stopping gives the admin a fresh session of their own.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
 from services.pagination import Page
-from services.users import claude_auth_summary, iso
+from services.users import claude_auth_summary, display_name, iso
 
 USER_NOT_FOUND = "User not found"
 EMAIL_TAKEN = "User with this email already exists"
@@ -57,8 +58,8 @@ def user_detail(ctx: AppContext, row: asyncpg.Record) -> dict[str, Any]:
 
 async def list_users(ctx: AppContext, page: Page) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One page of users in creation order, and its pagination facts."""
-    rows = [r async for r in queries.admin.list_users_page(ctx.pool, limit=page.limit, offset=page.offset)]
-    total = await queries.admin.count_users(ctx.pool)
+    rows = [r async for r in queries.users.list_users_page(ctx.pool, limit=page.limit, offset=page.offset)]
+    total = await queries.users.count_users(ctx.pool)
     return [user_summary(r) for r in rows], page.fields(total, len(rows))
 
 
@@ -70,14 +71,7 @@ async def get_user(ctx: AppContext, user_id: str) -> asyncpg.Record:
 
 
 def _display_name(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ServiceError(400, "displayName must be a string")
-    cleaned = value.strip()
-    if len(cleaned) > 100:
-        raise ServiceError(400, "Display name must be 100 characters or less")
-    return cleaned or None
+    return display_name(value, not_a_string="displayName must be a string")
 
 
 def _is_admin_flag(value: Any) -> bool:
@@ -98,7 +92,7 @@ async def create_user(ctx: AppContext, body: dict[str, Any]) -> dict[str, Any]:
     if await queries.users.get_user_by_email(ctx.pool, email=normalized) is not None:
         raise ServiceError(400, EMAIL_TAKEN)
     password_hash = await auth.hash_password(ctx, encoded)
-    row = await queries.admin.insert_user(
+    row = await queries.users.insert_user(
         ctx.pool,
         id=auth.new_user_id(),
         email=normalized,
@@ -111,32 +105,65 @@ async def create_user(ctx: AppContext, body: dict[str, Any]) -> dict[str, Any]:
     return user_summary(row)
 
 
+def _email(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ServiceError(400, "Please enter a valid email address")
+    return auth.normalize_email(value)
+
+
+# What PATCH /api/admin/users/:id may change besides the password: body key -> (column of
+# queries.users.update_user, its parser), checked in this order.
+USER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "isAdmin": ("is_admin", _is_admin_flag),
+    "email": ("email", _email),
+    "displayName": ("display_name", _display_name),
+}
+# queries.users.update_user changes a column only when its set_<column> flag is true.
+NO_CHANGES: dict[str, Any] = {
+    "set_email": False,
+    "email": None,
+    "set_display_name": False,
+    "display_name": None,
+    "set_is_admin": False,
+    "is_admin": None,
+    "set_password": False,
+    "password_hash": None,
+}
+
+
+def _user_changes(admin: auth.CurrentUser, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of queries.users.update_user for a valid body (the password aside)."""
+    if user_id == admin.id and body.get("isAdmin") is False:
+        raise ServiceError(400, "Cannot remove your own admin status")
+    changes = dict(NO_CHANGES)
+    for key, (column, parse) in USER_FIELDS.items():
+        if key in body:
+            changes[f"set_{column}"], changes[column] = True, parse(body[key])
+    return changes
+
+
+async def _store_user_changes(
+    ctx: AppContext, admin: auth.CurrentUser, user_id: str, changes: dict[str, Any]
+) -> asyncpg.Record:
+    try:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            row = await queries.users.update_user(conn, id=user_id, **changes)
+            if row is not None and changes["set_password"]:
+                # A reset password signs the person out everywhere (but not the admin doing it).
+                await queries.auth_sessions.delete_auth_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
+    except asyncpg.UniqueViolationError:
+        raise ServiceError(400, EMAIL_TAKEN) from None
+    if row is None:
+        raise ServiceError(404, USER_NOT_FOUND)
+    return row
+
+
 async def update_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """PATCH /api/admin/users/:id: any of email, displayName, isAdmin, password."""
-    fields = {name for name in ("email", "displayName", "isAdmin", "password") if name in body}
-    if not fields:
+    if not any(key in body for key in (*USER_FIELDS, "password")):
         raise ServiceError(400, "No fields to update")
-    changes: dict[str, Any] = {
-        "set_email": False,
-        "email": None,
-        "set_display_name": False,
-        "display_name": None,
-        "set_is_admin": False,
-        "is_admin": None,
-        "set_password": False,
-        "password_hash": None,
-    }
-    if "isAdmin" in fields:
-        changes["set_is_admin"], changes["is_admin"] = True, _is_admin_flag(body["isAdmin"])
-        if user_id == admin.id and not changes["is_admin"]:
-            raise ServiceError(400, "Cannot remove your own admin status")
-    if "email" in fields:
-        if not isinstance(body["email"], str) or not body["email"].strip():
-            raise ServiceError(400, "Please enter a valid email address")
-        changes["set_email"], changes["email"] = True, auth.normalize_email(body["email"])
-    if "displayName" in fields:
-        changes["set_display_name"], changes["display_name"] = True, _display_name(body["displayName"])
-    encoded = auth.check_password_rules(body["password"]) if "password" in fields else None
+    changes = _user_changes(admin, user_id, body)
+    encoded = auth.check_password_rules(body["password"]) if "password" in body else None
     await get_user(ctx, user_id)
     if changes["set_email"]:
         holder = await queries.users.get_user_by_email(ctx.pool, email=changes["email"])
@@ -144,24 +171,14 @@ async def update_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str, bo
             raise ServiceError(400, EMAIL_TAKEN)
     if encoded is not None:
         changes["set_password"], changes["password_hash"] = True, await auth.hash_password(ctx, encoded)
-    try:
-        async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await queries.admin.update_user(conn, id=user_id, **changes)
-            if row is not None and encoded is not None:
-                # A reset password signs the person out everywhere (but not the admin doing it).
-                await queries.admin.delete_login_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
-    except asyncpg.UniqueViolationError:
-        raise ServiceError(400, EMAIL_TAKEN) from None
-    if row is None:
-        raise ServiceError(404, USER_NOT_FOUND)
-    return user_summary(row)
+    return user_summary(await _store_user_changes(ctx, admin, user_id, changes))
 
 
 async def delete_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str) -> dict[str, Any]:
     """DELETE /api/admin/users/:id: the user and everything they own."""
     if user_id == admin.id:
         raise ServiceError(400, "Cannot delete your own account")
-    deleted = await queries.admin.delete_user(ctx.pool, id=user_id) if user_id else None
+    deleted = await queries.users.delete_user(ctx.pool, id=user_id) if user_id else None
     if deleted is None:
         raise ServiceError(404, USER_NOT_FOUND)
     return {"id": deleted}
@@ -169,7 +186,7 @@ async def delete_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str) ->
 
 async def stats(ctx: AppContext) -> dict[str, Any]:
     """GET /api/admin/stats."""
-    row = await queries.admin.get_stats(ctx.pool)
+    row = await queries.admin.get_admin_stats(ctx.pool)
     return {
         "totalUsers": row["total_users"],
         "totalAdmins": row["total_admins"],
@@ -192,12 +209,12 @@ async def impersonate(
     """
     if target_id == admin.id:
         raise ServiceError(400, "Cannot impersonate yourself")
-    if await queries.admin.get_impersonation_of_session(ctx.pool, id=admin.session_id) is not None:
+    if await queries.auth_sessions.get_impersonation_of_session(ctx.pool, id=admin.session_id) is not None:
         raise ServiceError(400, "Stop impersonating before impersonating someone else")
     target = await get_user(ctx, target_id)
     token = secrets.token_urlsafe(32)
     async with ctx.pool.acquire() as conn, conn.transaction():
-        audit_id = await queries.admin.insert_impersonation(
+        audit_id = await queries.impersonations.insert_impersonation(
             conn,
             admin_id=admin.id,
             admin_email=admin.user["email"],
@@ -205,7 +222,7 @@ async def impersonate(
             target_email=target["email"],
             client_ip=client_ip,
         )
-        await queries.admin.insert_impersonation_session(
+        await queries.auth_sessions.insert_impersonation_session(
             conn,
             id=auth.hash_token(token),
             user_id=target["id"],
@@ -219,7 +236,7 @@ async def impersonate(
 
 async def stop_impersonating(ctx: AppContext, current: auth.CurrentUser) -> tuple[str, asyncpg.Record]:
     """Back to the admin's own account: a fresh login session for them, the end recorded."""
-    link = await queries.admin.get_impersonation_of_session(ctx.pool, id=current.session_id)
+    link = await queries.auth_sessions.get_impersonation_of_session(ctx.pool, id=current.session_id)
     if link is None:
         raise ServiceError(400, "You are not impersonating anyone")
     admin = await queries.users.get_user_by_id(ctx.pool, id=link["impersonator_id"])
@@ -229,13 +246,13 @@ async def stop_impersonating(ctx: AppContext, current: auth.CurrentUser) -> tupl
     async with ctx.pool.acquire() as conn, conn.transaction():
         await queries.auth_sessions.delete_auth_session(conn, id=current.session_id)
         if link["impersonation_id"] is not None:
-            await queries.admin.end_impersonation(conn, id=link["impersonation_id"])
+            await queries.impersonations.end_impersonation(conn, id=link["impersonation_id"])
     return token, admin
 
 
 async def impersonation_of(ctx: AppContext, current: auth.CurrentUser) -> dict[str, Any] | None:
     """Who is impersonating behind this login session, or None."""
-    link = await queries.admin.get_impersonation_of_session(ctx.pool, id=current.session_id)
+    link = await queries.auth_sessions.get_impersonation_of_session(ctx.pool, id=current.session_id)
     if link is None:
         return None
     return {"impersonatorId": link["impersonator_id"], "impersonatorEmail": link["impersonator_email"]}
@@ -243,8 +260,8 @@ async def impersonation_of(ctx: AppContext, current: auth.CurrentUser) -> dict[s
 
 async def list_impersonations(ctx: AppContext, page: Page) -> dict[str, Any]:
     """GET /api/admin/impersonations: the audit trail, newest first."""
-    rows = [r async for r in queries.admin.list_impersonations(ctx.pool, limit=page.limit, offset=page.offset)]
-    total = await queries.admin.count_impersonations(ctx.pool)
+    rows = [r async for r in queries.impersonations.list_impersonations(ctx.pool, limit=page.limit, offset=page.offset)]
+    total = await queries.impersonations.count_impersonations(ctx.pool)
     return {
         "impersonations": [
             {

@@ -114,7 +114,12 @@ async def create_user(ctx: AppContext, email: Any, password: Any, is_admin: bool
     encoded = check_password_rules(password)
     password_hash = await hash_password(ctx, encoded)
     row = await queries.users.insert_user(
-        ctx.pool, id=new_user_id(), email=normalized, password_hash=password_hash, is_admin=is_admin
+        ctx.pool,
+        id=new_user_id(),
+        email=normalized,
+        display_name=None,
+        password_hash=password_hash,
+        is_admin=is_admin,
     )
     if row is None:
         raise ServiceError(400, "Email already in use")

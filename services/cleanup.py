@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from services import locks
 from services.claude.client import UpstreamError
 from services.claude.ending import Outcome, end_run, local_status
 from services.context import AppContext
@@ -35,7 +36,6 @@ from services.sync import fetch_all_events, session_cost, stored_event
 
 log = logging.getLogger(__name__)
 
-CLEANUP_LOCK_KEY = 7_215_334_005
 BATCH = 100
 REMOTE_GONE = "The remote session no longer exists"
 FAILED = "Claude reported that the session failed"
@@ -47,7 +47,7 @@ async def _finish(
     """Take the lease (only if it is still stale) and end the run; False when someone holds it."""
     owner = f"orphan-cleanup:{secrets.token_hex(6)}"
     timeout = ctx.config.orphan_session_timeout_minutes * 60
-    claimed = await queries.runs.claim_run(ctx.pool, id=row["id"], run_owner=owner, lease_seconds=timeout)
+    claimed = await queries.chat_sessions.claim_run(ctx.pool, id=row["id"], run_owner=owner, lease_seconds=timeout)
     if claimed is None:
         return False
     outcome = Outcome(status, error, total_cost=session_cost(ctx, events), source="cleanup")
@@ -63,7 +63,9 @@ async def _adopt(ctx: AppContext, row: asyncpg.Record) -> str:
     if ctx.runs is None:
         return "skipped"
     timeout = ctx.config.orphan_session_timeout_minutes * 60
-    claimed = await queries.runs.claim_run(ctx.pool, id=row["id"], run_owner=ctx.runs.owner, lease_seconds=timeout)
+    claimed = await queries.chat_sessions.claim_run(
+        ctx.pool, id=row["id"], run_owner=ctx.runs.owner, lease_seconds=timeout
+    )
     if claimed is None:
         return "alive"
     await ctx.runs.ensure_driving(row["id"])
@@ -103,7 +105,7 @@ async def handle_orphan(ctx: AppContext, row: asyncpg.Record) -> str:
 
 async def run_once(ctx: AppContext) -> dict[str, int] | None:
     """One cleanup pass if this replica leads it (None if another one does)."""
-    async with leading(ctx.dsn, CLEANUP_LOCK_KEY) as leader:
+    async with leading(ctx.dsn, locks.CLEANUP) as leader:
         if not leader:
             return None
         timeout = ctx.config.orphan_session_timeout_minutes * 60

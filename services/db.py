@@ -223,6 +223,6 @@ async def leading(dsn: str, key: int) -> AsyncIterator[bool]:
     to the pool, and no replica would lead again."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        yield bool(await queries.chat_sessions.try_maintenance_lock(conn, key=key))
+        yield bool(await queries.database.try_advisory_lock(conn, key=key))
     finally:
         conn.terminate()

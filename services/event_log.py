@@ -33,7 +33,7 @@ def _uuid_of(event: dict[str, Any]) -> str | None:
 
 
 async def _append_locked(conn: asyncpg.Connection, chat_session_id: str, events: list[dict[str, Any]]) -> list[int]:
-    await queries.events.lock_session_log(conn, chat_session_id=chat_session_id)
+    await queries.chat_sessions.lock_session_log(conn, chat_session_id=chat_session_id)
     rows = [
         r
         async for r in queries.events.insert_events(
@@ -96,14 +96,14 @@ async def read_after(ctx: AppContext, chat_session_id: str, after_id: int, limit
 
 async def last_id(ctx: AppContext, chat_session_id: str) -> int:
     """The newest event id of the session, 0 when it has none."""
-    return int(await queries.events.last_event_id(ctx.pool, chat_session_id=chat_session_id))
+    return int(await queries.events.get_last_event_id(ctx.pool, chat_session_id=chat_session_id))
 
 
 async def has_event(ctx: AppContext, chat_session_id: str, event_id: int) -> bool:
     """Whether `event_id` belongs to this session's history."""
     if event_id <= 0 or event_id >= 2**63:
         return False
-    return bool(await queries.events.event_exists(ctx.pool, chat_session_id=chat_session_id, id=event_id))
+    return bool(await queries.events.has_event(ctx.pool, chat_session_id=chat_session_id, id=event_id))
 
 
 async def count_between(ctx: AppContext, chat_session_id: str, after_id: int, upto_id: int) -> int:
@@ -117,7 +117,7 @@ async def count_between(ctx: AppContext, chat_session_id: str, after_id: int, up
 
 async def session_status(ctx: AppContext, chat_session_id: str) -> str | None:
     """The session row's current status (None when the row is gone)."""
-    return await queries.events.get_session_status(ctx.pool, chat_session_id=chat_session_id)
+    return await queries.chat_sessions.get_session_status(ctx.pool, chat_session_id=chat_session_id)
 
 
 PAGE_DEFAULT_LIMIT = 1000

@@ -7,14 +7,14 @@ import time
 
 import asyncpg
 
-from services.db import UNAVAILABLE_ERRORS, database_outage
+from services.db import UNAVAILABLE_ERRORS, database_outage, queries
 
 PROBE_TTL_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 2.0
 
 
 class DatabaseProbe:
-    """Caches the answer of `SELECT 1`; concurrent callers share one probe."""
+    """Caches the answer of a ping (`queries.database.ping_database`); concurrent callers share one probe."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -24,7 +24,7 @@ class DatabaseProbe:
 
     async def _probe(self) -> str:
         try:
-            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), timeout=PROBE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(queries.database.ping_database(self.pool), timeout=PROBE_TIMEOUT_SECONDS)
         except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
             database_outage.failed("health probe", exc)
             return "unavailable"

@@ -41,7 +41,7 @@ import orjson
 
 from services import event_log, session_list
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS, database_outage
+from services.db import UNAVAILABLE_ERRORS, database_outage, queries
 from services.logs import detached_context
 from services.users import iso
 
@@ -501,7 +501,7 @@ class Hub:
                     except TimeoutError:
                         pass
                     try:
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_TIMEOUT_SECONDS)
+                        await asyncio.wait_for(queries.database.ping_database(conn), PING_TIMEOUT_SECONDS)
                         database_outage.recovered()
                     except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
                         # Any of these (InternalClientError too) would otherwise end the

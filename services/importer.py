@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import asyncpg
 import orjson
 
-from services import migrations
+from services import locks, migrations
 from services.auth import hash_token
 from services.db import init_connection, queries
 from services.secrets import SecretBox
@@ -270,7 +270,7 @@ async def connect_source(url: str) -> asyncpg.Connection:
 async def check_source_schema(source: asyncpg.Connection) -> list[str]:
     """The original's other tables; ImportRefused when a table or column this import reads is missing."""
     present: dict[str, set[str]] = {}
-    async for row in queries.original.schema_columns(source):
+    async for row in queries.original.list_schema_columns(source):
         present.setdefault(row["table_name"], set()).add(row["column_name"])
     missing = [
         f"{table}.{column}"
@@ -283,7 +283,7 @@ async def check_source_schema(source: asyncpg.Connection) -> list[str]:
         raise ImportRefused(f"the --from database does not have the original's schema (missing {shown})")
     if "uuid" in present.get("events", set()) and "schema_migrations" in present:
         raise ImportRefused("the --from database is one of this server's, not the original's")
-    tables = [r["table_name"] async for r in queries.original.schema_tables(source)]
+    tables = [r["table_name"] async for r in queries.original.list_schema_tables(source)]
     return [t for t in tables if t not in REQUIRED_COLUMNS]
 
 
@@ -335,14 +335,14 @@ class Importer:
 
     async def run(self, other_tables: list[str]) -> None:
         for table in REQUIRED_COLUMNS:
-            self.report.tables[table].total = await getattr(queries.original, f"count_{table}")(self.source)
+            self.report.tables[table].total = await getattr(queries.original, f"count_original_{table}")(self.source)
         known = [name for name in other_tables if name in KNOWN_NOT_CARRIED]
         self.report.not_carried = {
-            name: await getattr(queries.original, f"count_{name}")(self.source) for name in known
+            name: await getattr(queries.original, f"count_original_{name}")(self.source) for name in known
         }
         unknown = [name for name in other_tables if name not in KNOWN_NOT_CARRIED]
         self.report.other_tables = {
-            r["name"]: r["row_count"] async for r in queries.original.estimated_rows(self.source, names=unknown)
+            r["name"]: r["row_count"] async for r in queries.original.estimate_row_counts(self.source, names=unknown)
         }
         await self.import_users()
         await self.import_login_sessions()
@@ -390,23 +390,23 @@ class Importer:
     async def import_users(self) -> None:
         counts, report = self.report.tables["users"], self.report
         left_out: dict[str, str] = {}
-        async for variant in queries.original.email_case_variants(self.source):
+        async for variant in queries.original.list_email_case_variants(self.source):
             kept, *others = variant["ids"]
             left_out.update({other: kept for other in others})
             if len(report.email_variants) < REPORT_LIST_MAX:
                 report.email_variants.append({"email": variant["email_key"], "kept": kept, "leftOut": others})
-        self.imported_users = {r["id"] async for r in queries.import_original.imported_user_ids(self.target)}
+        self.imported_users = {r["id"] async for r in queries.import_original.list_imported_user_ids(self.target)}
         progress = self.progress("users")
-        async for rows in _batches(queries.original.read_users, self.source, USER_BATCH, after_id=""):
+        async for rows in _batches(queries.original.read_original_users, self.source, USER_BATCH, after_id=""):
             counts.read += len(rows)
             ids = [r["id"] for r in rows]
             stored = {
                 r["original_id"]: r
-                async for r in queries.import_original.get_progress(self.target, kind="user", original_ids=ids)
+                async for r in queries.import_original.get_import_progress(self.target, kind="user", original_ids=ids)
             }
             ours_by_id: dict[str, asyncpg.Record] = {}
             ours_by_email: dict[str, asyncpg.Record] = {}
-            async for r in queries.import_original.users_by_ids_or_emails(
+            async for r in queries.import_original.find_users_by_ids_or_emails(
                 self.target, ids=ids, email_keys=[r["email"].lower() for r in rows]
             ):
                 ours_by_id[r["id"]] = r
@@ -455,7 +455,7 @@ class Importer:
                 counts.add("conflicts")
                 report.conflict("users", user_id, "its new e-mail already belongs to another person here")
                 return
-            await queries.import_original.update_user(self.target, id=user_id, **self.encrypted(values))
+            await queries.import_original.update_original_user(self.target, id=user_id, **self.encrypted(values))
             counts.updated += 1
         else:
             if ours is not None:
@@ -467,9 +467,9 @@ class Importer:
                 counts.add("conflicts")
                 report.conflict("users", user_id, f"e-mail {values['email']} already belongs to another person here")
                 return
-            await queries.import_original.insert_user(self.target, id=user_id, **self.encrypted(values))
+            await queries.import_original.insert_original_user(self.target, id=user_id, **self.encrypted(values))
             counts.imported += 1
-        await queries.import_original.save_progress(
+        await queries.import_original.save_import_progress(
             self.target, kind="user", original_id=user_id, fingerprint=new_print, last_message_id=0, last_event_id=0
         )
         self.imported_users.add(user_id)
@@ -479,7 +479,9 @@ class Importer:
     async def import_login_sessions(self) -> None:
         counts = self.report.tables["sessions"]
         progress = self.progress("sessions")
-        async for rows in _batches(queries.original.read_login_sessions, self.source, LOGIN_SESSION_BATCH, after_id=""):
+        async for rows in _batches(
+            queries.original.read_original_login_sessions, self.source, LOGIN_SESSION_BATCH, after_id=""
+        ):
             counts.read += len(rows)
             ids, user_ids, expiries = [], [], []
             for row in rows:
@@ -502,20 +504,22 @@ class Importer:
         counts = self.report.tables["sessions"]
         known = {
             r["original_id"]
-            async for r in queries.import_original.get_progress(self.target, kind="login_session", original_ids=ids)
+            async for r in queries.import_original.get_import_progress(
+                self.target, kind="login_session", original_ids=ids
+            )
         }
         new = [(i, u, e) for i, u, e in zip(ids, user_ids, expiries, strict=True) if i not in known]
         seen = [(i, e) for i, _u, e in zip(ids, user_ids, expiries, strict=True) if i in known]
         async with self.target.transaction():
             if new:
-                inserted = await queries.import_original.insert_login_sessions(
+                inserted = await queries.import_original.insert_original_login_sessions(
                     self.target, ids=[n[0] for n in new], user_ids=[n[1] for n in new], expires_ats=[n[2] for n in new]
                 )
                 counts.imported += inserted
                 if len(new) > inserted:
                     counts.add("alreadyHere", len(new) - inserted)
             if seen:
-                extended = await queries.import_original.extend_login_sessions(
+                extended = await queries.import_original.extend_original_login_sessions(
                     self.target, ids=[s[0] for s in seen], expires_ats=[s[1] for s in seen]
                 )
                 counts.updated += extended
@@ -536,11 +540,13 @@ class Importer:
         counts = self.report.tables["chat_sessions"]
         progress = self.progress("chat_sessions")
         self.message_progress, self.event_progress = self.progress("messages"), self.progress("events")
-        async for rows in _batches(queries.original.read_chat_sessions, self.source, CHAT_SESSION_BATCH, after_id=""):
+        async for rows in _batches(
+            queries.original.read_original_chat_sessions, self.source, CHAT_SESSION_BATCH, after_id=""
+        ):
             counts.read += len(rows)
             stored = {
                 r["original_id"]: r
-                async for r in queries.import_original.get_progress(
+                async for r in queries.import_original.get_import_progress(
                     self.target, kind="chat_session", original_ids=[r["id"] for r in rows]
                 )
             }
@@ -605,13 +611,13 @@ class Importer:
         """Inside the session's transaction: the row, its new messages and events, its bookkeeping.
         Returns the TableCounts field to count it under, or "conflict"."""
         report = self.report
-        ours = await queries.import_original.lock_chat_session(self.target, id=session_id)
+        ours = await queries.chat_sessions.lock_session(self.target, id=session_id)
         if stored is None:
             if ours is not None:
                 report.tables["chat_sessions"].add("conflicts")
                 report.conflict("chat_sessions", session_id, "a chat session with this id already exists here")
                 return "conflict"
-            await queries.import_original.insert_chat_session(
+            await queries.import_original.insert_original_chat_session(
                 self.target, id=session_id, worker_last_activity=_utc(row["worker_last_activity"]), **values
             )
             outcome = "imported"
@@ -630,7 +636,7 @@ class Importer:
             new_print = stored["fingerprint"]
             outcome = "unchanged"  # its new messages and events still come in
         else:
-            await queries.import_original.update_chat_session(self.target, id=session_id, **values)
+            await queries.import_original.update_original_chat_session(self.target, id=session_id, **values)
             outcome = "updated"
         last_message = stored["last_message_id"] if stored else 0
         last_event = stored["last_event_id"] if stored else 0
@@ -642,7 +648,7 @@ class Importer:
             await queries.events.notify_session_status(self.target, chat_session_id=session_id)
         if tallies["events"] - tallies["repeats"] > events_before:
             await queries.events.notify_events(self.target, chat_session_id=session_id)
-        await queries.import_original.save_progress(
+        await queries.import_original.save_import_progress(
             self.target,
             kind="chat_session",
             original_id=session_id,
@@ -654,7 +660,7 @@ class Importer:
 
     async def _copy_messages(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
         async for rows in _session_rows(
-            queries.original.read_messages_cursor, self.source, MESSAGE_BATCH, session_id, after
+            queries.original.read_original_messages_cursor, self.source, MESSAGE_BATCH, session_id, after
         ):
             types = []
             for r in rows:
@@ -663,7 +669,7 @@ class Importer:
                 else:
                     types.append("system")
                     tallies["messagesMappedToSystem"] += 1
-            await queries.import_original.insert_messages(
+            await queries.import_original.insert_original_messages(
                 self.target,
                 chat_session_id=session_id,
                 types=types,
@@ -678,9 +684,9 @@ class Importer:
 
     async def _copy_events(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
         async for rows in _session_rows(
-            queries.original.read_events_cursor, self.source, EVENT_BATCH, session_id, after
+            queries.original.read_original_events_cursor, self.source, EVENT_BATCH, session_id, after
         ):
-            stored = await queries.import_original.insert_events(
+            stored = await queries.import_original.insert_original_events(
                 self.target,
                 chat_session_id=session_id,
                 uuids=[r["uuid"] for r in rows],
@@ -727,7 +733,7 @@ async def run(
         target = await asyncpg.connect(target_dsn, server_settings={"timezone": "UTC"})
         try:
             await init_connection(target)
-            if not await queries.import_original.try_lock_import(target):
+            if not await queries.database.try_advisory_lock(target, key=locks.IMPORT_ORIGINAL):
                 raise ImportRefused("another import into this database is running")
             try:
                 report = Report(dry_run=dry_run)
@@ -743,7 +749,7 @@ async def run(
                     else:
                         await importer.run(other_tables)
             finally:
-                await queries.import_original.unlock_import(target)
+                await queries.database.release_advisory_lock(target, key=locks.IMPORT_ORIGINAL)
         finally:
             await target.close()
     finally:

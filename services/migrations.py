@@ -14,22 +14,12 @@ from pathlib import Path
 
 import asyncpg
 
+from services import locks
 from services.config import PROJECT_ROOT
+from services.db import queries
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-# An arbitrary constant that names the migration lock among advisory locks.
-MIGRATION_LOCK_KEY = 7_215_334_001
-
-# The bookkeeping table is created here rather than by a migration, so it exists before any.
-BOOKKEEPING_SQL = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version     integer PRIMARY KEY,
-    name        text NOT NULL,
-    checksum    text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-)
-"""
 
 
 class MigrationError(Exception):
@@ -69,9 +59,9 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 async def _applied(conn: asyncpg.Connection) -> dict[int, str]:
-    await conn.execute(BOOKKEEPING_SQL)
-    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
-    return {row["version"]: row["checksum"] for row in rows}
+    # The bookkeeping table is created by queries/schema_migrations.sql, so it exists before any.
+    await queries.schema_migrations.create_schema_migrations(conn)
+    return {row["version"]: row["checksum"] async for row in queries.schema_migrations.list_applied_migrations(conn)}
 
 
 def _check_applied(migrations: list[Migration], applied: dict[int, str]) -> None:
@@ -94,7 +84,7 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     migrations = discover(directory)
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        await queries.database.wait_advisory_lock(conn, key=locks.MIGRATIONS)
         try:
             applied = await _applied(conn)
             _check_applied(migrations, applied)
@@ -104,16 +94,13 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     continue
                 async with conn.transaction():
                     await conn.execute(migration.path.read_text())
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                        migration.version,
-                        migration.name,
-                        migration.checksum,
+                    await queries.schema_migrations.record_migration(
+                        conn, version=migration.version, name=migration.name, checksum=migration.checksum
                     )
                 done.append(migration.name)
             return done
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            await queries.database.release_advisory_lock(conn, key=locks.MIGRATIONS)
     finally:
         await conn.close()
 

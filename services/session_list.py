@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from services import locks
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, queries
 from services.users import iso
@@ -38,9 +39,9 @@ async def announce(ctx: AppContext, user_id: str, kind: str, session: dict[str, 
         raise ValueError("a session-list announcement needs the session's id")
     try:
         async with ctx.pool.acquire() as conn, conn.transaction():
-            await queries.events.lock_announcements(conn)
-            await queries.events.insert_announcement(conn, user_id=user_id, kind=kind, session=session)
-            await queries.events.notify_announcement(conn, user_id=user_id)
+            await queries.database.lock_announcements(conn, key=locks.ANNOUNCEMENTS)
+            await queries.session_announcements.insert_announcement(conn, user_id=user_id, kind=kind, session=session)
+            await queries.session_announcements.notify_announcement(conn, user_id=user_id)
     except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
         # The change itself is already made; a page that missed it catches up on its next load.
         log.warning("could not announce %s of session %s", kind, session["id"], exc_info=True)
@@ -52,19 +53,22 @@ def frame_data(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def last_id(ctx: AppContext) -> int:
-    return int(await queries.events.last_announcement_id(ctx.pool))
+    return int(await queries.session_announcements.get_last_announcement_id(ctx.pool))
 
 
 async def read_after(ctx: AppContext, after_id: int, limit: int) -> list[asyncpg.Record]:
     """Every user's announcements with id > after_id, oldest first."""
-    return [r async for r in queries.events.read_announcements_after(ctx.pool, after_id=after_id, limit=limit)]
+    return [
+        r
+        async for r in queries.session_announcements.read_announcements_after(ctx.pool, after_id=after_id, limit=limit)
+    ]
 
 
 async def read_for_user(ctx: AppContext, user_id: str, after_id: int, upto_id: int, limit: int) -> list[asyncpg.Record]:
     """One user's announcements with after_id < id <= upto_id, oldest first."""
     return [
         r
-        async for r in queries.events.read_user_announcements(
+        async for r in queries.session_announcements.read_user_announcements(
             ctx.pool, user_id=user_id, after_id=after_id, upto_id=upto_id, limit=limit
         )
     ]
@@ -72,4 +76,4 @@ async def read_for_user(ctx: AppContext, user_id: str, after_id: int, upto_id: i
 
 async def prune(ctx: AppContext, keep_seconds: float = KEEP_SECONDS) -> None:
     """Forget announcements older than `keep_seconds`."""
-    await queries.events.prune_announcements(ctx.pool, keep_seconds=float(keep_seconds))
+    await queries.session_announcements.prune_announcements(ctx.pool, keep_seconds=float(keep_seconds))

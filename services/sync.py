@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from services import event_log, session_list
+from services import event_log, locks, session_list
 from services.chat_sessions import get_owned, session_json
 from services.claude.client import UpstreamError
 from services.claude.ending import announce_ended, local_status
@@ -44,8 +44,6 @@ from services.sessions import claude_provider
 
 log = logging.getLogger(__name__)
 
-# Names the sync among advisory locks (migrations and the orphan cleanup use other keys).
-SYNC_LOCK_KEY = 7_215_334_004
 MANUAL_LIMIT_DEFAULT = 50
 MANUAL_LIMIT_MAX = 100
 USERS_PAGE = 200
@@ -240,7 +238,7 @@ async def sync_user(ctx: AppContext, user_id: str, *, limit: int, active_only: b
     report = SyncReport(total_from_api=len(page["data"]), has_more=bool(page.get("has_more")))
     linked = {
         r["remote_session_id"]
-        async for r in queries.chat_sessions.linked_remote_ids(
+        async for r in queries.chat_sessions.list_linked_remote_ids(
             ctx.pool, user_id=user_id, remote_session_ids=[r["id"] for r in remotes]
         )
     }
@@ -303,7 +301,7 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
         events = await fetch_all_events(ctx, token, remote_id)
     except UpstreamError as exc:
         raise ServiceError(404 if exc.not_found else 502, exc.message) from None
-    existing = await queries.chat_sessions.count_event_uuids(ctx.pool, chat_session_id=row["id"])
+    existing = await queries.events.count_event_uuids(ctx.pool, chat_session_id=row["id"])
     new_ids = await event_log.append(ctx, row["id"], [stored_event(e) for e in events]) if events else []
     local = row["status"]
     mapped = local_status(remote.state)
@@ -335,7 +333,7 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
 
 async def run_cycle(ctx: AppContext) -> dict[str, int] | None:
     """One sync of everyone with Claude credentials, if this replica gets the lead; None if not."""
-    async with leading(ctx.dsn, SYNC_LOCK_KEY) as leader:
+    async with leading(ctx.dsn, locks.SYNC) as leader:
         return await _sync_everyone(ctx) if leader else None
 
 
@@ -343,9 +341,7 @@ async def _sync_everyone(ctx: AppContext) -> dict[str, int]:
     totals = {"users": 0, "imported": 0, "errors": 0}
     after = ""
     while True:
-        users = [
-            r["id"] async for r in queries.chat_sessions.list_claude_users(ctx.pool, after_id=after, limit=USERS_PAGE)
-        ]
+        users = [r["id"] async for r in queries.users.list_claude_users(ctx.pool, after_id=after, limit=USERS_PAGE)]
         for user_id in users:
             totals["users"] += 1
             try:

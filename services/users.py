@@ -7,6 +7,8 @@ tells whether GitHub is connected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -87,99 +89,144 @@ async def save_claude_auth(ctx: AppContext, user_id: str, claude_auth: dict[str,
     await queries.users.set_claude_auth(ctx.pool, id=user_id, claude_auth=encrypted)
 
 
-def _one_of(value: Any, allowed: tuple[Any, ...], message: str) -> Any:
-    if isinstance(value, bool) or value not in allowed:
-        raise ServiceError(400, message)
-    return value
+def one_of(allowed: tuple[Any, ...], message: str) -> Callable[[Any], Any]:
+    """A parser that accepts exactly one of `allowed` (never a boolean standing in for 0 or 1) and
+    returns the allowed value itself (so 1024.0 is stored as the integer 1024)."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool) or value not in allowed:
+            raise ServiceError(400, message)
+        return allowed[allowed.index(value)]
+
+    return parse
+
+
+def display_name(value: Any, not_a_string: str = "Display name must be a string") -> str | None:
+    """A display name as stored: trimmed, at most 100 characters; empty or missing is none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ServiceError(400, not_a_string)
+    cleaned = value.strip()
+    if len(cleaned) > 100:
+        raise ServiceError(400, "Display name must be 100 characters or less")
+    return cleaned or None
+
+
+def _voice_keywords(keywords: Any) -> list[str]:
+    """Trimmed, lower-case, without repeats or blanks; at most 20 of at most 100 characters."""
+    if not isinstance(keywords, list):
+        raise ServiceError(400, "Keywords must be an array")
+    normalized: list[str] = []
+    for keyword in keywords:
+        cleaned = keyword.strip().lower() if isinstance(keyword, str) else ""
+        if len(cleaned) > 100:
+            raise ServiceError(400, "Each keyword must be 100 characters or less")
+        if cleaned and cleaned not in normalized:
+            normalized.append(cleaned)
+    if len(normalized) > 20:
+        raise ServiceError(400, "Maximum of 20 keywords allowed")
+    return normalized
+
+
+def _boolean(message: str) -> Callable[[Any], bool]:
+    def parse(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ServiceError(400, message)
+        return value
+
+    return parse
+
+
+_model = one_of((None, "", "opus", "sonnet"), "Invalid model. Must be one of: opus, sonnet, or empty")
+
+
+def _preferred_model(value: Any) -> str | None:
+    """A model name, or none (missing or empty) for the provider's default."""
+    return _model(value) or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One personal setting, changed by `POST /api/user/<route>` (CONTRACT.md 1.5)."""
+
+    body_key: str  # where the new value is in the request body
+    parse: Callable[[Any], Any]  # the value to store, or ServiceError(400) naming what is wrong
+    column: str  # its column of `users` (one of those queries.users.update_user_setting can set)
+    message: str  # the success message
+    echo: str | None = None  # a reply key that carries the stored value back, if any
+
+
+# The route name of each setting: the table behind the routes, the checks and the one UPDATE.
+SETTINGS: dict[str, Setting] = {
+    "preferred-provider": Setting(
+        "provider",
+        one_of(
+            ("claude", "codex", "copilot", "gemini"), "Invalid provider. Must be one of: claude, codex, copilot, gemini"
+        ),
+        "preferred_provider",
+        "Preferred provider updated successfully",
+    ),
+    "image-resize-setting": Setting(
+        "maxDimension",
+        one_of((512, 1024, 2048, 4096, 8000), "Invalid max dimension. Must be one of: 512, 1024, 2048, 4096, 8000"),
+        "image_resize_max_dimension",
+        "Image resize setting updated successfully",
+    ),
+    "display-name": Setting("displayName", display_name, "display_name", "Display name updated successfully"),
+    "voice-command-keywords": Setting(
+        "keywords",
+        _voice_keywords,
+        "voice_command_keywords",
+        "Voice command keywords updated successfully",
+        echo="keywords",
+    ),
+    "stop-listening-after-submit": Setting(
+        "stopAfterSubmit",
+        _boolean("stopAfterSubmit must be a boolean"),
+        "stop_listening_after_submit",
+        "Stop listening setting updated successfully",
+    ),
+    "default-landing-page": Setting(
+        "landingPage",
+        one_of(
+            ("store", "library", "community", "sessions"),
+            "Invalid landing page. Must be one of: store, library, community, sessions",
+        ),
+        "default_landing_page",
+        "Default landing page updated successfully",
+    ),
+    "preferred-model": Setting(
+        "preferredModel",
+        _preferred_model,
+        "preferred_model",
+        "Preferred model updated successfully",
+    ),
+    "chat-verbosity": Setting(
+        "verbosityLevel",
+        one_of(("minimal", "normal", "verbose"), "Invalid verbosity level. Must be one of: minimal, normal, verbose"),
+        "chat_verbosity_level",
+        "Chat verbosity updated successfully",
+    ),
+}
+
+SETTINGS_ROUTES = tuple(SETTINGS)
 
 
 def validate_setting(name: str, body: dict[str, Any]) -> tuple[str, Any, dict[str, Any]]:
-    """Check one settings route's body; return (query name, value, extra success data)."""
-    if name == "preferred-provider":
-        value = _one_of(
-            body.get("provider"),
-            ("claude", "codex", "copilot", "gemini"),
-            "Invalid provider. Must be one of: claude, codex, copilot, gemini",
-        )
-        return "set_preferred_provider", value, {"message": "Preferred provider updated successfully"}
-    if name == "image-resize-setting":
-        value = _one_of(
-            body.get("maxDimension"),
-            (512, 1024, 2048, 4096, 8000),
-            "Invalid max dimension. Must be one of: 512, 1024, 2048, 4096, 8000",
-        )
-        return "set_image_resize_max_dimension", value, {"message": "Image resize setting updated successfully"}
-    if name == "display-name":
-        value = body.get("displayName")
-        if value is None or value == "":
-            value = None
-        elif not isinstance(value, str):
-            raise ServiceError(400, "Display name must be a string")
-        else:
-            value = value.strip() or None
-            if value is not None and len(value) > 100:
-                raise ServiceError(400, "Display name must be 100 characters or less")
-        return "set_display_name", value, {"message": "Display name updated successfully"}
-    if name == "voice-command-keywords":
-        keywords = body.get("keywords")
-        if not isinstance(keywords, list):
-            raise ServiceError(400, "Keywords must be an array")
-        normalized: list[str] = []
-        for keyword in keywords:
-            if isinstance(keyword, str) and keyword.strip():
-                cleaned = keyword.strip().lower()
-                if len(cleaned) > 100:
-                    raise ServiceError(400, "Each keyword must be 100 characters or less")
-                if cleaned not in normalized:
-                    normalized.append(cleaned)
-        if len(normalized) > 20:
-            raise ServiceError(400, "Maximum of 20 keywords allowed")
-        return (
-            "set_voice_command_keywords",
-            normalized,
-            {"message": "Voice command keywords updated successfully", "keywords": normalized},
-        )
-    if name == "stop-listening-after-submit":
-        value = body.get("stopAfterSubmit")
-        if not isinstance(value, bool):
-            raise ServiceError(400, "stopAfterSubmit must be a boolean")
-        return "set_stop_listening_after_submit", value, {"message": "Stop listening setting updated successfully"}
-    if name == "default-landing-page":
-        value = _one_of(
-            body.get("landingPage"),
-            ("store", "library", "community", "sessions"),
-            "Invalid landing page. Must be one of: store, library, community, sessions",
-        )
-        return "set_default_landing_page", value, {"message": "Default landing page updated successfully"}
-    if name == "preferred-model":
-        value = body.get("preferredModel")
-        if value is not None:
-            _one_of(value, ("", "opus", "sonnet"), "Invalid model. Must be one of: opus, sonnet, or empty")
-        return "set_preferred_model", value or None, {"message": "Preferred model updated successfully"}
-    if name == "chat-verbosity":
-        value = _one_of(
-            body.get("verbosityLevel"),
-            ("minimal", "normal", "verbose"),
-            "Invalid verbosity level. Must be one of: minimal, normal, verbose",
-        )
-        return "set_chat_verbosity_level", value, {"message": "Chat verbosity updated successfully"}
-    raise ServiceError(404, "Not found")
-
-
-SETTINGS_ROUTES = (
-    "preferred-provider",
-    "image-resize-setting",
-    "display-name",
-    "voice-command-keywords",
-    "stop-listening-after-submit",
-    "default-landing-page",
-    "preferred-model",
-    "chat-verbosity",
-)
+    """Check one settings route's body; return (column, value to store, success data)."""
+    setting = SETTINGS.get(name)
+    if setting is None:
+        raise ServiceError(404, "Not found")
+    value = setting.parse(body.get(setting.body_key))
+    data: dict[str, Any] = {"message": setting.message}
+    if setting.echo:
+        data[setting.echo] = value
+    return setting.column, value, data
 
 
 async def update_setting(ctx: AppContext, user_id: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate and store one setting; return the success data."""
-    query_name, value, data = validate_setting(name, body)
-    await getattr(queries.users, query_name)(ctx.pool, id=user_id, value=value)
+    column, value, data = validate_setting(name, body)
+    await queries.users.update_user_setting(ctx.pool, id=user_id, setting={column: value})
     return data

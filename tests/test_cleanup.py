@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services import cleanup, event_log
+from services import cleanup, event_log, locks
 from tests.fakes.claude import FakeClaude, running_fake_claude
 from tests.helpers import TestServer, register, start_app, test_env
 from tests.test_sync import FAR_FUTURE_MS, fresh_database, remote_session, wait_for
@@ -155,11 +155,11 @@ async def test_orphan_still_running_upstream_is_adopted(setup: Setup) -> None:
 async def test_one_replica_leads_a_pass(setup: Setup) -> None:
     # Another replica leading a pass holds the lock: this one skips its pass.
     async with setup.server.ctx.pool.acquire() as other_replica:
-        assert await other_replica.fetchval("SELECT pg_try_advisory_lock($1)", cleanup.CLEANUP_LOCK_KEY)
+        assert await other_replica.fetchval("SELECT pg_try_advisory_lock($1)", locks.CLEANUP)
         try:
             assert await cleanup.run_once(setup.server.ctx) is None
         finally:
-            await other_replica.fetchval("SELECT pg_advisory_unlock($1)", cleanup.CLEANUP_LOCK_KEY)
+            await other_replica.fetchval("SELECT pg_advisory_unlock($1)", locks.CLEANUP)
     assert await cleanup.run_once(setup.server.ctx) is not None
 
 

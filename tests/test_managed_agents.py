@@ -274,7 +274,7 @@ async def test_the_agent_and_environment_are_created_once_under_concurrent_start
     assert len(env.fake.agents) == agents + 1 and len(env.fake.environments) == environments + 1
     assert found[0].agent_id == env.fake.agents[-1]["id"]
     stored_ids = {
-        kind: await queries.managed_agents.get_resource(env.server.ctx.pool, kind=kind)
+        kind: await queries.managed_agents.get_agent_resource(env.server.ctx.pool, kind=kind)
         for kind in ("agent", "environment")
     }
     assert stored_ids == {"agent": found[0].agent_id, "environment": found[0].environment_id}

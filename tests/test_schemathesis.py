@@ -114,7 +114,7 @@ async def _link_github(database_url: str, secret: str, user_id: str) -> None:
     connection = await asyncpg.connect(database_url)
     try:
         token = SecretBox(secret).encrypt_text("gho_schemathesis")
-        assert await queries.github.link_github_account(
+        assert await queries.users.link_github_account(
             connection, id=user_id, github_id="424242", github_access_token=token
         )
     finally:

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services import event_log, migrations, sync
+from services import event_log, locks, migrations, sync
 from tests.fakes.claude import FAKE_ENVIRONMENT, FakeClaude, FakeSession, running_fake_claude
 from tests.helpers import TestServer, register, start_app, test_env
 
@@ -265,11 +265,11 @@ async def test_background_cycle_leads_once_and_imports_for_everyone(setup: Setup
         remote_session(setup.claude, "For the cycle", branch="claude/cycle")
         # While another replica leads a cycle, this one skips it.
         async with setup.server.ctx.pool.acquire() as other_replica:
-            assert await other_replica.fetchval("SELECT pg_try_advisory_lock($1)", sync.SYNC_LOCK_KEY)
+            assert await other_replica.fetchval("SELECT pg_try_advisory_lock($1)", locks.SYNC)
             try:
                 assert await sync.run_cycle(setup.server.ctx) is None
             finally:
-                await other_replica.fetchval("SELECT pg_advisory_unlock($1)", sync.SYNC_LOCK_KEY)
+                await other_replica.fetchval("SELECT pg_advisory_unlock($1)", locks.SYNC)
         counts = [
             await setup.server.ctx.pool.fetchval("SELECT count(*) FROM chat_sessions WHERE user_id = $1", user["id"])
             for _, user, _ in people
@@ -412,8 +412,8 @@ async def test_a_leader_cancelled_mid_cycle_leaves_no_lock_behind(setup: Setup) 
         # Another replica (a connection of its own) can lead now.
         other = await asyncpg.connect(setup.database_url)
         try:
-            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", sync.SYNC_LOCK_KEY)
-            await other.fetchval("SELECT pg_advisory_unlock($1)", sync.SYNC_LOCK_KEY)
+            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", locks.SYNC)
+            await other.fetchval("SELECT pg_advisory_unlock($1)", locks.SYNC)
         finally:
             await other.close()
         setup.claude.faults.clear()

@@ -152,3 +152,53 @@ async def test_settings_need_a_login(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/user/display-name", json={"displayName": "x"})
     assert response.status_code == 401
     assert response.json() == {"success": False, "error": "Unauthorized"}
+
+
+async def test_a_setting_changes_only_its_own_column(client: httpx.AsyncClient) -> None:
+    # All settings share one UPDATE (queries.users.update_user_setting): each route must write its
+    # own column and keep every other one as the earlier routes left it.
+    await register(client)
+    changes = [
+        ("preferred-provider", {"provider": "gemini"}),
+        ("image-resize-setting", {"maxDimension": 4096}),
+        ("display-name", {"displayName": "Ada"}),
+        ("voice-command-keywords", {"keywords": ["over"]}),
+        ("stop-listening-after-submit", {"stopAfterSubmit": True}),
+        ("default-landing-page", {"landingPage": "library"}),
+        ("preferred-model", {"preferredModel": "sonnet"}),
+        ("chat-verbosity", {"verbosityLevel": "normal"}),
+    ]
+    for route, body in changes:
+        response = await client.post(f"/api/user/{route}", json=body)
+        assert response.status_code == 200, response.text
+    user = await session_user(client)
+    assert {key: user[key] for key in SETTING_KEYS} == {
+        "preferredProvider": "gemini",
+        "imageResizeMaxDimension": 4096,
+        "displayName": "Ada",
+        "voiceCommandKeywords": ["over"],
+        "stopListeningAfterSubmit": True,
+        "defaultLandingPage": "library",
+        "preferredModel": "sonnet",
+        "chatVerbosityLevel": "normal",
+    }
+
+
+SETTING_KEYS = (
+    "preferredProvider",
+    "imageResizeMaxDimension",
+    "displayName",
+    "voiceCommandKeywords",
+    "stopListeningAfterSubmit",
+    "defaultLandingPage",
+    "preferredModel",
+    "chatVerbosityLevel",
+)
+
+
+async def test_a_whole_number_written_as_a_float_is_that_number(client: httpx.AsyncClient) -> None:
+    # JSON does not tell 1024 from 1024.0; both mean the allowed size (it used to answer a 5xx).
+    await register(client)
+    response = await client.post("/api/user/image-resize-setting", json={"maxDimension": 2048.0})
+    assert response.status_code == 200, response.text
+    assert (await session_user(client))["imageResizeMaxDimension"] == 2048

@@ -84,17 +84,17 @@ async def end_run(
     Returns "ended", "not_ours" (not running, or another driver's) or "prompts_wait"."""
     async with ctx.pool.acquire() as conn, conn.transaction():
         if owner is None:
-            row = await queries.runs.lock_session(conn, id=session_id)
+            row = await queries.chat_sessions.lock_session(conn, id=session_id)
             running = row is not None and row["status"] == "running"
         else:
-            row = await queries.runs.lock_owned_run(conn, id=session_id, run_owner=owner)
+            row = await queries.chat_sessions.lock_owned_run(conn, id=session_id, run_owner=owner)
             running = row is not None
         if row is None:
             return "not_ours"
         if (
             unless_prompts_wait
             and outcome.status == "completed"
-            and await queries.runs.has_undelivered_prompts(conn, chat_session_id=session_id)
+            and await queries.messages.has_undelivered_prompts(conn, chat_session_id=session_id)
         ):
             return "prompts_wait"
         stored = list(events)
@@ -102,7 +102,7 @@ async def end_run(
             stored.append(error_event(outcome.error or "Run failed", outcome.source))
         if stored:
             await event_log.append(ctx, session_id, stored, conn=conn)
-        final = await queries.runs.finish_run(
+        final = await queries.chat_sessions.finish_run(
             conn, id=session_id, status=outcome.status, total_cost=outcome.total_cost, branch=None
         )
         await event_log.announce_status(ctx, session_id, conn=conn)

@@ -224,7 +224,7 @@ async def _rejoin(ctx: AppContext, user_id: str, website_session_id: str | None,
     if website_session_id:
         row = await get_owned(ctx, website_session_id, user_id)
     else:
-        row = await queries.runs.find_owned_session_by_event(ctx.pool, event_id=last_event_id, user_id=user_id)
+        row = await queries.chat_sessions.find_owned_session_by_event(ctx.pool, event_id=last_event_id, user_id=user_id)
         if row is None:
             raise ServiceError(404, "Session not found")
     return StreamPlan(row["id"], created=False, after_id=last_event_id)
@@ -268,7 +268,7 @@ async def _start_new_session(
     title, branch = titles.derive(user_request)
     session_id = str(uuid.uuid4())
     async with ctx.pool.acquire() as conn, conn.transaction():
-        created = await queries.runs.insert_running_session(
+        created = await queries.chat_sessions.insert_running_session(
             conn,
             id=session_id,
             user_id=user_id,
@@ -281,7 +281,7 @@ async def _start_new_session(
             run_owner=runs.owner,
             run_state=RunState(baseline_event_id=0, environment_id=environment_id).to_json(),
         )
-        await queries.runs.insert_prompt(
+        await queries.messages.insert_prompt(
             conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=str(uuid.uuid4())
         )
         ids = await event_log.append(ctx, session_id, [preview, _title_event(title, branch)], conn=conn)
@@ -322,7 +322,7 @@ async def _prompt_session(
         first_run = started and locked["remote_session_id"] is None
         if first_run:
             # A pending session (create-code-session) starts its first run.
-            await queries.runs.set_title_and_branch(conn, id=session_id, user_request=title, branch=branch)
+            await queries.chat_sessions.set_title_and_branch(conn, id=session_id, user_request=title, branch=branch)
             events.append(_title_event(title, branch))
         ids = await event_log.append(ctx, session_id, events, conn=conn)
     renamed = {"id": session_id, "userRequest": title, "branch": branch} if first_run else None
@@ -342,15 +342,15 @@ async def _queue_prompt(
     """In the caller's transaction: record the prompt in the outbox, starting a run (this
     replica's lease) when none goes on. Returns the session row as it was, and whether a run
     started. The caller then announces it (`_announce_start`), which also wakes the driver."""
-    locked = await queries.runs.lock_session(conn, id=session_id)
+    locked = await queries.chat_sessions.lock_session(conn, id=session_id)
     started = locked["status"] != "running"
     if started:
-        await queries.runs.start_run(
+        await queries.chat_sessions.start_run(
             conn,
             id=session_id,
             run_owner=_runs(ctx).owner,
             run_state=RunState(
-                baseline_event_id=await queries.runs.max_event_id(conn, chat_session_id=session_id),
+                baseline_event_id=await queries.events.get_last_event_id(conn, chat_session_id=session_id),
                 environment_id=environment_id,
             ).to_json(),
             repository_url=repo[0] if repo else None,
@@ -358,7 +358,7 @@ async def _queue_prompt(
             repository_name=repo[2] if repo else None,
         )
         await event_log.announce_status(ctx, session_id, conn=conn)
-    await queries.runs.insert_prompt(
+    await queries.messages.insert_prompt(
         conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=str(uuid.uuid4())
     )
     return locked, started
@@ -394,7 +394,7 @@ async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, A
         data["remoteSessionId"] = row["remote_session_id"]
         data["remoteWebUrl"] = row["remote_web_url"]
         return "completed", data
-    message = await queries.runs.last_error_message(ctx.pool, chat_session_id=session_id)
+    message = await queries.events.get_last_error_message(ctx.pool, chat_session_id=session_id)
     return "error", {
         "type": "error",
         "timestamp": now_iso(),
@@ -463,7 +463,7 @@ async def _record_interrupt(ctx: AppContext, session_id: str) -> None:
     event = {"type": "interrupted", "message": "Interrupt requested", "source": "user", "timestamp": now_iso()}
     await event_log.append(ctx, session_id, [event])
     # Once interrupted, an idle remote session ends the run even if the agent had done nothing.
-    await queries.runs.patch_run_state(ctx.pool, id=session_id, patch=run_state_patch(interrupted=True))
+    await queries.chat_sessions.patch_run_state(ctx.pool, id=session_id, patch=run_state_patch(interrupted=True))
 
 
 async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ _FIELDS = frozenset(field.name for field in dataclasses.fields(RunState))
 
 
 def run_state_patch(**changes: Any) -> dict[str, Any]:
-    """Keys to merge into a running session's state (`queries.runs.patch_run_state`)."""
+    """Keys to merge into a running session's state (`queries.chat_sessions.patch_run_state`)."""
     unknown = set(changes) - _FIELDS
     if unknown:
         raise TypeError(f"not run state fields: {', '.join(sorted(unknown))}")

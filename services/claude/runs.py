@@ -51,7 +51,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services import claude_auth, event_log, session_list
+from services import claude_auth, event_log, locks, session_list
 from services.claude.client import UpstreamError
 from services.claude.ending import Outcome, end_run
 from services.claude.follow import STATUS_CHECK_SECONDS, PushFollower
@@ -82,6 +82,8 @@ MAX_BACKOFF_SECONDS = 30.0
 # Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
 CREDENTIALS_TTL_SECONDS = 60.0
 ADOPT_BATCH = 50
+# Prompts delivered per poll at most (the rest go on the next one).
+PROMPT_BATCH = 20
 # Remote states after which nothing more happens upstream.
 ENDED_REMOTE_STATES = (RemoteState.COMPLETED, RemoteState.ARCHIVED, RemoteState.FAILED)
 # Every backend a chat session can name in `chat_sessions.provider`.
@@ -177,7 +179,7 @@ class Liveness:
         """Whether this process holds its lock now, (re)connecting and taking it if needed."""
         if self._conn is not None and not self._conn.is_closed():
             try:
-                await queries.runs.ping_driver_liveness(self._conn)
+                await queries.database.ping_database(self._conn)
                 return True
             except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
                 await self.close()
@@ -198,7 +200,9 @@ class Liveness:
             database_outage.failed("run driver liveness", exc)
             return self._lost(logging.INFO)
         try:
-            held = await queries.runs.lock_driver_liveness(conn, run_owner=self.owner)
+            held = await queries.database.try_driver_liveness_lock(
+                conn, key=locks.DRIVER_LIVENESS, run_owner=self.owner
+            )
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
             held = False
         if not held:
@@ -288,7 +292,7 @@ class RunDriver:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
-            await queries.runs.release_runs(self.ctx.pool, run_owner=self.owner)
+            await queries.chat_sessions.release_runs(self.ctx.pool, run_owner=self.owner)
         await self.liveness.close()
         await self.provider.aclose()
         for provider in self.other_providers.values():
@@ -320,7 +324,7 @@ class RunDriver:
 
     async def _heartbeat(self) -> None:
         """Renew this process's leases, stop driving what it no longer owns, drive what it does."""
-        owned = {r["id"] async for r in queries.runs.heartbeat_runs(self.ctx.pool, run_owner=self.owner)}
+        owned = {r["id"] async for r in queries.chat_sessions.renew_run_leases(self.ctx.pool, run_owner=self.owner)}
         for session_id, task in list(self.tasks.items()):
             if session_id not in owned and not task.done():
                 # Aborted, finished elsewhere, or taken over: stop driving.
@@ -332,7 +336,7 @@ class RunDriver:
         """Take over running sessions whose driver is gone; returns their ids."""
         adopted = [
             r["id"]
-            async for r in queries.runs.claim_orphan_runs(
+            async for r in queries.chat_sessions.claim_orphan_runs(
                 self.ctx.pool, run_owner=self.owner, lease_seconds=self.lease_seconds, limit=ADOPT_BATCH
             )
         ]
@@ -357,7 +361,7 @@ class RunDriver:
         task = self.tasks.get(session_id)
         if task is not None and not task.done():
             return
-        claimed = await queries.runs.claim_run(
+        claimed = await queries.chat_sessions.claim_run(
             self.ctx.pool, id=session_id, run_owner=self.owner, lease_seconds=self.lease_seconds
         )
         if claimed is not None:
@@ -452,8 +456,8 @@ class _Run:
         if state.baseline_event_id is None:
             # Adopted without a run state (for instance a running session imported by the sync):
             # only what happens from now on can end the run.
-            self.baseline = await queries.runs.max_event_id(self.ctx.pool, chat_session_id=self.session_id)
-            await queries.runs.patch_run_state(
+            self.baseline = await queries.events.get_last_event_id(self.ctx.pool, chat_session_id=self.session_id)
+            await queries.chat_sessions.patch_run_state(
                 self.ctx.pool, id=self.session_id, patch=run_state_patch(baseline_event_id=self.baseline)
             )
         self.create_attempted = state.create_attempted
@@ -463,7 +467,7 @@ class _Run:
         wakeup = self.driver.wakeups.setdefault(self.session_id, asyncio.Event())
 
         while True:
-            control = await queries.runs.run_control(self.ctx.pool, id=self.session_id)
+            control = await queries.chat_sessions.get_run_control(self.ctx.pool, id=self.session_id)
             if control is None or control["status"] != "running" or control["run_owner"] != self.driver.owner:
                 return
             state = RunState.read(control["run_state"])
@@ -550,7 +554,7 @@ class _Run:
             branch = self.provider.branch(event)
             if branch and branch != self.branch:
                 self.branch = branch
-                changed = await queries.runs.set_branch(self.ctx.pool, id=self.session_id, branch=branch)
+                changed = await queries.chat_sessions.set_branch(self.ctx.pool, id=self.session_id, branch=branch)
                 if changed is not None:
                     await session_list.announce(
                         self.ctx, self.user_id, "updated", {"id": self.session_id, "branch": branch}
@@ -609,7 +613,7 @@ class _Run:
 
     async def _judge(self, remote_state: str, interrupted: bool) -> Outcome | None:
         """Whether the run is over (CONTRACT.md 5.6, without the 10-minute cap and the early idle)."""
-        progress = await queries.runs.run_progress(
+        progress = await queries.events.get_run_progress(
             self.ctx.pool,
             chat_session_id=self.session_id,
             after_id=self.baseline,
@@ -642,7 +646,12 @@ class _Run:
     # ---- creating the remote session and delivering prompts ---------------------------------------
 
     async def _create(self, token: str, state: RunState) -> None:
-        prompts = [p async for p in queries.runs.undelivered_prompts(self.ctx.pool, chat_session_id=self.session_id)]
+        prompts = [
+            p
+            async for p in queries.messages.get_undelivered_prompts(
+                self.ctx.pool, chat_session_id=self.session_id, limit=PROMPT_BATCH
+            )
+        ]
         row = await queries.chat_sessions.get_session_by_id(self.ctx.pool, id=self.session_id)
         if row is None:
             raise ServiceError(404, "Session not found")
@@ -672,7 +681,7 @@ class _Run:
                 return
         if remote is None:
             self.create_attempted = True
-            await queries.runs.patch_run_state(
+            await queries.chat_sessions.patch_run_state(
                 self.ctx.pool, id=self.session_id, patch=run_state_patch(create_attempted=True)
             )
             try:
@@ -681,7 +690,7 @@ class _Run:
                 if exc.kind in ("timeout", "network"):
                     self.create_in_doubt_until = time.monotonic() + self.create_grace_seconds
                 raise
-        stored = await queries.runs.set_remote_session(
+        stored = await queries.chat_sessions.set_remote_session(
             self.ctx.pool, id=self.session_id, remote_session_id=remote.id, remote_web_url=remote.web_url
         )
         if stored is None:
@@ -707,8 +716,8 @@ class _Run:
         so an adopting replica counts the same turns)."""
         turns = self.turns_delivered + 1
         async with self.ctx.pool.acquire() as conn, conn.transaction():
-            await queries.runs.mark_prompt_delivered(conn, id=message_id)
-            await queries.runs.patch_run_state(
+            await queries.messages.mark_prompt_delivered(conn, id=message_id)
+            await queries.chat_sessions.patch_run_state(
                 conn, id=self.session_id, patch=run_state_patch(turns_delivered=turns, interrupted=False)
             )
         self.turns_delivered = turns
@@ -717,7 +726,12 @@ class _Run:
 
     async def _deliver(self, token: str) -> None:
         assert self.remote_id is not None
-        prompts = [p async for p in queries.runs.undelivered_prompts(self.ctx.pool, chat_session_id=self.session_id)]
+        prompts = [
+            p
+            async for p in queries.messages.get_undelivered_prompts(
+                self.ctx.pool, chat_session_id=self.session_id, limit=PROMPT_BATCH
+            )
+        ]
         for prompt in prompts:
             # `seen` holds every upstream uuid up to now (the first poll of a run reads the whole
             # list), so a prompt sent by a replica that died before recording it is not sent twice.

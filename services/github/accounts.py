@@ -31,7 +31,7 @@ def require_token(ctx: AppContext, user: asyncpg.Record | dict[str, Any]) -> str
 
 async def token_for_user_id(ctx: AppContext, user_id: str) -> str | None:
     """The decrypted GitHub token of the user with this id, or None."""
-    row = await queries.github.get_github_connection(ctx.pool, id=user_id)
+    row = await queries.users.get_github_connection(ctx.pool, id=user_id)
     return token_from_user(ctx, row) if row else None
 
 
@@ -43,7 +43,7 @@ async def link(ctx: AppContext, user_id: str, github_id: str, token: str) -> boo
     disconnects first, or an administrator clears it.
     """
     try:
-        row = await queries.github.link_github_account(
+        row = await queries.users.link_github_account(
             ctx.pool, id=user_id, github_id=github_id, github_access_token=ctx.secrets.encrypt_text(token)
         )
     except asyncpg.UniqueViolationError:
@@ -53,4 +53,4 @@ async def link(ctx: AppContext, user_id: str, github_id: str, token: str) -> boo
 
 async def disconnect(ctx: AppContext, user_id: str) -> None:
     """Forget the token and GitHub id (the token is not revoked at GitHub, as in the original)."""
-    await queries.github.unlink_github_account(ctx.pool, id=user_id)
+    await queries.users.unlink_github_account(ctx.pool, id=user_id)

@@ -271,7 +271,7 @@ async def complete(
     # Single use, on every replica: a replayed state (with a fresh code for another GitHub
     # account) is refused even within its 10 minutes. Marked before the exchange, so a failed
     # or refused exchange spends it too.
-    if not await queries.github.use_oauth_state(
+    if not await queries.oauth_state_uses.use_oauth_state(
         ctx.pool, nonce=state.nonce, keep_seconds=STATE_TTL_SECONDS + CLOCK_SKEW_SECONDS
     ):
         log.warning("GitHub OAuth callback refused: the state was already used")

@@ -240,7 +240,7 @@ async def init_repository(ctx: AppContext, user: CurrentUser, session_id: str) -
     log.info("workspace ready", extra={"user_id": user.id, "session_id": row["id"], "pushed": pushed})
 
     try:
-        updated = await queries.github.set_session_repository(
+        updated = await queries.chat_sessions.set_session_repository(
             ctx.pool, id=row["id"], user_id=user.id, branch=branch, session_path=name_on_disk, base_branch=base
         )
     except asyncpg.UniqueViolationError:

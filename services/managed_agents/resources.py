@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import anthropic
 
+from services import locks
 from services.claude.client import UpstreamError
 from services.context import AppContext
 from services.db import queries
@@ -22,7 +23,6 @@ from services.managed_agents.client import call_json
 
 log = logging.getLogger(__name__)
 
-RESOURCES_LOCK_KEY = 7_215_334_013
 AGENT_NAME = "WebEDT"
 ALWAYS_ALLOW = {"type": "always_allow"}
 ENVIRONMENT_NAME = "webedt"
@@ -76,11 +76,11 @@ async def _ensure_one(ctx: AppContext, kind: str, create: Callable[[], Awaitable
     """The stored id of `kind`, created and stored under the lock when there is none. Each kind
     commits on its own, so an agent made before a failed environment call is kept and reused."""
     async with ctx.pool.acquire() as conn, conn.transaction():
-        await queries.managed_agents.lock_resources(conn, key=RESOURCES_LOCK_KEY)
-        upstream_id = await queries.managed_agents.get_resource(conn, kind=kind)
+        await queries.database.lock_transaction(conn, key=locks.MANAGED_AGENTS_RESOURCES)
+        upstream_id = await queries.managed_agents.get_agent_resource(conn, kind=kind)
         if not upstream_id:
             upstream_id = await create()
-            await queries.managed_agents.insert_resource(conn, kind=kind, upstream_id=upstream_id)
+            await queries.managed_agents.insert_agent_resource(conn, kind=kind, upstream_id=upstream_id)
             log.info("created the Managed Agents %s %s", kind, upstream_id)
     return upstream_id
 
