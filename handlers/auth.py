@@ -52,8 +52,7 @@ class LoginHandler(APIHandler):
 class LogoutHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        await auth.end_session(self.ctx, self.current_user.session_id)
+        await auth.end_session(self.ctx, self.user.session_id)
         self.clear_auth_cookie()
         self.ok({"message": "Logged out successfully"})
 
@@ -61,8 +60,7 @@ class LogoutHandler(APIHandler):
 class SessionHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
-        current = self.current_user
+        current = self.user
         self.ok(
             {
                 "user": user_payload(self.ctx, current.user),
