@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from handlers.base import APIHandler, authenticated
 from services import auth
+from services.clock import iso
 from services.errors import ServiceError
-from services.users import iso, user_payload
+from services.users import user_payload
 
 DEVICE_COOKIE = "login_device"
 DEVICE_COOKIE_DAYS = 365

@@ -17,9 +17,8 @@ import asyncpg
 from handlers.base import SESSION_ID, authenticated
 from handlers.stream import SSEHandler
 from services import event_log
-from services.hub import now_iso
+from services.clock import iso, now_iso
 from services.subscriber import Replay
-from services.users import iso
 
 log = logging.getLogger("webedt.streams")
 

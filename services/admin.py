@@ -15,11 +15,12 @@ from typing import Any
 import asyncpg
 
 from services import auth
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
 from services.pagination import Page
-from services.users import claude_auth_summary, iso
+from services.users import claude_auth_summary
 
 USER_NOT_FOUND = "User not found"
 EMAIL_TAKEN = "User with this email already exists"

@@ -6,10 +6,10 @@ from typing import Any
 
 import asyncpg
 
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
-from services.users import iso
 
 SESSION_NOT_FOUND = "Session not found"
 # Names under /api/sessions/ that are routes of their own, so never a session id (the route

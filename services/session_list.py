@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
+from services.clock import iso
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, queries
-from services.users import iso
 
 log = logging.getLogger(__name__)
 

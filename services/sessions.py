@@ -24,12 +24,12 @@ from services.auth import CurrentUser
 from services.chat_sessions import SESSION_NOT_FOUND, get_owned, session_json
 from services.claude.client import UpstreamError
 from services.claude.provider import ClaudeRemoteProvider
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
 from services.github import accounts, api, repos, workspaces
 from services.pagination import Page
-from services.users import iso
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from services.chat_sessions import get_owned, session_json
 from services.claude import titles
 from services.claude.client import UpstreamError
 from services.claude.provider import AgentProvider
-from services.claude.runs import RunDriver, error_event, now_iso
+from services.claude.runs import RunDriver, error_event
+from services.clock import now_iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError

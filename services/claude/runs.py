@@ -64,12 +64,12 @@ from services.claude.provider import (
     PushItem,
     RemoteState,
 )
+from services.clock import now_iso
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, log_failure, queries
 from services.errors import ServiceError
 from services.logs import detached_context
 from services.metrics import UPSTREAM_EVENT_LATENCY
-from services.users import iso
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,6 @@ MAX_BACKOFF_SECONDS = 30.0
 # Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
 CREDENTIALS_TTL_SECONDS = 60.0
 ADOPT_BATCH = 50
-
-
-def now_iso() -> str:
-    return iso(datetime.now(UTC)) or ""
 
 
 def error_event(message: str, source: str = "claude") -> dict[str, Any]:
