@@ -113,7 +113,7 @@ async def serve(config: Config) -> None:
     await start_background(ctx)
     app = make_app(ctx)
     server = make_http_server(app, config)
-    server.listen(config.port, address=os.environ.get("HOST", "0.0.0.0"))
+    server.listen(config.port, address=config.host)
     log.info("listening on port %s (%s)", config.port, config.node_env)
 
     stop = asyncio.Event()

@@ -8,14 +8,20 @@ stops start-up with a `ConfigError` that names the variable.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from services.addresses import DEFAULT_TRUSTED_PROXIES, Network, parse_networks
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# An IPv4 or IPv6 address (without brackets) or a host name, as Tornado's listen() takes it.
+HOST_PATTERN = re.compile(r"[A-Za-z0-9.:-]+")
 
 
 class ConfigError(Exception):
@@ -27,6 +33,7 @@ class Config:
     """Every setting the server reads. Field names follow the environment variables."""
 
     port: int = 3001
+    host: str = "0.0.0.0"
     node_env: str = "development"
     allowed_origins: tuple[str, ...] = ("http://localhost:5173", "http://localhost:3000")
     session_secret: str = ""
@@ -85,6 +92,11 @@ class Config:
         return not self.database_url
 
 
+def _default(name: str) -> Any:
+    """The default of variable `name`: its Config field's (the one place defaults are written)."""
+    return getattr(Config, name.lower())
+
+
 def _read(env: dict[str, str], name: str) -> str | None:
     """The value of `name`, or the content of the file named by `name_FILE`."""
     file_name = env.get(f"{name}_FILE")
@@ -99,10 +111,14 @@ def _read(env: dict[str, str], name: str) -> str | None:
     return value.strip()
 
 
-def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _text(env: dict[str, str], name: str) -> str:
+    return _read(env, name) or _default(name)
+
+
+def _int(env: dict[str, str], name: str, minimum: int = 0) -> int:
     raw = _read(env, name)
     if raw is None:
-        return default
+        return _default(name)
     try:
         value = int(raw)
     except ValueError:
@@ -112,10 +128,10 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
-def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+def _float(env: dict[str, str], name: str, minimum: float = 0.0) -> float:
     raw = _read(env, name)
     if raw is None:
-        return default
+        return _default(name)
     try:
         value = float(raw)
     except ValueError:
@@ -125,10 +141,10 @@ def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0)
     return value
 
 
-def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+def _bool(env: dict[str, str], name: str) -> bool:
     raw = _read(env, name)
     if raw is None:
-        return default
+        return _default(name)
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -137,8 +153,8 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _url(env: dict[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
-    raw = _read(env, name) or default
+def _url(env: dict[str, str], name: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    raw = _text(env, name)
     parsed = urlparse(raw)
     if parsed.scheme not in schemes or not (parsed.netloc or parsed.query):
         raise ConfigError(f"{name} must be a URL starting with {' or '.join(schemes)}://, got {raw!r}")
@@ -177,13 +193,13 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         load_dotenv(PROJECT_ROOT / ".env", override=False)
         env = dict(os.environ)
 
-    node_env = _read(env, "NODE_ENV") or "development"
+    node_env = _text(env, "NODE_ENV")
     if node_env not in ("development", "production", "test"):
         raise ConfigError(f"NODE_ENV must be development, production or test, got {node_env!r}")
     production = node_env == "production"
 
     port_raw = _read(env, "API_PORT") or _read(env, "PORT")
-    port = 3001
+    port = Config.port
     if port_raw is not None:
         if not port_raw.isdigit() or not 0 <= int(port_raw) <= 65535:
             raise ConfigError(f"PORT must be a port number from 0 to 65535, got {port_raw!r}")
@@ -209,71 +225,77 @@ def load_config(env: dict[str, str] | None = None) -> Config:
     if len(session_secret) < 16:
         raise ConfigError("SESSION_SECRET must be at least 16 characters long")
 
-    pool_min = _int(env, "DB_POOL_MIN", 2, minimum=1)
-    pool_max = _int(env, "DB_POOL_MAX", 10, minimum=1)
+    host = _text(env, "HOST")
+    if not HOST_PATTERN.fullmatch(host):
+        raise ConfigError(f"HOST must be an IP address or a host name, got {host!r}")
+
+    pool_min = _int(env, "DB_POOL_MIN", minimum=1)
+    pool_max = _int(env, "DB_POOL_MAX", minimum=1)
     if pool_max < pool_min:
         raise ConfigError("DB_POOL_MAX must not be smaller than DB_POOL_MIN")
 
-    log_level = (_read(env, "LOG_LEVEL") or "INFO").upper()
+    log_level = _text(env, "LOG_LEVEL").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
 
-    upstream_push = (_read(env, "CLAUDE_UPSTREAM_PUSH") or "auto").lower()
+    upstream_push = _text(env, "CLAUDE_UPSTREAM_PUSH").lower()
     if upstream_push not in ("auto", "off"):
         raise ConfigError(f"CLAUDE_UPSTREAM_PUSH must be auto or off, got {upstream_push!r}")
+    proxies = _read(env, "TRUSTED_PROXIES")
     try:
-        trusted_proxies = parse_networks(_read(env, "TRUSTED_PROXIES") or DEFAULT_TRUSTED_PROXIES)
+        trusted_proxies = parse_networks(proxies) if proxies is not None else Config.trusted_proxies
     except ValueError as exc:
         raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
 
     return Config(
         port=port,
+        host=host,
         node_env=node_env,
         allowed_origins=_origins(env, production),
         session_secret=session_secret,
-        encryption_key=_read(env, "ENCRYPTION_KEY") or "",
+        encryption_key=_text(env, "ENCRYPTION_KEY"),
         database_url=database_url,
         embedded_postgres_dir=embedded_dir,
         db_pool_min=pool_min,
         db_pool_max=pool_max,
-        claude_environment_id=_read(env, "CLAUDE_ENVIRONMENT_ID") or "",
-        claude_api_base_url=_url(env, "CLAUDE_API_BASE_URL", Config.claude_api_base_url, ("http", "https")),
-        claude_default_model=_read(env, "CLAUDE_DEFAULT_MODEL") or Config.claude_default_model,
-        claude_oauth_token_url=_url(env, "CLAUDE_OAUTH_TOKEN_URL", Config.claude_oauth_token_url, ("http", "https")),
-        claude_poll_interval_ms=_int(env, "CLAUDE_POLL_INTERVAL_MS", 2000, minimum=10),
+        claude_environment_id=_text(env, "CLAUDE_ENVIRONMENT_ID"),
+        claude_api_base_url=_url(env, "CLAUDE_API_BASE_URL"),
+        claude_default_model=_text(env, "CLAUDE_DEFAULT_MODEL"),
+        claude_oauth_token_url=_url(env, "CLAUDE_OAUTH_TOKEN_URL"),
+        claude_poll_interval_ms=_int(env, "CLAUDE_POLL_INTERVAL_MS", minimum=10),
         claude_upstream_push=upstream_push,
-        claude_organization_uuid=_read(env, "CLAUDE_ORGANIZATION_UUID") or "",
-        claude_request_timeout_seconds=_float(env, "CLAUDE_REQUEST_TIMEOUT_SECONDS", 30.0, 0.1),
-        claude_retry_window_seconds=_float(env, "CLAUDE_RETRY_WINDOW_SECONDS", 300.0, 0.1),
-        run_adopt_interval_seconds=_float(env, "RUN_ADOPT_INTERVAL_SECONDS", 1.0, 0.1),
-        run_lease_seconds=_float(env, "RUN_LEASE_SECONDS", 30.0, 1.0),
-        claude_sync_enabled=_bool(env, "CLAUDE_SYNC_ENABLED", True),
-        claude_sync_interval_ms=_int(env, "CLAUDE_SYNC_INTERVAL_MS", 300_000, minimum=1000),
-        claude_sync_limit=_int(env, "CLAUDE_SYNC_LIMIT", 50, minimum=1),
-        orphan_session_timeout_minutes=_int(env, "ORPHAN_SESSION_TIMEOUT_MINUTES", 30, minimum=1),
-        orphan_cleanup_interval_minutes=_int(env, "ORPHAN_CLEANUP_INTERVAL_MINUTES", 5, minimum=1),
-        github_client_id=_read(env, "GITHUB_CLIENT_ID") or "",
-        github_client_secret=_read(env, "GITHUB_CLIENT_SECRET") or "",
-        github_api_url=_url(env, "GITHUB_API_URL", Config.github_api_url, ("http", "https")),
-        github_oauth_url=_url(env, "GITHUB_OAUTH_URL", Config.github_oauth_url, ("http", "https")),
-        github_repos_max=_int(env, "GITHUB_REPOS_MAX", 1000, minimum=1),
-        tmp_dir=Path(_read(env, "TMP_DIR") or "/tmp"),
-        workspace_dir=Path(_read(env, "WORKSPACE_DIR") or "/workspace"),
-        stream_lifetime_seconds=_float(env, "STREAM_LIFETIME_SECONDS", 0.0, 0.0),
-        sse_heartbeat_seconds=_float(env, "SSE_HEARTBEAT_SECONDS", 15.0, 0.05),
-        shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 300.0, 0.0),
-        bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", 12, minimum=4),
-        login_max_failures_per_email=_int(env, "LOGIN_MAX_FAILURES_PER_EMAIL", 5, minimum=1),
-        login_max_failures_per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1),
-        login_failure_window_seconds=_int(env, "LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
-        register_max_per_ip=_int(env, "REGISTER_MAX_PER_IP", 10, minimum=1),
-        register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", 3600, minimum=1),
+        claude_organization_uuid=_text(env, "CLAUDE_ORGANIZATION_UUID"),
+        claude_request_timeout_seconds=_float(env, "CLAUDE_REQUEST_TIMEOUT_SECONDS", minimum=0.1),
+        claude_retry_window_seconds=_float(env, "CLAUDE_RETRY_WINDOW_SECONDS", minimum=0.1),
+        run_adopt_interval_seconds=_float(env, "RUN_ADOPT_INTERVAL_SECONDS", minimum=0.1),
+        run_lease_seconds=_float(env, "RUN_LEASE_SECONDS", minimum=1.0),
+        claude_sync_enabled=_bool(env, "CLAUDE_SYNC_ENABLED"),
+        claude_sync_interval_ms=_int(env, "CLAUDE_SYNC_INTERVAL_MS", minimum=1000),
+        claude_sync_limit=_int(env, "CLAUDE_SYNC_LIMIT", minimum=1),
+        orphan_session_timeout_minutes=_int(env, "ORPHAN_SESSION_TIMEOUT_MINUTES", minimum=1),
+        orphan_cleanup_interval_minutes=_int(env, "ORPHAN_CLEANUP_INTERVAL_MINUTES", minimum=1),
+        github_client_id=_text(env, "GITHUB_CLIENT_ID"),
+        github_client_secret=_text(env, "GITHUB_CLIENT_SECRET"),
+        github_api_url=_url(env, "GITHUB_API_URL"),
+        github_oauth_url=_url(env, "GITHUB_OAUTH_URL"),
+        github_repos_max=_int(env, "GITHUB_REPOS_MAX", minimum=1),
+        tmp_dir=Path(_read(env, "TMP_DIR") or Config.tmp_dir),
+        workspace_dir=Path(_read(env, "WORKSPACE_DIR") or Config.workspace_dir),
+        stream_lifetime_seconds=_float(env, "STREAM_LIFETIME_SECONDS", minimum=0.0),
+        sse_heartbeat_seconds=_float(env, "SSE_HEARTBEAT_SECONDS", minimum=0.05),
+        shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", minimum=0.0),
+        bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", minimum=4),
+        login_max_failures_per_email=_int(env, "LOGIN_MAX_FAILURES_PER_EMAIL", minimum=1),
+        login_max_failures_per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", minimum=1),
+        login_failure_window_seconds=_int(env, "LOGIN_FAILURE_WINDOW_SECONDS", minimum=1),
+        register_max_per_ip=_int(env, "REGISTER_MAX_PER_IP", minimum=1),
+        register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", minimum=1),
         log_level=log_level,
         trusted_proxies=trusted_proxies,
-        header_timeout_seconds=_float(env, "HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
-        keepalive_timeout_seconds=_float(env, "KEEPALIVE_TIMEOUT_SECONDS", 120.0, 0.1),
-        body_timeout_seconds=_float(env, "BODY_TIMEOUT_SECONDS", 30.0, 0.1),
-        build_commit_sha=_read(env, "BUILD_COMMIT_SHA") or "unknown",
-        build_timestamp=_read(env, "BUILD_TIMESTAMP") or "unknown",
-        build_image_tag=_read(env, "BUILD_IMAGE_TAG") or "unknown",
+        header_timeout_seconds=_float(env, "HEADER_TIMEOUT_SECONDS", minimum=0.1),
+        keepalive_timeout_seconds=_float(env, "KEEPALIVE_TIMEOUT_SECONDS", minimum=0.1),
+        body_timeout_seconds=_float(env, "BODY_TIMEOUT_SECONDS", minimum=0.1),
+        build_commit_sha=_text(env, "BUILD_COMMIT_SHA"),
+        build_timestamp=_text(env, "BUILD_TIMESTAMP"),
+        build_image_tag=_text(env, "BUILD_IMAGE_TAG"),
     )

@@ -75,7 +75,7 @@ def dockerfile_healthcheck() -> list[str]:
 def config_variables() -> list[str]:
     """Every NAME that load_config reads, found in its source rather than listed by hand."""
     source = (PROJECT_ROOT / "services" / "config.py").read_text()
-    names = re.findall(r"_(?:read|int|float|bool|url)\(\s*env,\s*\"([A-Z][A-Z0-9_]*)\"", source)
+    names = re.findall(r"_(?:read|text|int|float|bool|url)\(\s*env,\s*\"([A-Z][A-Z0-9_]*)\"", source)
     return list(dict.fromkeys(names))
 
 
