@@ -107,7 +107,7 @@ async def rename_remote(ctx: AppContext, user_id: str, remote_session_id: str, t
     provider = claude_provider(ctx)
     try:
         token = await provider.authenticate(user_id)
-        await provider.client.rename(token, remote_session_id, title)
+        await provider.rename(token, remote_session_id, title)
     except (UpstreamError, ServiceError) as exc:
         log.warning("remote rename of %s failed: %s", remote_session_id, exc.message)
         return False
