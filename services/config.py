@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,9 +28,21 @@ class ConfigError(Exception):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
+def _at_least(default: float, minimum: float) -> Any:
+    """A number setting: its default, and the smallest value the variable may hold (else 0)."""
+    return field(default=default, metadata={"minimum": minimum})
+
+
+def _web_url(default: str) -> Any:
+    """A setting that must be an http:// or https:// URL."""
+    return field(default=default, metadata={"url": True})
+
+
 @dataclass(frozen=True)
 class Config:
-    """Every setting the server reads. Field names follow the environment variables."""
+    """Every setting the server reads, with its default. Field names follow the environment
+    variables; load_config reads each by its type (bool, int, float, Path, text) unless it has
+    rules of its own there."""
 
     port: int = 3001
     host: str = "0.0.0.0"
@@ -40,45 +52,45 @@ class Config:
     encryption_key: str = ""
     database_url: str = ""
     embedded_postgres_dir: Path = PROJECT_ROOT / ".data" / "postgres"
-    db_pool_min: int = 2
-    db_pool_max: int = 10
+    db_pool_min: int = _at_least(2, 1)
+    db_pool_max: int = _at_least(10, 1)
     claude_environment_id: str = ""
-    claude_api_base_url: str = "https://api.anthropic.com"
+    claude_api_base_url: str = _web_url("https://api.anthropic.com")
     claude_default_model: str = "claude-opus-4-5-20251101"
-    claude_oauth_token_url: str = "https://console.anthropic.com/v1/oauth/token"
-    claude_poll_interval_ms: int = 2000
+    claude_oauth_token_url: str = _web_url("https://console.anthropic.com/v1/oauth/token")
+    claude_poll_interval_ms: int = _at_least(2000, 10)
     claude_upstream_push: str = "auto"
     claude_organization_uuid: str = ""
-    claude_request_timeout_seconds: float = 30.0
-    claude_retry_window_seconds: float = 300.0
-    run_adopt_interval_seconds: float = 1.0
-    run_lease_seconds: float = 30.0
+    claude_request_timeout_seconds: float = _at_least(30.0, 0.1)
+    claude_retry_window_seconds: float = _at_least(300.0, 0.1)
+    run_adopt_interval_seconds: float = _at_least(1.0, 0.1)
+    run_lease_seconds: float = _at_least(30.0, 1.0)
     claude_sync_enabled: bool = True
-    claude_sync_interval_ms: int = 300_000
-    claude_sync_limit: int = 50
-    orphan_session_timeout_minutes: int = 30
-    orphan_cleanup_interval_minutes: int = 5
+    claude_sync_interval_ms: int = _at_least(300_000, 1000)
+    claude_sync_limit: int = _at_least(50, 1)
+    orphan_session_timeout_minutes: int = _at_least(30, 1)
+    orphan_cleanup_interval_minutes: int = _at_least(5, 1)
     github_client_id: str = ""
     github_client_secret: str = ""
-    github_api_url: str = "https://api.github.com"
-    github_oauth_url: str = "https://github.com"
-    github_repos_max: int = 1000
+    github_api_url: str = _web_url("https://api.github.com")
+    github_oauth_url: str = _web_url("https://github.com")
+    github_repos_max: int = _at_least(1000, 1)
     tmp_dir: Path = Path("/tmp")
     workspace_dir: Path = Path("/workspace")
     stream_lifetime_seconds: float = 0.0  # 0: no cap
-    sse_heartbeat_seconds: float = 15.0
+    sse_heartbeat_seconds: float = _at_least(15.0, 0.05)
     shutdown_grace_seconds: float = 300.0
-    bcrypt_rounds: int = 12
-    login_max_failures_per_email: int = 5
-    login_max_failures_per_ip: int = 20
-    login_failure_window_seconds: int = 900
-    register_max_per_ip: int = 10
-    register_window_seconds: int = 3600
+    bcrypt_rounds: int = _at_least(12, 4)
+    login_max_failures_per_email: int = _at_least(5, 1)
+    login_max_failures_per_ip: int = _at_least(20, 1)
+    login_failure_window_seconds: int = _at_least(900, 1)
+    register_max_per_ip: int = _at_least(10, 1)
+    register_window_seconds: int = _at_least(3600, 1)
     log_level: str = "INFO"
     trusted_proxies: tuple[Network, ...] = parse_networks(DEFAULT_TRUSTED_PROXIES)
-    header_timeout_seconds: float = 10.0
-    keepalive_timeout_seconds: float = 120.0
-    body_timeout_seconds: float = 30.0
+    header_timeout_seconds: float = _at_least(10.0, 0.1)
+    keepalive_timeout_seconds: float = _at_least(120.0, 0.1)
+    body_timeout_seconds: float = _at_least(30.0, 0.1)
     build_commit_sha: str = "unknown"
     build_timestamp: str = "unknown"
     build_image_tag: str = "unknown"
@@ -115,27 +127,15 @@ def _text(env: dict[str, str], name: str) -> str:
     return _read(env, name) or _default(name)
 
 
-def _int(env: dict[str, str], name: str, minimum: int = 0) -> int:
+def _number(env: dict[str, str], name: str, parse: type[int] | type[float], minimum: float) -> Any:
     raw = _read(env, name)
     if raw is None:
         return _default(name)
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(env: dict[str, str], name: str, minimum: float = 0.0) -> float:
-    raw = _read(env, name)
-    if raw is None:
-        return _default(name)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        kind = "a whole number" if parse is int else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -159,6 +159,20 @@ def _url(env: dict[str, str], name: str, schemes: tuple[str, ...] = ("http", "ht
     if parsed.scheme not in schemes or not (parsed.netloc or parsed.query):
         raise ConfigError(f"{name} must be a URL starting with {' or '.join(schemes)}://, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _plain(env: dict[str, str], spec: Field[Any]) -> Any:
+    """A setting read as its field's type says (the annotations are strings here)."""
+    name = spec.name.upper()
+    if spec.type == "bool":
+        return _bool(env, name)
+    if spec.type in ("int", "float"):
+        return _number(env, name, int if spec.type == "int" else float, spec.metadata.get("minimum", 0))
+    if spec.type == "Path":
+        return Path(_read(env, name) or spec.default)
+    if spec.metadata.get("url"):
+        return _url(env, name)
+    return _text(env, name)
 
 
 def _origins(env: dict[str, str], production: bool) -> tuple[str, ...]:
@@ -229,11 +243,6 @@ def load_config(env: dict[str, str] | None = None) -> Config:
     if not HOST_PATTERN.fullmatch(host):
         raise ConfigError(f"HOST must be an IP address or a host name, got {host!r}")
 
-    pool_min = _int(env, "DB_POOL_MIN", minimum=1)
-    pool_max = _int(env, "DB_POOL_MAX", minimum=1)
-    if pool_max < pool_min:
-        raise ConfigError("DB_POOL_MAX must not be smaller than DB_POOL_MIN")
-
     log_level = _text(env, "LOG_LEVEL").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -247,55 +256,20 @@ def load_config(env: dict[str, str] | None = None) -> Config:
     except ValueError as exc:
         raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
 
-    return Config(
-        port=port,
-        host=host,
-        node_env=node_env,
-        allowed_origins=_origins(env, production),
-        session_secret=session_secret,
-        encryption_key=_text(env, "ENCRYPTION_KEY"),
-        database_url=database_url,
-        embedded_postgres_dir=embedded_dir,
-        db_pool_min=pool_min,
-        db_pool_max=pool_max,
-        claude_environment_id=_text(env, "CLAUDE_ENVIRONMENT_ID"),
-        claude_api_base_url=_url(env, "CLAUDE_API_BASE_URL"),
-        claude_default_model=_text(env, "CLAUDE_DEFAULT_MODEL"),
-        claude_oauth_token_url=_url(env, "CLAUDE_OAUTH_TOKEN_URL"),
-        claude_poll_interval_ms=_int(env, "CLAUDE_POLL_INTERVAL_MS", minimum=10),
-        claude_upstream_push=upstream_push,
-        claude_organization_uuid=_text(env, "CLAUDE_ORGANIZATION_UUID"),
-        claude_request_timeout_seconds=_float(env, "CLAUDE_REQUEST_TIMEOUT_SECONDS", minimum=0.1),
-        claude_retry_window_seconds=_float(env, "CLAUDE_RETRY_WINDOW_SECONDS", minimum=0.1),
-        run_adopt_interval_seconds=_float(env, "RUN_ADOPT_INTERVAL_SECONDS", minimum=0.1),
-        run_lease_seconds=_float(env, "RUN_LEASE_SECONDS", minimum=1.0),
-        claude_sync_enabled=_bool(env, "CLAUDE_SYNC_ENABLED"),
-        claude_sync_interval_ms=_int(env, "CLAUDE_SYNC_INTERVAL_MS", minimum=1000),
-        claude_sync_limit=_int(env, "CLAUDE_SYNC_LIMIT", minimum=1),
-        orphan_session_timeout_minutes=_int(env, "ORPHAN_SESSION_TIMEOUT_MINUTES", minimum=1),
-        orphan_cleanup_interval_minutes=_int(env, "ORPHAN_CLEANUP_INTERVAL_MINUTES", minimum=1),
-        github_client_id=_text(env, "GITHUB_CLIENT_ID"),
-        github_client_secret=_text(env, "GITHUB_CLIENT_SECRET"),
-        github_api_url=_url(env, "GITHUB_API_URL"),
-        github_oauth_url=_url(env, "GITHUB_OAUTH_URL"),
-        github_repos_max=_int(env, "GITHUB_REPOS_MAX", minimum=1),
-        tmp_dir=Path(_read(env, "TMP_DIR") or Config.tmp_dir),
-        workspace_dir=Path(_read(env, "WORKSPACE_DIR") or Config.workspace_dir),
-        stream_lifetime_seconds=_float(env, "STREAM_LIFETIME_SECONDS", minimum=0.0),
-        sse_heartbeat_seconds=_float(env, "SSE_HEARTBEAT_SECONDS", minimum=0.05),
-        shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", minimum=0.0),
-        bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", minimum=4),
-        login_max_failures_per_email=_int(env, "LOGIN_MAX_FAILURES_PER_EMAIL", minimum=1),
-        login_max_failures_per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", minimum=1),
-        login_failure_window_seconds=_int(env, "LOGIN_FAILURE_WINDOW_SECONDS", minimum=1),
-        register_max_per_ip=_int(env, "REGISTER_MAX_PER_IP", minimum=1),
-        register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", minimum=1),
-        log_level=log_level,
-        trusted_proxies=trusted_proxies,
-        header_timeout_seconds=_float(env, "HEADER_TIMEOUT_SECONDS", minimum=0.1),
-        keepalive_timeout_seconds=_float(env, "KEEPALIVE_TIMEOUT_SECONDS", minimum=0.1),
-        body_timeout_seconds=_float(env, "BODY_TIMEOUT_SECONDS", minimum=0.1),
-        build_commit_sha=_text(env, "BUILD_COMMIT_SHA"),
-        build_timestamp=_text(env, "BUILD_TIMESTAMP"),
-        build_image_tag=_text(env, "BUILD_IMAGE_TAG"),
-    )
+    own_rules = {
+        "port": port,
+        "host": host,
+        "node_env": node_env,
+        "allowed_origins": _origins(env, production),
+        "session_secret": session_secret,
+        "database_url": database_url,
+        "embedded_postgres_dir": embedded_dir,
+        "log_level": log_level,
+        "claude_upstream_push": upstream_push,
+        "trusted_proxies": trusted_proxies,
+    }
+    plain = {spec.name: _plain(env, spec) for spec in fields(Config) if spec.name not in own_rules}
+    config = Config(**own_rules, **plain)
+    if config.db_pool_max < config.db_pool_min:
+        raise ConfigError("DB_POOL_MAX must not be smaller than DB_POOL_MIN")
+    return config
