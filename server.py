@@ -60,17 +60,17 @@ async def start_background(ctx: AppContext) -> None:
     """Start the long-lived services that later capabilities add (hub, run driver, sync)."""
     ctx.gauges.register("webedt_db_pool_connections", "Connections open in the pool", ctx.pool.get_size)
     ctx.gauges.register("webedt_db_pool_idle_connections", "Idle connections in the pool", ctx.pool.get_idle_size)
-    ctx.hub = Hub(ctx)
-    await ctx.hub.start()
-    ctx.gauges.register("webedt_hub_subscribers", "Streams in the event hub", lambda: ctx.hub.stats()["subscribers"])
-    ctx.runs = RunDriver(ctx)
-    ctx.gauges.register("webedt_active_runs", "Runs this process drives", lambda: len(ctx.runs.tasks))
-    await ctx.runs.start()  # adopts running sessions whose driver is gone, then drives them
-    ctx.cleanup = orphan_cleanup(ctx)
-    await ctx.cleanup.start()  # finishes or hands to the run driver sessions whose driver is long gone
+    hub = ctx.hub = Hub(ctx)
+    await hub.start()
+    ctx.gauges.register("webedt_hub_subscribers", "Streams in the event hub", lambda: hub.stats()["subscribers"])
+    runs = ctx.runs = RunDriver(ctx)
+    ctx.gauges.register("webedt_active_runs", "Runs this process drives", lambda: len(runs.tasks))
+    await runs.start()  # adopts running sessions whose driver is gone, then drives them
+    cleanup = ctx.cleanup = orphan_cleanup(ctx)
+    await cleanup.start()  # finishes or hands to the run driver sessions whose driver is long gone
     if ctx.config.claude_sync_enabled:
-        ctx.sync = session_sync(ctx)
-        await ctx.sync.start()
+        sync = ctx.sync = session_sync(ctx)
+        await sync.start()
 
 
 async def hand_over(ctx: AppContext) -> None:
@@ -113,7 +113,7 @@ async def serve(config: Config) -> None:
     await start_background(ctx)
     app = make_app(ctx)
     server = make_http_server(app, config)
-    server.listen(config.port, address=os.environ.get("HOST", "0.0.0.0"))
+    server.listen(config.port, address=config.host)
     log.info("listening on port %s (%s)", config.port, config.node_env)
 
     stop = asyncio.Event()

@@ -28,20 +28,17 @@ class UserHandler(APIHandler):
 
     @admin_required
     async def patch(self, user_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await admin.update_user(self.ctx, self.current_user, user_id, self.json_body()))
+        self.ok(await admin.update_user(self.ctx, self.user, user_id, self.json_body()))
 
     @admin_required
     async def delete(self, user_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await admin.delete_user(self.ctx, self.current_user, user_id))
+        self.ok(await admin.delete_user(self.ctx, self.user, user_id))
 
 
 class ImpersonateHandler(APIHandler):
     @admin_required
     async def post(self, user_id: str) -> None:
-        assert self.current_user is not None
-        token, target = await admin.impersonate(self.ctx, self.current_user, user_id, self.client_ip())
+        token, target = await admin.impersonate(self.ctx, self.user, user_id, self.client_ip())
         self.set_auth_cookie(token, auth.SESSION_LIFETIME.days)
         self.ok({"message": "Now impersonating user", "userId": target["id"]})
 
@@ -50,8 +47,7 @@ class StopImpersonatingHandler(APIHandler):
     # Not admin_required: while impersonating, the request carries the (often non-admin) target.
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        token, admin_row = await admin.stop_impersonating(self.ctx, self.current_user)
+        token, admin_row = await admin.stop_impersonating(self.ctx, self.user)
         self.set_auth_cookie(token, auth.SESSION_LIFETIME.days)
         self.ok(
             {"message": "Stopped impersonating", "userId": admin_row["id"], "user": user_payload(self.ctx, admin_row)}
@@ -61,9 +57,8 @@ class StopImpersonatingHandler(APIHandler):
 class ImpersonationStatusHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
-        impersonation = await admin.impersonation_of(self.ctx, self.current_user)
-        self.ok({"impersonating": impersonation is not None, "userId": self.current_user.id, **(impersonation or {})})
+        impersonation = await admin.impersonation_of(self.ctx, self.user)
+        self.ok({"impersonating": impersonation is not None, "userId": self.user.id, **(impersonation or {})})
 
 
 class ImpersonationsHandler(APIHandler):

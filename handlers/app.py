@@ -8,6 +8,7 @@ from handlers import admin, auth, execute, github, health, metrics, openapi, run
 from handlers.base import NotFoundHandler, log_request
 from services.context import AppContext
 
+# Each path belongs to one handler class (one module), so the order here changes no answer.
 ROUTE_MODULES = [health, metrics, openapi, auth, user, streams, execute, runs, sessions, admin, github]
 
 

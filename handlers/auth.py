@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from handlers.base import APIHandler, authenticated
 from services import auth
+from services.clock import iso
 from services.errors import ServiceError
-from services.users import iso, user_payload
+from services.users import user_payload
 
 DEVICE_COOKIE = "login_device"
 DEVICE_COOKIE_DAYS = 365
@@ -52,8 +53,7 @@ class LoginHandler(APIHandler):
 class LogoutHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        await auth.end_session(self.ctx, self.current_user.session_id)
+        await auth.end_session(self.ctx, self.user.session_id)
         self.clear_auth_cookie()
         self.ok({"message": "Logged out successfully"})
 
@@ -61,8 +61,7 @@ class LogoutHandler(APIHandler):
 class SessionHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
-        current = self.current_user
+        current = self.user
         self.ok(
             {
                 "user": user_payload(self.ctx, current.user),

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import itertools
 import logging
@@ -20,6 +19,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import orjson
 import tornado.httputil
 import tornado.netutil
@@ -29,6 +29,7 @@ from tornado.iostream import StreamClosedError
 
 from handlers.connection import linger_after_answer
 from services import addresses, auth, metrics
+from services.chat_sessions import RESERVED_SESSION_IDS, get_owned
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage
 from services.errors import ServiceError
@@ -54,6 +55,9 @@ STATUS_MESSAGES = {
 
 
 NUL_MESSAGE = "Request must not contain NUL characters"
+# The `:id` of every session route (/api/sessions/:id..., /api/resume/:id). The names of
+# /api/sessions/'s own routes never match it, so no route depends on the order of the table.
+SESSION_ID = rf"(?!(?:{'|'.join(sorted(RESERVED_SESSION_IDS))})$)([^/]+)"
 
 
 def _contains_nul(value: Any) -> bool:
@@ -190,6 +194,17 @@ class APIHandler(tornado.web.RequestHandler):
                 self.set_auth_cookie(token, auth.SESSION_LIFETIME.days)
         REQUEST_CONTEXT.set(self.log_extra())
 
+    @property
+    def user(self) -> auth.CurrentUser:
+        """The person logged in (behind `@authenticated` or `@admin_required`); 401 otherwise."""
+        if self.current_user is None:
+            raise ServiceError(401, "Unauthorized")
+        return self.current_user
+
+    async def owned_session(self, session_id: str) -> asyncpg.Record:
+        """The caller's own session row; 404 "Session not found" for anyone else's."""
+        return await get_owned(self.ctx, session_id, self.user.id)
+
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
         if self._body_size > MAX_BODY_BYTES:
@@ -325,17 +340,9 @@ class APIHandler(tornado.web.RequestHandler):
         self.finish(json_bytes({"success": False, "error": message}))
 
     def allowed_methods(self) -> list[str]:
-        """The methods this path answers, over every route that matches it (for `Allow`)."""
-        allowed = []
-        for method in self.SUPPORTED_METHODS:
-            probe = copy.copy(self.request)
-            probe.method = method
-            delegate = self.application.wildcard_router.find_handler(probe)
-            handler = getattr(delegate, "handler_class", None)
-            unimplemented = getattr(tornado.web.RequestHandler, method.lower())
-            if handler is not None and getattr(handler, method.lower()) is not unimplemented:
-                allowed.append(method)
-        return allowed
+        """The methods this resource answers (for `Allow`): one class serves each path."""
+        unimplemented = tornado.web.RequestHandler._unimplemented_method
+        return [m for m in self.SUPPORTED_METHODS if getattr(type(self), m.lower()) is not unimplemented]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ServiceError | tornado.web.HTTPError):
@@ -383,12 +390,9 @@ def admin_required(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 
 
 class NotFoundHandler(APIHandler):
-    """Every unknown path: a JSON 404 whatever the method; a 405 (with `Allow`) when the path is
-    a route for other methods only (the read-only stream routes pass writes on to later rules)."""
+    """Every unknown path: a JSON 404 whatever the method."""
 
     async def prepare(self) -> None:
-        if any(method != "OPTIONS" for method in self.allowed_methods()):
-            raise tornado.web.HTTPError(405)
         raise ServiceError(404, "Not found")
 
 

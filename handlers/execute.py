@@ -54,8 +54,7 @@ class ExecuteRemoteHandler(SSEHandler):
         await self.start_and_stream(execute.parse_params(self.json_body(), self.request.headers.get("Last-Event-ID")))
 
     async def start_and_stream(self, params: execute.ExecuteParams) -> None:
-        assert self.current_user is not None
-        plan = await execute.begin(self.ctx, self.current_user.id, params)
+        plan = await execute.begin(self.ctx, self.user.id, params)
         await self.open_stream()
         reason = "error"
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import tornado.web
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import SESSION_ID, APIHandler, authenticated
 from services.errors import ServiceError
 from services.github import accounts, files, oauth, pulls, repos, workspaces
 
@@ -26,8 +26,7 @@ class GitHubHandler(APIHandler):
     """Base of the /api/github routes: the caller's token, and 404 instead of 405."""
 
     def github_token(self) -> str:
-        assert self.current_user is not None
-        return accounts.require_token(self.ctx, self.current_user.user)
+        return accounts.require_token(self.ctx, self.user.user)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -44,9 +43,8 @@ class GitHubHandler(APIHandler):
 class OAuthStartHandler(GitHubHandler):
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
         headers = self.request.headers
-        self.redirect(oauth.authorize_url(self.ctx, self.current_user, headers.get("Referer"), headers.get("Origin")))
+        self.redirect(oauth.authorize_url(self.ctx, self.user, headers.get("Referer"), headers.get("Origin")))
 
 
 class OAuthCallbackHandler(GitHubHandler):
@@ -73,8 +71,7 @@ class OAuthCallbackHandler(GitHubHandler):
 class DisconnectHandler(GitHubHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        await accounts.disconnect(self.ctx, self.current_user.id)
+        await accounts.disconnect(self.ctx, self.user.id)
         self.ok({"message": "GitHub disconnected"})
 
 
@@ -119,9 +116,8 @@ class MergeBaseHandler(GitHubHandler):
 class AutoPRHandler(GitHubHandler):
     @authenticated
     async def post(self, owner: str, repo: str, branch: str) -> None:
-        assert self.current_user is not None
         token = self.github_token()
-        result = await pulls.auto_pr(self.ctx, token, self.current_user.id, owner, repo, branch, self.json_body())
+        result = await pulls.auto_pr(self.ctx, token, self.user.id, owner, repo, branch, self.json_body())
         self.ok(result)
 
     @authenticated
@@ -220,8 +216,7 @@ class GitHubNotFoundHandler(APIHandler):
 class InitRepositoryHandler(APIHandler):
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        session = await workspaces.init_repository(self.ctx, self.current_user, session_id)
+        session = await workspaces.init_repository(self.ctx, self.user, session_id)
         self.write_json({"success": True, "session": session, "data": session})
 
 
@@ -244,5 +239,5 @@ ROUTES = [
     (REPO + r"/generate-pr-content", GeneratePRContentHandler),
     (REPO + r"/commit", CommitHandler),
     (r"/api/github(?:/.*)?", GitHubNotFoundHandler),
-    (r"/api/sessions/([^/]+)/init-repository", InitRepositoryHandler),
+    (rf"/api/sessions/{SESSION_ID}/init-repository", InitRepositoryHandler),
 ]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import socket
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from handlers.base import APIHandler
+from services.clock import now_iso
 
 CONTAINER_ID = socket.gethostname()
 
@@ -37,7 +37,7 @@ class HealthHandler(APIHandler):
             },
             "database": database,
             "uptimeSeconds": round(time.monotonic() - self.ctx.started_at, 1),
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": now_iso(),
         }
         self.set_header("X-Container-ID", CONTAINER_ID)
         self.write_json(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import SESSION_ID, APIHandler, authenticated
 from services.claude import execute
-
-SESSION_ID = r"([^/]+)"
 
 
 class SendHandler(APIHandler):
@@ -13,8 +11,7 @@ class SendHandler(APIHandler):
 
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        await execute.send_follow_up(self.ctx, self.current_user.id, session_id, self.json_body())
+        await execute.send_follow_up(self.ctx, self.user.id, session_id, self.json_body())
         self.write_json({"success": True})
 
 
@@ -23,8 +20,7 @@ class InterruptHandler(APIHandler):
 
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await execute.interrupt(self.ctx, self.current_user.id, session_id))
+        self.ok(await execute.interrupt(self.ctx, self.user.id, session_id))
 
 
 class AbortHandler(APIHandler):
@@ -32,8 +28,7 @@ class AbortHandler(APIHandler):
 
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await execute.abort(self.ctx, self.current_user.id, session_id))
+        self.ok(await execute.abort(self.ctx, self.user.id, session_id))
 
 
 ROUTES = [

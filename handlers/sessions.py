@@ -1,37 +1,30 @@
 """/api/sessions: create, list, read, rename, trash and restore chat sessions (CONTRACT.md 1.6).
 
-The streams (/updates, /:id/events, /:id/stream) live in handlers/streams.py and the run routes
+The streams (/updates, /:id/events/stream, /:id/stream) live in handlers/streams.py and the run routes
 (/:id/send, /:id/interrupt, /:id/abort) in handlers/runs.py. The legacy worker-status callback is
 retired: nothing answers it but the 404 of unknown paths.
 """
 
 from __future__ import annotations
 
-from handlers.base import APIHandler, authenticated
-from services import sessions, sync
-
-# Literal names under /api/sessions/ that the `:id` routes must never capture, whichever order
-# the route modules are registered in.
-_RESERVED = "updates|deleted|sync|create-code-session|bulk-delete|bulk-restore|bulk-delete-permanent"
-SESSION_ID = rf"(?!(?:{_RESERVED})$)([^/]+)"
+from handlers.base import SESSION_ID, APIHandler, authenticated
+from services import event_log, sessions, sync
 
 
 class CreateCodeSessionHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        session = await sessions.create_code_session(self.ctx, self.current_user.id, self.json_body())
+        session = await sessions.create_code_session(self.ctx, self.user.id, self.json_body())
         self.write_json({"success": True, "session": session})
 
 
 class SessionListHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
         self.ok(
             await sessions.list_sessions(
                 self.ctx,
-                self.current_user.id,
+                self.user.id,
                 self.page(default=sessions.SESSIONS_PAGE_MAX, maximum=sessions.SESSIONS_PAGE_MAX),
                 cursor=self.get_query_argument("cursor", None) or None,
             )
@@ -41,11 +34,10 @@ class SessionListHandler(APIHandler):
 class DeletedSessionsHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
         self.ok(
             await sessions.list_deleted(
                 self.ctx,
-                self.current_user.id,
+                self.user.id,
                 self.page(default=sessions.DELETED_PAGE_DEFAULT, maximum=sessions.DELETED_PAGE_MAX),
             )
         )
@@ -54,29 +46,25 @@ class DeletedSessionsHandler(APIHandler):
 class SessionHandler(APIHandler):
     @authenticated
     async def get(self, session_id: str) -> None:
-        assert self.current_user is not None
-        session = await sessions.get_session(self.ctx, self.current_user.id, session_id)
+        session = await sessions.get_session(self.ctx, self.user.id, session_id)
         self.write_json({"success": True, "session": session})
 
     @authenticated
     async def patch(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.update_session(self.ctx, self.current_user, session_id, self.json_body()))
+        self.ok(await sessions.update_session(self.ctx, self.user, session_id, self.json_body()))
 
     @authenticated
     async def delete(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.delete_session(self.ctx, self.current_user, session_id))
+        self.ok(await sessions.delete_session(self.ctx, self.user, session_id))
 
 
 class MessagesHandler(APIHandler):
     @authenticated
     async def get(self, session_id: str) -> None:
-        assert self.current_user is not None
         self.ok(
             await sessions.list_messages(
                 self.ctx,
-                self.current_user.id,
+                self.user.id,
                 session_id,
                 self.page(default=sessions.MESSAGES_PAGE_MAX, maximum=sessions.MESSAGES_PAGE_MAX),
             )
@@ -84,62 +72,65 @@ class MessagesHandler(APIHandler):
 
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.add_message(self.ctx, self.current_user.id, session_id, self.json_body()))
+        self.ok(await sessions.add_message(self.ctx, self.user.id, session_id, self.json_body()))
 
 
 class EventsHandler(APIHandler):
-    """POST only; GET /api/sessions/:id/events belongs to handlers/streams.py."""
+    """GET /api/sessions/:id/events: the whole history without paging parameters (streamed in
+    chunks), one keyset page with `after` or `limit`. POST: store one event."""
+
+    @authenticated
+    async def get(self, session_id: str) -> None:
+        row = await self.owned_session(session_id)
+        after, limit = self.get_query_argument("after", None), self.get_query_argument("limit", None)
+        if after is None and limit is None:
+            await self.write_json_chunks(event_log.whole_history(self.ctx, row))
+            return
+        after_id, size = event_log.page_arguments(after, limit)
+        self.ok(await event_log.page(self.ctx, row, after_id, size))
 
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.add_event(self.ctx, self.current_user.id, session_id, self.json_body()))
+        self.ok(await sessions.add_event(self.ctx, self.user.id, session_id, self.json_body()))
 
 
 class UnlockHandler(APIHandler):
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.unlock(self.ctx, self.current_user.id, session_id))
+        self.ok(await sessions.unlock(self.ctx, self.user.id, session_id))
 
 
 class RestoreHandler(APIHandler):
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.restore_session(self.ctx, self.current_user.id, session_id))
+        self.ok(await sessions.restore_session(self.ctx, self.user.id, session_id))
 
 
 class BulkDeleteHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.bulk_delete(self.ctx, self.current_user, self.json_body()))
+        self.ok(await sessions.bulk_delete(self.ctx, self.user, self.json_body()))
 
 
 class BulkRestoreHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.bulk_restore(self.ctx, self.current_user.id, self.json_body()))
+        self.ok(await sessions.bulk_restore(self.ctx, self.user.id, self.json_body()))
 
 
 class BulkDeletePermanentHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        self.ok(await sessions.bulk_delete_permanent(self.ctx, self.current_user.id, self.json_body()))
+        self.ok(await sessions.bulk_delete_permanent(self.ctx, self.user.id, self.json_body()))
 
 
 class SyncHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
         self.ok(
             await sync.sync_route(
                 self.ctx,
-                self.current_user.id,
+                self.user.id,
                 self.get_query_argument("activeOnly", None),
                 self.get_query_argument("limit", None),
             )
@@ -149,11 +140,9 @@ class SyncHandler(APIHandler):
 class SyncEventsHandler(APIHandler):
     @authenticated
     async def post(self, session_id: str) -> None:
-        assert self.current_user is not None
-        self.ok(await sync.sync_events(self.ctx, self.current_user.id, session_id))
+        self.ok(await sync.sync_events(self.ctx, self.user.id, session_id))
 
 
-# Literal paths first (Tornado matches in list order); the `:id` pattern also refuses them.
 ROUTES = [
     (r"/api/sessions/create-code-session", CreateCodeSessionHandler),
     (r"/api/sessions", SessionListHandler),

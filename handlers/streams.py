@@ -1,10 +1,9 @@
-"""Event-log routes (CONTRACT.md 1.3, 1.6, 4.3-4.5): resume, the session event stream, the
-events list and the session-list stream.
+"""The Server-Sent Events streams of the event log (CONTRACT.md 1.3, 4.3-4.5): resume, the
+session event stream and the session-list stream. (The JSON pages of a session's events belong
+to its events resource in handlers/sessions.py.)
 
 No route here changes a session: resume and the event stream only read (the original marked
-running sessions as errors on resume). These routes claim only GET, HEAD and OPTIONS on their
-paths, so other methods on the same paths (POST /api/sessions/:id/events) reach the sessions
-routes registered after this module.
+running sessions as errors on resume).
 """
 
 from __future__ import annotations
@@ -14,37 +13,20 @@ import uuid
 from typing import Any
 
 import asyncpg
-import tornado.routing
-from tornado.httputil import HTTPServerRequest
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import SESSION_ID, authenticated
 from handlers.stream import SSEHandler
 from services import event_log
-from services.chat_sessions import get_owned
-from services.hub import now_iso
+from services.clock import iso, now_iso
 from services.subscriber import Replay
-from services.users import iso
 
 log = logging.getLogger("webedt.streams")
 
 ENDS_WITH_COMPLETED = frozenset({"not_running", "run_ended"})
 
 
-class ReadMethodsMatches(tornado.routing.PathMatches):
-    """A path rule that matches only GET, HEAD and OPTIONS requests."""
-
-    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            return None
-        return super().match(request)
-
-
 class SessionStreamHandler(SSEHandler):
     """Shared by the per-session streams: ownership first (404 before any stream starts)."""
-
-    async def owned_session(self, session_id: str) -> asyncpg.Record:
-        assert self.current_user is not None
-        return await get_owned(self.ctx, session_id, self.current_user.id)
 
     @authenticated
     async def head(self, session_id: str) -> None:
@@ -162,22 +144,6 @@ def reconnected(row: asyncpg.Record) -> dict[str, Any]:
     return {"type": "reconnected", "sessionId": row["id"], "status": status, "message": message, "timestamp": now_iso()}
 
 
-class SessionEventsListHandler(APIHandler):
-    """GET /api/sessions/:id/events: the whole history without paging parameters (streamed in
-    chunks), one keyset page with `after` or `limit`."""
-
-    @authenticated
-    async def get(self, session_id: str) -> None:
-        assert self.current_user is not None
-        row = await get_owned(self.ctx, session_id, self.current_user.id)
-        after, limit = self.get_query_argument("after", None), self.get_query_argument("limit", None)
-        if after is None and limit is None:
-            await self.write_json_chunks(event_log.whole_history(self.ctx, row))
-            return
-        after_id, size = event_log.page_arguments(after, limit)
-        self.ok(await event_log.page(self.ctx, row, after_id, size))
-
-
 class SessionUpdatesHandler(SSEHandler):
     """GET /api/sessions/updates: the person's session-list changes from every replica."""
 
@@ -185,8 +151,7 @@ class SessionUpdatesHandler(SSEHandler):
 
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
-        user_id = self.current_user.id
+        user_id = self.user.id
         await self.open_stream()
         reason = "error"
         try:
@@ -196,9 +161,8 @@ class SessionUpdatesHandler(SSEHandler):
         await self.close_stream(reason)
 
     async def on_list_subscribed(self) -> None:
-        assert self.current_user is not None
         await self.send(
-            "connected", {"subscriberId": str(uuid.uuid4()), "userId": self.current_user.id, "timestamp": now_iso()}
+            "connected", {"subscriberId": str(uuid.uuid4()), "userId": self.user.id, "timestamp": now_iso()}
         )
 
     @authenticated
@@ -207,15 +171,9 @@ class SessionUpdatesHandler(SSEHandler):
         self.finish()
 
 
-def _rule(path: str, handler: type[APIHandler]) -> tornado.routing.Rule:
-    return tornado.routing.Rule(ReadMethodsMatches(path), handler)
-
-
-_SESSION = r"/api/sessions/([^/]+)"
 ROUTES = [
-    _rule(r"/api/sessions/updates", SessionUpdatesHandler),
-    _rule(r"/api/resume/([^/]+)", ResumeHandler),
-    _rule(_SESSION + r"/events/stream", SessionEventsStreamHandler),
-    _rule(_SESSION + r"/stream", SessionEventsStreamHandler),
-    _rule(_SESSION + r"/events", SessionEventsListHandler),
+    (r"/api/sessions/updates", SessionUpdatesHandler),
+    (rf"/api/resume/{SESSION_ID}", ResumeHandler),
+    (rf"/api/sessions/{SESSION_ID}/events/stream", SessionEventsStreamHandler),
+    (rf"/api/sessions/{SESSION_ID}/stream", SessionEventsStreamHandler),
 ]

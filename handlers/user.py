@@ -10,37 +10,32 @@ from services.users import SETTINGS_ROUTES, parse_claude_auth, save_claude_auth,
 class ClaudeAuthHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
         credentials = parse_claude_auth(self.json_body())
-        await save_claude_auth(self.ctx, self.current_user.id, credentials)
+        await save_claude_auth(self.ctx, self.user.id, credentials)
         self.ok({"message": "Claude authentication updated successfully"})
 
     @authenticated
     async def delete(self) -> None:
-        assert self.current_user is not None
-        await save_claude_auth(self.ctx, self.current_user.id, None)
+        await save_claude_auth(self.ctx, self.user.id, None)
         self.ok({"message": "Claude authentication removed"})
 
 
 class ClaudeAuthRefreshHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        assert self.current_user is not None
-        self.ok(await claude_auth.refresh_route(self.ctx, self.current_user.id))
+        self.ok(await claude_auth.refresh_route(self.ctx, self.user.id))
 
 
 class ClaudeAuthCredentialsHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        assert self.current_user is not None
-        self.ok(await claude_auth.credentials_route(self.ctx, self.current_user.id))
+        self.ok(await claude_auth.credentials_route(self.ctx, self.user.id))
 
 
 class SettingHandler(APIHandler):
     @authenticated
     async def post(self, name: str) -> None:
-        assert self.current_user is not None
-        self.ok(await update_setting(self.ctx, self.current_user.id, name, self.json_body()))
+        self.ok(await update_setting(self.ctx, self.user.id, name, self.json_body()))
 
 
 ROUTES = [

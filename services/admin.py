@@ -16,11 +16,12 @@ from typing import Any
 import asyncpg
 
 from services import auth
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
 from services.pagination import Page
-from services.users import claude_auth_summary, display_name, iso
+from services.users import claude_auth_summary, display_name
 
 USER_NOT_FOUND = "User not found"
 EMAIL_TAKEN = "User with this email already exists"

@@ -6,12 +6,17 @@ from typing import Any
 
 import asyncpg
 
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
-from services.users import iso
 
 SESSION_NOT_FOUND = "Session not found"
+# Names under /api/sessions/ that are routes of their own, so never a session id (the route
+# pattern handlers/base.SESSION_ID refuses them; the importer skips sessions named so).
+RESERVED_SESSION_IDS = frozenset(
+    {"updates", "deleted", "sync", "create-code-session", "bulk-delete", "bulk-restore", "bulk-delete-permanent"}
+)
 
 
 def session_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -17,6 +17,12 @@ from services.config import Config
 from services.health import DatabaseProbe
 from services.metrics import LiveGauges
 from services.secrets import SecretBox
+
+if TYPE_CHECKING:
+    # Only for the annotations: these modules import this one, never the other way round.
+    from services.claude.runs import RunDriver
+    from services.hub import Hub
+    from services.periodic import PeriodicTask
 
 
 @dataclass
@@ -33,12 +39,12 @@ class AppContext:
     gauges: LiveGauges = field(default_factory=LiveGauges)
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
-    # Long-lived services attached by server.py once they exist (typed loosely to keep the
-    # import graph one-way): the event hub and the run driver.
-    hub: Any = None
-    runs: Any = None
-    sync: Any = None  # services.sync.session_sync() when CLAUDE_SYNC_ENABLED
-    cleanup: Any = None  # services.cleanup.orphan_cleanup()
+    # Long-lived services attached by server.py once they exist (None before, and in tests that
+    # need none): the event hub, the run driver, and the background loops.
+    hub: Hub | None = None
+    runs: RunDriver | None = None
+    sync: PeriodicTask | None = None  # services.sync.session_sync() when CLAUDE_SYNC_ENABLED
+    cleanup: PeriodicTask | None = None  # services.cleanup.orphan_cleanup()
 
     @classmethod
     def create(cls, config: Config, pool: asyncpg.Pool, dsn: str) -> AppContext:

@@ -18,10 +18,10 @@ from typing import Any
 import asyncpg
 import orjson
 
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.pagination import whole_number
-from services.users import iso
 
 EVENTS_CHANNEL = "webedt_events"
 STATUS_CHANNEL = "webedt_session_status"

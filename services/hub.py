@@ -33,7 +33,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -43,7 +42,6 @@ from services import event_log, session_list
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, queries
 from services.logs import detached_context
-from services.users import iso
 
 log = logging.getLogger("webedt.hub")
 
@@ -524,8 +522,3 @@ class Hub:
             await session_list.prune(self.ctx)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.info("pruning session-list announcements failed: %s", exc.__class__.__name__)
-
-
-def now_iso() -> str:
-    """The current UTC time as the contract's ISO timestamp."""
-    return iso(datetime.now(UTC)) or ""

@@ -39,6 +39,7 @@ import orjson
 
 from services import locks, migrations
 from services.auth import hash_token
+from services.chat_sessions import RESERVED_SESSION_IDS
 from services.db import init_connection, queries
 from services.secrets import SecretBox
 
@@ -82,10 +83,6 @@ USER_FIELDS = REQUIRED_COLUMNS["users"][1:]
 CHAT_FIELDS = tuple(c for c in REQUIRED_COLUMNS["chat_sessions"][1:] if c != "worker_last_activity")
 STATUSES = ("pending", "running", "completed", "error")
 MESSAGE_TYPES = ("user", "assistant", "system", "error")
-# Names under /api/sessions/ that are routes of their own (handlers/sessions.py).
-RESERVED_SESSION_IDS = {
-    "updates", "deleted", "sync", "create-code-session", "bulk-delete", "bulk-restore", "bulk-delete-permanent",
-}  # fmt: skip
 # URL-safe without escaping, so the original's links keep working; as long as get_owned accepts.
 SERVABLE_ID = re.compile(r"[A-Za-z0-9._~-]{1,300}")
 

@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 
 from services import locks
+from services.clock import iso
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, queries
-from services.users import iso
 
 log = logging.getLogger(__name__)
 

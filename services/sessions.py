@@ -24,12 +24,12 @@ from services.auth import CurrentUser
 from services.chat_sessions import SESSION_NOT_FOUND, get_owned, session_json
 from services.claude.client import UpstreamError
 from services.claude.provider import ClaudeRemoteProvider
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
 from services.github import accounts, api, repos, workspaces
 from services.pagination import Page
-from services.users import iso
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ async def rename_remote(ctx: AppContext, user_id: str, remote_session_id: str, t
     provider = claude_provider(ctx)
     try:
         token = await provider.authenticate(user_id)
-        await provider.client.rename(token, remote_session_id, title)
+        await provider.rename(token, remote_session_id, title)
     except (UpstreamError, ServiceError) as exc:
         log.warning("remote rename of %s failed: %s", remote_session_id, exc.message)
         return False

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import orjson
 
 from services import event_log, session_list
+from services.clock import iso, now_iso
 from services.context import AppContext
-from services.hub import EventFrame, StatusChange, Subscriber, event_frame, now_iso, sse_frame
-from services.users import iso
+from services.hub import EventFrame, StatusChange, Subscriber, event_frame, sse_frame
 
 REPLAY_BATCH = 500
 

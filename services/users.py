@@ -13,16 +13,10 @@ from typing import Any
 
 import asyncpg
 
+from services.clock import iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError
-
-
-def iso(value: Any) -> str | None:
-    """A UTC ISO 8601 string with milliseconds and `Z`, like JavaScript's Date.toISOString()."""
-    if value is None:
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def claude_auth_summary(claude_auth: dict[str, Any] | None) -> dict[str, Any] | None:

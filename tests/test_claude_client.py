@@ -54,7 +54,7 @@ async def test_every_request_carries_the_headers(fake: FakeClaude, client: Claud
     await provider.events_after(token, remote.id, None)
     await provider.send(token, remote.id, "more", str(uuid.uuid4()))
     await provider.interrupt(token, remote.id)
-    await client.rename(token, remote.id, "Renamed")
+    await provider.rename(token, remote.id, "Renamed")
     await provider.archive(token, remote.id)
     assert await client.detect_environment(token) == "env_1"
     assert len(fake.requests) == 8

@@ -8,6 +8,7 @@ image's health probe is run against a live server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -73,10 +74,11 @@ def dockerfile_healthcheck() -> list[str]:
 
 
 def config_variables() -> list[str]:
-    """Every NAME that load_config reads, found in its source rather than listed by hand."""
+    """Every NAME that load_config reads, found in its source and its Config fields (each read
+    by its name) rather than listed by hand."""
     source = (PROJECT_ROOT / "services" / "config.py").read_text()
-    names = re.findall(r"_(?:read|int|float|bool|url)\(\s*env,\s*\"([A-Z][A-Z0-9_]*)\"", source)
-    return list(dict.fromkeys(names))
+    names = re.findall(r"_(?:read|text|number|bool|url)\(\s*env,\s*\"([A-Z][A-Z0-9_]*)\"", source)
+    return list(dict.fromkeys([*names, *(spec.name.upper() for spec in dataclasses.fields(Config))]))
 
 
 def env_example() -> dict[str, tuple[str, bool, str]]:

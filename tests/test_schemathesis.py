@@ -290,7 +290,7 @@ def test_a_rename_with_a_mistyped_field_is_refused(live: Live) -> None:
         ("DELETE", "/api/openapi.json", "GET, OPTIONS"),
         ("PUT", "/api/sessions/updates", "GET, HEAD, OPTIONS"),  # a read-only stream route
         ("POST", "/api/sessions/some-id/stream", "GET, HEAD, OPTIONS"),
-        ("PUT", "/api/sessions/some-id/events", "GET, POST, OPTIONS"),  # two routes share the path
+        ("PUT", "/api/sessions/some-id/events", "GET, POST, OPTIONS"),  # one resource, two methods
     ],
 )
 def test_405_names_the_allowed_methods(live: Live, method: str, path: str, allow: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from services import migrations
-from services.config import ConfigError, load_config
+from services.config import Config, ConfigError, load_config
 from tests.helpers import PROJECT_ROOT, free_port, spawn_replica, test_env, unique_email, wait_healthy
 
 
@@ -39,6 +40,7 @@ def run_cli(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess
     [
         ({"PORT": "eighty"}, "PORT must be a port number"),
         ({"PORT": "70000"}, "PORT must be a port number"),
+        ({"HOST": "0.0.0.0 --debug"}, "HOST must be an IP address or a host name"),
         ({"CLAUDE_API_BASE_URL": "not a url"}, "CLAUDE_API_BASE_URL must be a URL"),
         ({"GITHUB_API_URL": "ftp://x"}, "GITHUB_API_URL must be a URL"),
         ({"CLAUDE_POLL_INTERVAL_MS": "soon"}, "CLAUDE_POLL_INTERVAL_MS must be a whole number"),
@@ -54,6 +56,19 @@ def run_cli(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess
 def test_wrong_configuration_names_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config({"SESSION_SECRET": "a-development-secret", **env})
+
+
+def test_listen_address_comes_from_the_configuration() -> None:
+    base = {"SESSION_SECRET": "a-development-secret"}
+    assert load_config(base).host == "0.0.0.0"
+    assert load_config({**base, "HOST": "127.0.0.1"}).host == "127.0.0.1"
+    assert load_config({**base, "HOST": "::"}).host == "::"
+
+
+def test_unset_variables_take_the_config_field_defaults() -> None:
+    """Config's field defaults are the only defaults: the loader has none of its own."""
+    config = load_config({"SESSION_SECRET": "a-development-secret"})
+    assert dataclasses.replace(config, session_secret=Config.session_secret) == Config()
 
 
 def test_secret_can_come_from_a_file(tmp_path: Path) -> None:

@@ -345,7 +345,7 @@ async def test_post_to_the_events_path_is_not_claimed_by_the_list(
 ) -> None:
     session_id = await new_session(server, user["id"])
     response = await client.post(f"/api/sessions/{session_id}/events", json={}, headers={"Origin": ORIGIN})
-    # Whatever the sessions routes answer, it is not this module's 405.
+    # The events resource answers POST too: whatever it says about this body, it is not a 405.
     assert response.status_code != 405
 
 

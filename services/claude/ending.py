@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -19,9 +18,9 @@ import asyncpg
 from services import event_log, session_list
 from services.chat_sessions import session_json
 from services.claude.provider import RemoteState
+from services.clock import now_iso
 from services.context import AppContext
 from services.db import queries
-from services.users import iso
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def local_status(remote_state: str) -> str | None:
 
 def error_event(message: str, source: str = "claude") -> dict[str, Any]:
     """The one `error` event a failed run stores."""
-    return {"type": "error", "timestamp": iso(datetime.now(UTC)), "source": source, "error": message}
+    return {"type": "error", "timestamp": now_iso(), "source": source, "error": message}
 
 
 @dataclass

@@ -25,7 +25,8 @@ from services.claude.client import UpstreamError
 from services.claude.ending import Outcome, end_run
 from services.claude.provider import AgentProvider
 from services.claude.run_state import RunState, run_state_patch
-from services.claude.runs import RunDriver, now_iso
+from services.claude.runs import RunDriver
+from services.clock import now_iso
 from services.context import AppContext
 from services.db import queries
 from services.errors import ServiceError

@@ -157,6 +157,10 @@ class AgentProvider(abc.ABC):
     async def archive(self, token: str, remote_id: str) -> None: ...
 
     @abc.abstractmethod
+    async def rename(self, token: str, remote_id: str, title: str) -> None:
+        """Give the remote session a new title."""
+
+    @abc.abstractmethod
     def web_url(self, remote_id: str) -> str: ...
 
     @abc.abstractmethod
@@ -307,6 +311,9 @@ class ClaudeRemoteProvider(AgentProvider):
         except UpstreamError as exc:
             if not exc.not_found:  # already gone counts as archived
                 raise
+
+    async def rename(self, token: str, remote_id: str, title: str) -> None:
+        await self.client.rename(token, remote_id, title)
 
     def web_url(self, remote_id: str) -> str:
         return web_url(remote_id)

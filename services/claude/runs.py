@@ -64,12 +64,12 @@ from services.claude.provider import (
     RemoteState,
 )
 from services.claude.run_state import RunState, run_state_patch
+from services.clock import now_iso
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, log_failure, queries
 from services.errors import ServiceError
 from services.logs import detached_context
 from services.metrics import UPSTREAM_EVENT_LATENCY
-from services.users import iso
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,6 @@ def backend_class(name: str) -> type[AgentProvider] | None:
 
         return ManagedAgentsProvider
     return PROVIDERS.get(name)
-
-
-def now_iso() -> str:
-    return iso(datetime.now(UTC)) or ""
 
 
 def event_key(event: dict[str, Any]) -> str:

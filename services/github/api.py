@@ -220,11 +220,3 @@ def optional_text(value: Any, name: str, limit: int = 65536) -> str | None:
     if len(value) > limit:
         raise ServiceError(400, f"{name} must be at most {limit} characters")
     return value
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

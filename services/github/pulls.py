@@ -12,6 +12,7 @@ from github import Github, GithubException
 from github.PullRequest import PullRequest
 
 from services import chat_sessions, sessions
+from services.clock import iso
 from services.context import AppContext
 from services.errors import ServiceError
 from services.github import api
@@ -71,8 +72,8 @@ async def list_pulls(
                 **_pull_summary(pr),
                 "mergeable": None,
                 "merged": False,
-                "createdAt": api.iso(pr.created_at),
-                "updatedAt": api.iso(pr.updated_at),
+                "createdAt": iso(pr.created_at, "seconds"),
+                "updatedAt": iso(pr.updated_at, "seconds"),
             }
             for pr in page
         ]
