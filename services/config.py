@@ -214,6 +214,73 @@ def _development_secret(directory: Path) -> str:
     return value
 
 
+def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...], normal: Any = str.lower) -> str:
+    """A setting that must be one of `allowed` (compared after `normal`)."""
+    value = normal(_text(env, name))
+    if value not in allowed:
+        raise ConfigError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+    return value
+
+
+def _port(env: dict[str, str]) -> int:
+    raw = _read(env, "API_PORT") or _read(env, "PORT")
+    if raw is None:
+        return Config.port
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise ConfigError(f"PORT must be a port number from 0 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def _database_url(env: dict[str, str], production: bool) -> str:
+    database_url = _read(env, "DATABASE_URL") or ""
+    if database_url and urlparse(database_url).scheme not in ("postgres", "postgresql"):
+        raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+    if not database_url and production:
+        raise ConfigError("DATABASE_URL is required when NODE_ENV=production")
+    return database_url
+
+
+def _embedded_dir(env: dict[str, str]) -> Path:
+    directory = Path(_read(env, "EMBEDDED_POSTGRES_DIR") or Config.embedded_postgres_dir)
+    return directory if directory.is_absolute() else PROJECT_ROOT / directory
+
+
+def _session_secret(env: dict[str, str], production: bool, embedded_dir: Path) -> str:
+    session_secret = _read(env, "SESSION_SECRET")
+    if session_secret is None:
+        if production:
+            raise ConfigError("SESSION_SECRET is required when NODE_ENV=production")
+        session_secret = _development_secret(embedded_dir.parent)
+    if len(session_secret) < 16:
+        raise ConfigError("SESSION_SECRET must be at least 16 characters long")
+    return session_secret
+
+
+def _host(env: dict[str, str]) -> str:
+    host = _text(env, "HOST")
+    if not HOST_PATTERN.fullmatch(host):
+        raise ConfigError(f"HOST must be an IP address or a host name, got {host!r}")
+    return host
+
+
+def _trusted_proxies(env: dict[str, str]) -> Any:
+    proxies = _read(env, "TRUSTED_PROXIES")
+    try:
+        return parse_networks(proxies) if proxies is not None else Config.trusted_proxies
+    except ValueError as exc:
+        raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
+
+
+def _anthropic_api_key(env: dict[str, str], agent_backend: str) -> str:
+    anthropic_api_key = _read(env, "ANTHROPIC_API_KEY") or ""
+    if agent_backend == "managed-agents" and not anthropic_api_key:
+        raise ConfigError(
+            "ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) is required when AGENT_BACKEND=managed-agents: "
+            "Managed Agents runs are paid by the deployment's Anthropic API key"
+        )
+    return anthropic_api_key
+
+
 def load_config(env: dict[str, str] | None = None) -> Config:
     """Build the configuration from `env` (default: the process environment after `.env`)."""
     if env is None:
@@ -222,77 +289,24 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         load_dotenv(PROJECT_ROOT / ".env", override=False)
         env = dict(os.environ)
 
-    node_env = _text(env, "NODE_ENV")
-    if node_env not in ("development", "production", "test"):
-        raise ConfigError(f"NODE_ENV must be development, production or test, got {node_env!r}")
+    node_env = _choice(env, "NODE_ENV", ("development", "production", "test"), str)
     production = node_env == "production"
-
-    port_raw = _read(env, "API_PORT") or _read(env, "PORT")
-    port = Config.port
-    if port_raw is not None:
-        if not port_raw.isdigit() or not 0 <= int(port_raw) <= 65535:
-            raise ConfigError(f"PORT must be a port number from 0 to 65535, got {port_raw!r}")
-        port = int(port_raw)
-
-    database_url = _read(env, "DATABASE_URL") or ""
-    if database_url:
-        parsed = urlparse(database_url)
-        if parsed.scheme not in ("postgres", "postgresql"):
-            raise ConfigError("DATABASE_URL must be a postgresql:// URL")
-    elif production:
-        raise ConfigError("DATABASE_URL is required when NODE_ENV=production")
-
-    embedded_dir = Path(_read(env, "EMBEDDED_POSTGRES_DIR") or Config.embedded_postgres_dir)
-    if not embedded_dir.is_absolute():
-        embedded_dir = PROJECT_ROOT / embedded_dir
-
-    session_secret = _read(env, "SESSION_SECRET")
-    if session_secret is None:
-        if production:
-            raise ConfigError("SESSION_SECRET is required when NODE_ENV=production")
-        session_secret = _development_secret(embedded_dir.parent)
-    if len(session_secret) < 16:
-        raise ConfigError("SESSION_SECRET must be at least 16 characters long")
-
-    host = _text(env, "HOST")
-    if not HOST_PATTERN.fullmatch(host):
-        raise ConfigError(f"HOST must be an IP address or a host name, got {host!r}")
-
-    log_level = _text(env, "LOG_LEVEL").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
-
-    upstream_push = _text(env, "CLAUDE_UPSTREAM_PUSH").lower()
-    if upstream_push not in ("auto", "off"):
-        raise ConfigError(f"CLAUDE_UPSTREAM_PUSH must be auto or off, got {upstream_push!r}")
-    proxies = _read(env, "TRUSTED_PROXIES")
-    try:
-        trusted_proxies = parse_networks(proxies) if proxies is not None else Config.trusted_proxies
-    except ValueError as exc:
-        raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
-    agent_backend = _read(env, "AGENT_BACKEND") or Config.agent_backend
-    if agent_backend not in AGENT_BACKENDS:
-        raise ConfigError(f"AGENT_BACKEND must be remote-sessions or managed-agents, got {agent_backend!r}")
-    anthropic_api_key = _read(env, "ANTHROPIC_API_KEY") or ""
-    if agent_backend == "managed-agents" and not anthropic_api_key:
-        raise ConfigError(
-            "ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) is required when AGENT_BACKEND=managed-agents: "
-            "Managed Agents runs are paid by the deployment's Anthropic API key"
-        )
-
+    embedded_dir = _embedded_dir(env)
+    agent_backend = _choice(env, "AGENT_BACKEND", tuple(AGENT_BACKENDS), str)
+    # The settings with rules of their own; every other one is read as its Config field says.
     own_rules = {
-        "port": port,
-        "host": host,
+        "port": _port(env),
+        "host": _host(env),
         "node_env": node_env,
         "allowed_origins": _origins(env, production),
-        "session_secret": session_secret,
-        "database_url": database_url,
+        "session_secret": _session_secret(env, production, embedded_dir),
+        "database_url": _database_url(env, production),
         "embedded_postgres_dir": embedded_dir,
-        "log_level": log_level,
-        "claude_upstream_push": upstream_push,
-        "trusted_proxies": trusted_proxies,
+        "log_level": _choice(env, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), str.upper),
+        "claude_upstream_push": _choice(env, "CLAUDE_UPSTREAM_PUSH", ("auto", "off")),
+        "trusted_proxies": _trusted_proxies(env),
         "agent_backend": agent_backend,
-        "anthropic_api_key": anthropic_api_key,
+        "anthropic_api_key": _anthropic_api_key(env, agent_backend),
     }
     plain = {spec.name: _plain(env, spec) for spec in fields(Config) if spec.name not in own_rules}
     config = Config(**own_rules, **plain)
