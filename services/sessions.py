@@ -105,10 +105,13 @@ async def archive_remote(
     return {"success": True, "message": "Remote session archived"}
 
 
-async def rename_remote(ctx: AppContext, user_id: str, remote_session_id: str, title: str) -> bool:
-    """Give the remote session the new title too; a failure is logged, the local rename stands."""
-    provider = claude_provider(ctx)
+async def rename_remote(
+    ctx: AppContext, user_id: str, remote_session_id: str, title: str, provider_name: str | None = None
+) -> bool:
+    """Give the remote session, on the backend it ran on, the new title too; a failure is
+    logged, the local rename stands."""
     try:
+        provider = ctx.runs.provider_for(provider_name)
         token = await provider.authenticate(user_id)
         await provider.rename(token, remote_session_id, title)
     except (UpstreamError, ServiceError) as exc:
@@ -318,10 +321,8 @@ async def update_session(ctx: AppContext, user: CurrentUser, session_id: str, bo
     )
     if updated is None:
         raise ServiceError(404, SESSION_NOT_FOUND)
-    # Only Remote Sessions titles are renamed upstream (a Managed Agents session keeps its own).
-    renamed_upstream = row["provider"] in (None, claude_provider(ctx).name)
-    if title is not None and title != row["user_request"] and updated["remote_session_id"] and renamed_upstream:
-        await rename_remote(ctx, user.id, updated["remote_session_id"], title)
+    if title is not None and title != row["user_request"] and updated["remote_session_id"]:
+        await rename_remote(ctx, user.id, updated["remote_session_id"], title, row["provider"])
     if updated["deleted_at"] is None:  # a trashed session is in nobody's list
         await announce(ctx, user.id, "updated", updated)
     return session_json(updated)

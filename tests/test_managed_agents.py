@@ -654,3 +654,11 @@ async def test_the_run_driver_follows_the_sse_stream_and_survives_its_drops(env:
     assert [e["managed"] for e in translated] == env.fake.sessions[remote_id].events
     ids = [e["id"] for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def test_renaming_a_managed_session_renames_it_upstream(env: Env, http: httpx.AsyncClient) -> None:
+    frames = await run_to_end(http, {"userRequest": "Rename me later", "github": REPO})
+    done = frames[-1].json()
+    response = await http.patch(f"/api/sessions/{done['websiteSessionId']}", json={"userRequest": "A better title"})
+    assert response.status_code == 200, response.text
+    assert env.fake.sessions[done["remoteSessionId"]].body["title"] == "A better title"

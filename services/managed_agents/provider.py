@@ -266,6 +266,9 @@ class ManagedAgentsProvider(AgentProvider):
             if not exc.not_found:  # already gone counts as archived
                 raise
 
+    async def rename(self, token: str, remote_id: str, title: str) -> None:
+        await call("rename session", lambda: self.client.beta.sessions.with_raw_response.update(remote_id, title=title))
+
     def web_url(self, remote_id: str) -> str:
         return CONSOLE_URL + remote_id
 

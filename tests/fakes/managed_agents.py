@@ -302,6 +302,11 @@ class FakeManagedHandler(tornado.web.RequestHandler):
         tail = match.group(2)
         if tail is None and method == "GET":
             return self.reply(200, fake.session_json(session))
+        if tail is None and method == "POST":  # update: only what the body names changes
+            update = self.body_json()
+            if isinstance(update.get("title"), str):
+                session.body["title"] = update["title"]
+            return self.reply(200, fake.session_json(session))
         if tail == "/archive" and method == "POST":
             session.archived_at = session.archived_at or datetime.now(UTC).isoformat()
             return self.reply(200, fake.session_json(session))
