@@ -31,6 +31,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str] | None, float]] = {
     "load": ([], ["--quick"], 900),
     "history": ([], ["--quick"], 900),
     "adoption": ([], ["--quick"], 900),
+    "stream_cost": ([], ["--quick"], 600),
     "import": ([], ["--quick"], 900),
     "push": ([], ["--quick"], 900),
 }
