@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,6 +261,30 @@ def _move_request(
     return old, new, branch
 
 
+Tree = dict[str, tuple[str, str, str]]  # path -> (mode, kind, sha) of every file on the branch
+
+
+async def _change_tree(
+    ctx: AppContext,
+    token: str,
+    where: tuple[str, str, str],
+    not_found: str,
+    message: str,
+    plan: Callable[[Tree], tuple[list[dict[str, Any]], dict[str, Any]]],
+) -> dict[str, Any]:
+    """One commit on `where` (owner, repo, branch) whose tree entries `plan` derives from the
+    branch's files; `plan` also gives the answer, or raises the ServiceError that refuses it."""
+    owner, repo, branch = where
+
+    def change(client: Github) -> dict[str, Any]:
+        head = _head(client, owner, repo, branch, not_found)
+        entries, answer = plan(_files(client, owner, repo, head))
+        _commit(client, owner, repo, branch, head, entries, message)
+        return answer
+
+    return await api.run(ctx, token, change)
+
+
 async def rename_file(
     ctx: AppContext, token: str, owner: str, repo: str, old_path: str, body: dict[str, Any]
 ) -> dict[str, Any]:
@@ -267,9 +292,7 @@ async def rename_file(
     old_path, new_path, branch = _move_request(owner, repo, old_path, body, "newPath", "path")
     message = api.optional_text(body.get("message"), "message") or f"Rename {old_path} to {new_path}"
 
-    def move(client: Github) -> dict[str, Any]:
-        head = _head(client, owner, repo, branch, "Repository or branch not found")
-        files = _files(client, owner, repo, head)
+    def move(files: Tree) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if old_path not in files:
             if any(p.startswith(old_path + "/") for p in files):
                 raise ServiceError(400, "Path is not a file. Use rename-folder for directories.")
@@ -278,10 +301,9 @@ async def rename_file(
             raise ServiceError(422, "File already exists at new path")
         mode, kind, sha = files[old_path]
         entries = [_entry(new_path, mode, kind, sha), _entry(old_path, mode, kind, None)]
-        _commit(client, owner, repo, branch, head, entries, message)
-        return {"message": "File renamed successfully", "oldPath": old_path, "newPath": new_path}
+        return entries, {"message": "File renamed successfully", "oldPath": old_path, "newPath": new_path}
 
-    return await api.run(ctx, token, move)
+    return await _change_tree(ctx, token, (owner, repo, branch), "Repository or branch not found", message, move)
 
 
 async def delete_folder(
@@ -293,17 +315,14 @@ async def delete_folder(
     branch = _required_branch(body)
     message = api.optional_text(body.get("message"), "message") or f"Delete folder {folder}"
 
-    def remove(client: Github) -> dict[str, Any]:
-        head = _head(client, owner, repo, branch, "Folder or branch not found")
-        files = _files(client, owner, repo, head)
+    def remove(files: Tree) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         doomed = [(p, v) for p, v in files.items() if p.startswith(folder + "/")]
         if not doomed:
             raise ServiceError(404, "Folder is empty or not found")
         entries = [_entry(p, mode, kind, None) for p, (mode, kind, _) in doomed]
-        _commit(client, owner, repo, branch, head, entries, message)
-        return {"message": "Folder deleted successfully", "path": folder, "filesDeleted": len(doomed)}
+        return entries, {"message": "Folder deleted successfully", "path": folder, "filesDeleted": len(doomed)}
 
-    return await api.run(ctx, token, remove)
+    return await _change_tree(ctx, token, (owner, repo, branch), "Folder or branch not found", message, remove)
 
 
 async def rename_folder(
@@ -313,9 +332,7 @@ async def rename_folder(
     old_folder, new_folder, branch = _move_request(owner, repo, old_folder, body, "newFolderPath", "folder path")
     message = api.optional_text(body.get("message"), "message") or f"Rename folder {old_folder} to {new_folder}"
 
-    def move(client: Github) -> dict[str, Any]:
-        head = _head(client, owner, repo, branch, "Folder or branch not found")
-        files = _files(client, owner, repo, head)
+    def move(files: Tree) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         moving = {p: v for p, v in files.items() if p.startswith(old_folder + "/")}
         if not moving:
             raise ServiceError(404, "Folder is empty or not found")
@@ -324,15 +341,15 @@ async def rename_folder(
             raise ServiceError(422, "Files already exist at new path")
         entries = [_entry(p, mode, kind, None) for p, (mode, kind, _) in moving.items() if p not in targets]
         entries += [_entry(t, mode, kind, sha) for t, (mode, kind, sha) in targets.items()]
-        _commit(client, owner, repo, branch, head, entries, message)
-        return {
+        answer = {
             "message": "Folder renamed successfully",
             "oldPath": old_folder,
             "newPath": new_folder,
             "filesMoved": len(moving),
         }
+        return entries, answer
 
-    return await api.run(ctx, token, move)
+    return await _change_tree(ctx, token, (owner, repo, branch), "Folder or branch not found", message, move)
 
 
 def _base64_content(value: str, path: str) -> str:
