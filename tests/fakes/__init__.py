@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
+import orjson
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
@@ -38,3 +40,37 @@ class LoopbackServer:
             self._server.stop()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.close_all_connections(), 5)
+
+
+class FakeError(Exception):
+    """An error answer of an Anthropic API: `{"type": "error", "error": {"type", "message"}}`."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
+class AnthropicFakeHandler(tornado.web.RequestHandler):
+    """What the fakes of Anthropic's APIs share: JSON bodies in and out, no XSRF."""
+
+    def initialize(self, fake: Any) -> None:
+        self.fake = fake
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def body_json(self) -> dict[str, Any]:
+        try:
+            value = orjson.loads(self.request.body or b"{}")
+        except orjson.JSONDecodeError:
+            raise FakeError(400, "invalid_request_error", "body is not JSON") from None
+        if not isinstance(value, dict):
+            raise FakeError(400, "invalid_request_error", "body is not an object")
+        return value
+
+    def reply(self, status: int, value: Any) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(value))

@@ -47,7 +47,7 @@ import tornado.netutil
 import tornado.web
 import tornado.websocket
 
-from tests.fakes import LoopbackServer
+from tests.fakes import AnthropicFakeHandler, FakeError, LoopbackServer
 from tests.sse import SSEEvent, SSEStream
 
 FAKE_ENVIRONMENT = "env_fake_0001"
@@ -468,14 +468,6 @@ class FakeClaude(LoopbackServer):
         return {"access_token": access, "refresh_token": new_refresh, "expires_in": self.token_lifetime_seconds}
 
 
-class FakeError(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-
 def check_headers(fake: FakeClaude, headers: Any) -> None:
     """The version and beta headers and a bearer token the fake issued, as on every API call."""
     if headers.get("anthropic-version") != "2023-06-01" or headers.get("anthropic-beta") != "ccr-byoc-2025-07-29":
@@ -585,28 +577,8 @@ class FakeSubscriber(tornado.websocket.WebSocketHandler):
             self.sender.cancel()
 
 
-class FakeClaudeHandler(tornado.web.RequestHandler):
+class FakeClaudeHandler(AnthropicFakeHandler):
     SUPPORTED_METHODS = ("GET", "POST", "PATCH")
-
-    def initialize(self, fake: FakeClaude) -> None:
-        self.fake = fake
-
-    def check_xsrf_cookie(self) -> None:
-        return None
-
-    def body_json(self) -> dict[str, Any]:
-        try:
-            value = orjson.loads(self.request.body or b"{}")
-        except orjson.JSONDecodeError:
-            raise FakeError(400, "invalid_request_error", "body is not JSON") from None
-        if not isinstance(value, dict):
-            raise FakeError(400, "invalid_request_error", "body is not an object")
-        return value
-
-    def reply(self, status: int, value: Any) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(orjson.dumps(value))
 
     async def handle(self) -> None:
         fake = self.fake

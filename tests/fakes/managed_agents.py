@@ -27,7 +27,7 @@ import orjson
 import tornado.iostream
 import tornado.web
 
-from tests.fakes import LoopbackServer
+from tests.fakes import AnthropicFakeHandler, FakeError, LoopbackServer
 
 API_KEY = "sk-ant-fake-managed-key"
 BETA = "managed-agents-2026-04-01"
@@ -224,39 +224,11 @@ def parse_time(value: str) -> datetime:
         raise FakeError(400, "invalid_request_error", f"created_at[gte] is not a time: {value!r}") from None
 
 
-class FakeError(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-
 SESSION_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9_]+)(/events/stream|/events|/archive)?$")
 
 
-class FakeManagedHandler(tornado.web.RequestHandler):
+class FakeManagedHandler(AnthropicFakeHandler):
     SUPPORTED_METHODS = ("GET", "POST", "DELETE")
-
-    def initialize(self, fake: FakeManagedAgents) -> None:
-        self.fake = fake
-
-    def check_xsrf_cookie(self) -> None:
-        return None
-
-    def body_json(self) -> dict[str, Any]:
-        try:
-            value = orjson.loads(self.request.body or b"{}")
-        except orjson.JSONDecodeError:
-            raise FakeError(400, "invalid_request_error", "body is not JSON") from None
-        if not isinstance(value, dict):
-            raise FakeError(400, "invalid_request_error", "body is not an object")
-        return value
-
-    def reply(self, status: int, value: Any) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(orjson.dumps(value))
 
     async def handle(self) -> None:
         fake = self.fake
