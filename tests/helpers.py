@@ -131,6 +131,18 @@ def spawn_replica(env: dict[str, str], log_dir: Path, wait: bool = True) -> Repl
     return replica
 
 
+@contextlib.asynccontextmanager
+async def running_replicas(env: dict[str, str], log_dir: Path, count: int = 2) -> AsyncIterator[list[Replica]]:
+    """`count` replicas (`python server.py`) on `env`, stopped with SIGTERM afterwards. Started in
+    threads: waiting for them must not block the fakes, which run on this loop."""
+    started = list(await asyncio.gather(*(asyncio.to_thread(spawn_replica, env, log_dir) for _ in range(count))))
+    try:
+        yield started
+    finally:
+        for replica in started:
+            await asyncio.to_thread(replica.stop, signal.SIGTERM, 15)
+
+
 def wait_healthy(replica: Replica, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

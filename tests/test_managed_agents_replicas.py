@@ -17,7 +17,7 @@ import pytest
 
 from tests.fakes.claude import REPO, post_sse, stored, types, wait_status
 from tests.fakes.managed_agents import BRANCH, FakeManagedAgents, managed_env, running_fake_managed_agents
-from tests.helpers import Replica, register, spawn_replica, test_env
+from tests.helpers import Replica, register, running_replicas, test_env
 from tests.test_managed_agents import TURN_STORED
 
 
@@ -27,16 +27,11 @@ async def fake() -> AsyncIterator[FakeManagedAgents]:
         yield running
 
 
-@contextlib.asynccontextmanager
-async def replicas(database_url: str, fake: FakeManagedAgents, tmp_path: Path) -> AsyncIterator[list[Replica]]:
-    env = test_env(database_url, **managed_env(fake, RUN_ADOPT_INTERVAL_SECONDS="0.3", LOG_LEVEL="INFO"))
-    # Started in threads: waiting for them must not block the fake, which runs on this loop.
-    started = list(await asyncio.gather(*(asyncio.to_thread(spawn_replica, env, tmp_path) for _ in range(3))))
-    try:
-        yield started
-    finally:
-        for replica in started:
-            await asyncio.to_thread(replica.stop, signal.SIGTERM, 15)
+def replicas(
+    database_url: str, fake: FakeManagedAgents, tmp_path: Path
+) -> contextlib.AbstractAsyncContextManager[list[Replica]]:
+    env = managed_env(fake, RUN_ADOPT_INTERVAL_SECONDS="0.3", LOG_LEVEL="INFO")
+    return running_replicas(test_env(database_url, **env), tmp_path, count=3)
 
 
 async def test_replicas_made_together_create_one_agent_and_one_environment_and_survive_a_kill(

@@ -24,7 +24,7 @@ from tests.fakes.claude import (
     types,
     wait_status,
 )
-from tests.helpers import Replica, register, spawn_replica, test_env
+from tests.helpers import Replica, register, running_replicas, test_env
 from tests.sse import open_sse
 
 
@@ -34,29 +34,17 @@ async def fake() -> AsyncIterator[FakeClaude]:
         yield running
 
 
-async def start_replicas(database_url: str, fake: FakeClaude, tmp_path: Path) -> list[Replica]:
-    env = test_env(
-        database_url,
-        **claude_env(
-            fake,
-            CLAUDE_ENVIRONMENT_ID="env_replicas",
-            RUN_ADOPT_INTERVAL_SECONDS="0.3",
-            RUN_LEASE_SECONDS="1",
-            LOG_LEVEL="INFO",
-        ),
+def replicas(
+    database_url: str, fake: FakeClaude, tmp_path: Path
+) -> contextlib.AbstractAsyncContextManager[list[Replica]]:
+    env = claude_env(
+        fake,
+        CLAUDE_ENVIRONMENT_ID="env_replicas",
+        RUN_ADOPT_INTERVAL_SECONDS="0.3",
+        RUN_LEASE_SECONDS="1",
+        LOG_LEVEL="INFO",
     )
-    # Started in threads: waiting for them must not block the fake, which runs on this loop.
-    return list(await asyncio.gather(*(asyncio.to_thread(spawn_replica, env, tmp_path) for _ in range(2))))
-
-
-@contextlib.asynccontextmanager
-async def replicas(database_url: str, fake: FakeClaude, tmp_path: Path) -> AsyncIterator[list[Replica]]:
-    started = await start_replicas(database_url, fake, tmp_path)
-    try:
-        yield started
-    finally:
-        for replica in started:
-            await asyncio.to_thread(replica.stop, signal.SIGTERM, 15)
+    return running_replicas(test_env(database_url, **env), tmp_path)
 
 
 async def run_until_stalled(client: httpx.AsyncClient, prompt: str, kill: Replica, sig: int) -> tuple[str, str | None]:

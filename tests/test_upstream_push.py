@@ -36,7 +36,7 @@ from tests.fakes.claude import (
     types,
     wait_status,
 )
-from tests.helpers import Replica, TestServer, register, spawn_replica, start_app, test_env
+from tests.helpers import Replica, TestServer, register, running_replicas, start_app, test_env
 
 ORGANIZATION = "org-5b1e0c2a"
 SETTINGS = {
@@ -320,18 +320,11 @@ def test_claude_upstream_push_is_auto_or_off(database_url: str) -> None:
 # ---- two replicas ---------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def replicas(database_url: str, fake: FakeClaude, tmp_path: Path) -> AsyncIterator[list[Replica]]:
-    env = test_env(
-        database_url,
-        **claude_env(fake, **{**SETTINGS, "RUN_ADOPT_INTERVAL_SECONDS": "0.3", "LOG_LEVEL": "INFO"}),
-    )
-    started = list(await asyncio.gather(*(asyncio.to_thread(spawn_replica, env, tmp_path) for _ in range(2))))
-    try:
-        yield started
-    finally:
-        for replica in started:
-            await asyncio.to_thread(replica.stop, signal.SIGTERM, 15)
+def replicas(
+    database_url: str, fake: FakeClaude, tmp_path: Path
+) -> contextlib.AbstractAsyncContextManager[list[Replica]]:
+    env = claude_env(fake, **{**SETTINGS, "RUN_ADOPT_INTERVAL_SECONDS": "0.3", "LOG_LEVEL": "INFO"})
+    return running_replicas(test_env(database_url, **env), tmp_path)
 
 
 async def test_two_replicas_only_the_lease_holder_connects(database_url: str, tmp_path: Path) -> None:
