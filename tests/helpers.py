@@ -43,6 +43,9 @@ def test_env(database_url: str, **overrides: Any) -> dict[str, str]:
         "GITHUB_API_URL": "http://127.0.0.1:9",
         "GITHUB_OAUTH_URL": "http://127.0.0.1:9",
         "CLAUDE_SYNC_ENABLED": "false",
+        # A server not pointed at a fake upstream never adopts another test's runs (it would drive
+        # them against nothing); claude_env and managed_env set the short interval their tests need.
+        "RUN_ADOPT_INTERVAL_SECONDS": "3600",
         "LOG_LEVEL": "WARNING",
         # The suite signs hundreds of people up from 127.0.0.1; tests of the limit set their own.
         "REGISTER_MAX_PER_IP": "1000000",

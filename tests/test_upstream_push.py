@@ -80,7 +80,8 @@ class Env:
 async def env(database_url: str) -> AsyncIterator[Env]:
     async with (
         running_fake_claude() as fake,
-        start_app(test_env(database_url, **claude_env(fake, **SETTINGS))) as server,
+        # This module's own server adopts nothing: its replica tests run on fakes of their own.
+        start_app(test_env(database_url, **claude_env(fake, **SETTINGS, RUN_ADOPT_INTERVAL_SECONDS=3600))) as server,
     ):
         yield Env(server, fake)
 

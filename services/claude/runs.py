@@ -299,7 +299,7 @@ class RunDriver:
             task.cancel()
 
     async def _maintain(self) -> None:
-        next_heartbeat = 0.0
+        next_heartbeat = next_adopt = 0.0
         while True:
             try:
                 if not await self.liveness.ensure():
@@ -308,15 +308,18 @@ class RunDriver:
                     self._stop_driving()
                     next_heartbeat = 0.0
                 else:
-                    if time.monotonic() >= next_heartbeat:
-                        next_heartbeat = time.monotonic() + self.heartbeat_seconds
+                    now = time.monotonic()
+                    if now >= next_heartbeat:
+                        next_heartbeat = now + self.heartbeat_seconds
                         await self._heartbeat()
-                    await self.adopt()
+                    if now >= next_adopt:
+                        next_adopt = now + self.adopt_seconds
+                        await self.adopt()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log_failure(log, exc, "run maintenance failed; trying again shortly")
-            await asyncio.sleep(self.adopt_seconds)
+            await asyncio.sleep(min(self.heartbeat_seconds, self.adopt_seconds))
 
     async def _heartbeat(self) -> None:
         """Renew this process's leases, stop driving what it no longer owns, drive what it does."""
