@@ -37,6 +37,7 @@ run: $(RUNTIME)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Dockerfile, compose and stack files, checked without a Docker engine and offline.
 lint-deploy: $(STAMP)

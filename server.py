@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 import orjson
 import uvloop
@@ -25,13 +26,13 @@ import uvloop
 from handlers.app import make_app
 from handlers.connection import make_http_server
 from services import db, migrations
-from services.claude.runs import RunDriver
+from services.agents.claude_remote.sync import session_sync
+from services.agents.driver import RunDriver
 from services.cleanup import orphan_cleanup
 from services.config import Config, ConfigError, load_config
 from services.context import AppContext
 from services.hub import Hub
 from services.logs import setup_logging
-from services.sync import session_sync
 
 log = logging.getLogger("webedt.server")
 # After the streams: how long requests still being answered may take before connections close.
@@ -139,7 +140,7 @@ async def serve(config: Config) -> None:
 # ---- command line -----------------------------------------------------------------------------
 
 
-async def _with_pool(config: Config, action) -> int:  # type: ignore[no-untyped-def]
+async def _with_pool(config: Config, action: Callable[[AppContext], Awaitable[int]]) -> int:
     ctx = await open_context(config)
     try:
         return await action(ctx)

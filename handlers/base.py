@@ -78,11 +78,9 @@ def _contains_nul(value: Any) -> bool:
 
 # ---- per-request work Tornado repeats that can be done once ------------------------------------
 #
-# Two things Tornado does on every request are pure and repeat themselves: formatting the Date
-# header (the same text for a whole second) and, with xheaders (behind Traefik), validating the
-# client address with a getaddrinfo() call (the same few addresses). Together they are 7 % of a
-# /health answer. Both are reached through module attributes, so they are swapped for
-# remembering versions once, here, with identical results.
+# Formatting the Date header is pure and gives the same text for a whole second; Tornado reaches
+# it through a module attribute, so it is swapped for a remembering version once, here, with
+# identical results.
 
 
 def _date_once_a_second(format_timestamp: Callable[[Any], str]) -> Callable[[Any], str]:
@@ -101,21 +99,8 @@ def _date_once_a_second(format_timestamp: Callable[[Any], str]) -> Callable[[Any
     return cached
 
 
-def _remembered_ip_checks(is_valid_ip: Callable[[str], bool]) -> Callable[[str], bool]:
-    remembered = functools.lru_cache(maxsize=256)(is_valid_ip)
-
-    @functools.wraps(is_valid_ip)
-    def check(ip: str) -> bool:
-        # The argument comes from request headers: only address-sized strings are remembered.
-        return remembered(ip) if len(ip) <= 64 else is_valid_ip(ip)
-
-    return check
-
-
 if not hasattr(tornado.httputil.format_timestamp, "__wrapped__"):
-    tornado.httputil.format_timestamp = _date_once_a_second(tornado.httputil.format_timestamp)
-if not hasattr(tornado.netutil.is_valid_ip, "__wrapped__"):
-    tornado.netutil.is_valid_ip = _remembered_ip_checks(tornado.netutil.is_valid_ip)
+    setattr(tornado.httputil, "format_timestamp", _date_once_a_second(tornado.httputil.format_timestamp))  # noqa: B010
 
 
 _request_prefix = secrets.token_hex(4)

@@ -82,7 +82,7 @@ class ServerStream(tornado.iostream.IOStream):
     linger_on_close = False  # set on the instance only for a connection about to close
     header_seconds: float | None = None  # a class attribute of each APIServer's own subclass
 
-    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Future[bytes]:  # type: ignore[override]
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Future[bytes]:
         future: Future[bytes] = super().read_until_regex(regex, max_bytes)  # type: ignore[assignment]
         fresh = self in _fresh
         _fresh.discard(self)

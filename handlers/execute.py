@@ -15,7 +15,7 @@ from tornado.httputil import HTTPHeaders
 
 from handlers.base import authenticated
 from handlers.stream import SSEHandler
-from services.claude import execute
+from services.agents import execute
 from services.errors import ServiceError
 
 log = logging.getLogger("webedt.execute")

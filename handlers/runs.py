@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import SESSION_ID, APIHandler, authenticated
-from services.claude import execute
+from services.agents import execute
 
 
 class SendHandler(APIHandler):

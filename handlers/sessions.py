@@ -8,7 +8,8 @@ retired: nothing answers it but the 404 of unknown paths.
 from __future__ import annotations
 
 from handlers.base import SESSION_ID, APIHandler, authenticated
-from services import event_log, sessions, sync
+from services import event_log, sessions
+from services.agents.claude_remote import sync
 
 
 class CreateCodeSessionHandler(APIHandler):

@@ -50,8 +50,6 @@ class SSEHandler(APIHandler):
         self.stream_open = False
         self.client_gone = False
         self.end_reason: str | None = None
-        # The newest stored event id this stream has sent (execute-remote reads it).
-        self.last_sent_id = 0
         self._requested_id = 0
         self.replay: Replay | None = None
         self._subscriber: Subscriber | None = None
@@ -106,13 +104,6 @@ class SSEHandler(APIHandler):
             return False
         name = event_name(event) if event is not None else None
         self.write(sse_frame(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), name, event_id))
-        return await self.flush_stream()
-
-    async def send_raw(self, frame: bytes) -> bool:
-        """Write already-encoded frame bytes and flush them."""
-        if self.client_gone or self._finished:
-            return False
-        self.write(frame)
         return await self.flush_stream()
 
     async def flush_stream(self) -> bool:
@@ -309,7 +300,6 @@ class SSEHandler(APIHandler):
                     await self._on_mark(item, subscription)
                     continue
                 self.write(item)
-                self.last_sent_id = subscription.last_id
                 if not await self.flush_stream():
                     return "client_gone"
         finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import APIHandler, authenticated
-from services import claude_auth
+from services.agents.claude_remote import credentials
 from services.users import SETTINGS_ROUTES, parse_claude_auth, save_claude_auth, update_setting
 
 
@@ -23,13 +23,13 @@ class ClaudeAuthHandler(APIHandler):
 class ClaudeAuthRefreshHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        self.ok(await claude_auth.refresh_route(self.ctx, self.user.id))
+        self.ok(await credentials.refresh_route(self.ctx, self.user.id))
 
 
 class ClaudeAuthCredentialsHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        self.ok(await claude_auth.credentials_route(self.ctx, self.user.id))
+        self.ok(await credentials.credentials_route(self.ctx, self.user.id))
 
 
 class SettingHandler(APIHandler):

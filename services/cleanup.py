@@ -25,14 +25,13 @@ from typing import Any
 import asyncpg
 
 from services import locks
-from services.claude.client import UpstreamError
-from services.claude.ending import Outcome, end_run, local_status
+from services.agents.backend import UpstreamError
+from services.agents.ending import Outcome, end_run, local_status
+from services.agents.events import fetch_all_events, session_cost, stored_event
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, leading, queries
 from services.errors import ServiceError
 from services.periodic import PeriodicTask
-from services.sessions import claude_provider
-from services.sync import fetch_all_events, session_cost, stored_event
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,12 @@ FAILED = "Claude reported that the session failed"
 
 
 async def _finish(
-    ctx: AppContext, row: asyncpg.Record, status: str, events: list[dict[str, Any]], error: str | None
+    ctx: AppContext,
+    row: asyncpg.Record,
+    status: str,
+    events: list[dict[str, Any]],
+    error: str | None,
+    total_cost: str | None = None,
 ) -> bool:
     """Take the lease (only if it is still stale) and end the run; False when someone holds it."""
     owner = f"orphan-cleanup:{secrets.token_hex(6)}"
@@ -50,7 +54,7 @@ async def _finish(
     claimed = await queries.chat_sessions.claim_run(ctx.pool, id=row["id"], run_owner=owner, lease_seconds=timeout)
     if claimed is None:
         return False
-    outcome = Outcome(status, error, total_cost=session_cost(ctx, events), source="cleanup")
+    outcome = Outcome(status, error, total_cost=total_cost, source="cleanup")
     ended = await end_run(ctx, row["id"], outcome, owner=owner, events=[stored_event(e) for e in events])
     if ended == "ended":
         log.info("orphaned session %s finished as %s", row["id"], status)
@@ -78,11 +82,9 @@ async def handle_orphan(ctx: AppContext, row: asyncpg.Record) -> str:
     if not remote_id:
         # Never reached upstream (or its creation reply was lost): the driver creates or finds it.
         return await _adopt(ctx, row)
-    provider = claude_provider(ctx)
-    if row["provider"] not in (None, provider.name):
-        # Another backend (Managed Agents): its run driver reads the end from the session's
-        # events, so it carries the run on (and ends it) like any adopted run.
-        return await _adopt(ctx, row)
+    if ctx.runs is None:
+        return "skipped"
+    provider = ctx.runs.provider_for(row["provider"])
     try:
         token = await provider.authenticate(row["user_id"])
     except ServiceError as exc:
@@ -94,13 +96,14 @@ async def handle_orphan(ctx: AppContext, row: asyncpg.Record) -> str:
         status = local_status(remote.state)
         if status in (None, "running"):
             return await _adopt(ctx, row)
-        events = await fetch_all_events(ctx, token, remote_id)
+        events = await fetch_all_events(provider, token, remote_id)
     except UpstreamError as exc:
         if exc.not_found:
             return "finished" if await _finish(ctx, row, "error", [], REMOTE_GONE) else "alive"
         return await _adopt(ctx, row)
     error = FAILED if status == "error" else None
-    return "finished" if await _finish(ctx, row, status, events, error) else "alive"
+    cost = session_cost(provider, events)
+    return "finished" if await _finish(ctx, row, status, events, error, cost) else "alive"
 
 
 async def run_once(ctx: AppContext) -> dict[str, int] | None:

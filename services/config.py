@@ -16,10 +16,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from services.addresses import DEFAULT_TRUSTED_PROXIES, Network, parse_networks
+from services.agents import registry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # AGENT_BACKEND values and the `chat_sessions.provider` name each one gives new sessions.
-AGENT_BACKENDS = {"remote-sessions": "claude", "managed-agents": "managed-agents"}
 
 
 # An IPv4 or IPv6 address (without brackets) or a host name, as Tornado's listen() takes it.
@@ -85,7 +85,6 @@ class Config:
     github_api_url: str = _web_url("https://api.github.com")
     github_oauth_url: str = _web_url("https://github.com")
     github_repos_max: int = _at_least(1000, 1)
-    tmp_dir: Path = Path("/tmp")
     workspace_dir: Path = Path("/workspace")
     stream_lifetime_seconds: float = 0.0  # 0: no cap
     sse_heartbeat_seconds: float = _at_least(15.0, 0.05)
@@ -112,11 +111,7 @@ class Config:
     @property
     def new_session_provider(self) -> str:
         """The `chat_sessions.provider` of sessions created now (AGENT_BACKEND)."""
-        return AGENT_BACKENDS[self.agent_backend]
-
-    @property
-    def uses_embedded_database(self) -> bool:
-        return not self.database_url
+        return registry.by_setting(self.agent_backend).name
 
 
 def _default(name: str) -> Any:
@@ -184,7 +179,7 @@ def _plain(env: dict[str, str], spec: Field[Any]) -> Any:
     if spec.type in ("int", "float"):
         return _number(env, name, int if spec.type == "int" else float, spec.metadata.get("minimum", 0))
     if spec.type == "Path":
-        return Path(_read(env, name) or spec.default)
+        return Path(_read(env, name) or str(spec.default))
     if spec.metadata.get("url"):
         return _url(env, name)
     return _text(env, name)
@@ -292,7 +287,7 @@ def load_config(env: dict[str, str] | None = None) -> Config:
     node_env = _choice(env, "NODE_ENV", ("development", "production", "test"), str)
     production = node_env == "production"
     embedded_dir = _embedded_dir(env)
-    agent_backend = _choice(env, "AGENT_BACKEND", tuple(AGENT_BACKENDS), str)
+    agent_backend = _choice(env, "AGENT_BACKEND", registry.SETTINGS, str)
     # The settings with rules of their own; every other one is read as its Config field says.
     own_rules = {
         "port": _port(env),

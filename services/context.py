@@ -1,7 +1,7 @@
 """The application context: the long-lived objects every handler and service shares.
 
 Built once by `server.py` (or a test fixture) and handed to the Tornado application as the
-`ctx` setting. Later capabilities attach their own long-lived objects here (hub, run driver).
+`ctx` setting. `server.py` attaches the long-lived services (hub, run driver, background loops).
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.config import Config
+from services.errors import ServiceError
 from services.health import DatabaseProbe
 from services.metrics import LiveGauges
 from services.secrets import SecretBox
 
 if TYPE_CHECKING:
     # Only for the annotations: these modules import this one, never the other way round.
-    from services.claude.runs import RunDriver
+    from services.agents.driver import RunDriver
     from services.hub import Hub
     from services.periodic import PeriodicTask
 
@@ -43,7 +44,7 @@ class AppContext:
     # need none): the event hub, the run driver, and the background loops.
     hub: Hub | None = None
     runs: RunDriver | None = None
-    sync: PeriodicTask | None = None  # services.sync.session_sync() when CLAUDE_SYNC_ENABLED
+    sync: PeriodicTask | None = None  # services.agents.claude_remote.sync.session_sync() when CLAUDE_SYNC_ENABLED
     cleanup: PeriodicTask | None = None  # services.cleanup.orphan_cleanup()
 
     @classmethod
@@ -55,6 +56,12 @@ class AppContext:
             secrets=SecretBox(config.encryption_key or config.session_secret),
             db_probe=DatabaseProbe(pool),
         )
+
+    def require_runs(self) -> RunDriver:
+        """The run driver, or a 503 a client can retry (not attached yet, or not in this process)."""
+        if self.runs is None:
+            raise ServiceError(503, "Runs are not available on this server right now, please retry shortly")
+        return self.runs
 
     def close_executors(self) -> None:
         self.cpu_executor.shutdown(wait=False, cancel_futures=True)

@@ -11,11 +11,3 @@ class ServiceError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
-
-
-def bad_request(message: str) -> ServiceError:
-    return ServiceError(400, message)
-
-
-def not_found(message: str = "Session not found") -> ServiceError:
-    return ServiceError(404, message)

@@ -11,6 +11,7 @@ from services.db import UNAVAILABLE_ERRORS, database_outage, queries
 
 PROBE_TTL_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 2.0
+PROBE_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, TimeoutError)
 
 
 class DatabaseProbe:
@@ -25,7 +26,7 @@ class DatabaseProbe:
     async def _probe(self) -> str:
         try:
             await asyncio.wait_for(queries.database.ping_database(self.pool), timeout=PROBE_TIMEOUT_SECONDS)
-        except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+        except PROBE_FAILURES as exc:
             database_outage.failed("health probe", exc)
             return "unavailable"
         database_outage.recovered()

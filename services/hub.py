@@ -158,16 +158,6 @@ class Subscriber:
             self.reason = reason
         self.wake()
 
-    async def wait(self) -> None:
-        """Return once there are items or the subscription ended."""
-        if self.items or self.reason is not None:
-            return
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-
 
 class _Topic:
     """Subscribers that read the same rows, the position read so far, and the reading task."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -77,7 +78,7 @@ class LiveGauges:
     def register(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         self.sources[name] = (documentation, read)
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Any:
         for name, (documentation, read) in list(self.sources.items()):
             family = GaugeMetricFamily(name, documentation)
             try:
@@ -91,5 +92,5 @@ class LiveGauges:
 def render(live: LiveGauges) -> bytes:
     """The process-wide metrics plus the live gauges of one running application."""
     per_app = CollectorRegistry(auto_describe=False)
-    per_app.register(live)  # type: ignore[arg-type]
+    per_app.register(live)
     return generate_latest(REGISTRY) + generate_latest(per_app)

@@ -20,10 +20,9 @@ import asyncpg
 import orjson
 
 from services import event_log, session_list
+from services.agents.backend import UpstreamError
 from services.auth import CurrentUser
 from services.chat_sessions import SESSION_NOT_FOUND, get_owned, session_json
-from services.claude.client import UpstreamError
-from services.claude.provider import ClaudeRemoteProvider
 from services.clock import iso
 from services.context import AppContext
 from services.db import queries
@@ -86,18 +85,13 @@ async def get_live(ctx: AppContext, session_id: str, user_id: str) -> asyncpg.Re
 # ---- upstream (Claude Remote) and GitHub ------------------------------------------------------
 
 
-def claude_provider(ctx: AppContext) -> ClaudeRemoteProvider:
-    """The process's Claude Remote provider (owned by the run driver, which closes it)."""
-    return ctx.runs.provider
-
-
 async def archive_remote(
     ctx: AppContext, user_id: str, remote_session_id: str, provider_name: str | None = None
 ) -> dict[str, Any]:
     """Archive a remote session on the backend it ran on (`chat_sessions.provider`); the outcome
     as `{success, message}` (a 404 counts as done)."""
     try:
-        provider = ctx.runs.provider_for(provider_name)
+        provider = ctx.require_runs().provider_for(provider_name)
         token = await provider.authenticate(user_id)
         await provider.archive(token, remote_session_id)
     except (UpstreamError, ServiceError) as exc:
@@ -111,7 +105,7 @@ async def rename_remote(
     """Give the remote session, on the backend it ran on, the new title too; a failure is
     logged, the local rename stands."""
     try:
-        provider = ctx.runs.provider_for(provider_name)
+        provider = ctx.require_runs().provider_for(provider_name)
         token = await provider.authenticate(user_id)
         await provider.rename(token, remote_session_id, title)
     except (UpstreamError, ServiceError) as exc:
@@ -413,7 +407,7 @@ def _archives_for_anyone(ctx: AppContext, row: asyncpg.Record) -> bool:
     """Whether the session's backend archives without the person's Claude credentials (Managed
     Agents, with the deployment's key; a backend that cannot be reached says so in the result)."""
     try:
-        return not ctx.runs.provider_for(row["provider"]).personal_credentials
+        return not ctx.require_runs().provider_for(row["provider"]).personal_credentials
     except ServiceError:
         return True
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -85,7 +85,7 @@ class _Subscription:
         """Called if the hub drops this subscription because its queue overflowed."""
         self.sub.on_drop = callback
 
-    async def frames(self, after_id: int) -> AsyncIterator[bytes | Mark]:
+    async def frames(self, after_id: int) -> AsyncGenerator[bytes | Mark, None]:
         """Encoded frames (a batch per item) and the marks between them; when it ends, `reason`
         says why."""
         sub = self.sub

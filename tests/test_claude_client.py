@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.claude import titles
-from services.claude.client import ClaudeRemoteClient, UpstreamError
-from services.claude.provider import ClaudeRemoteProvider, CreateRequest, format_cost
+from services.agents import titles
+from services.agents.backend import CreateRequest, UpstreamError, format_cost
+from services.agents.claude_remote.client import ClaudeRemoteClient
+from services.agents.claude_remote.provider import ClaudeRemoteProvider
 from tests.fakes.claude import FakeClaude, running_fake_claude
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.claude.provider import ENVIRONMENT_NOT_FOUND
+from services.agents.claude_remote.provider import ENVIRONMENT_NOT_FOUND
 from tests.fakes.claude import (
     FAKE_ENVIRONMENT,
     REPO,

@@ -35,6 +35,19 @@ def sh(*args: str, cwd: Path | None = None) -> str:
     return result.stdout.strip()
 
 
+async def current_branch(path: Path) -> str | None:
+    return (await git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=path)).strip() or None
+
+
+async def commit_all(path: Path, message: str) -> str | None:
+    """Stage everything and commit; the new sha, or None when there was nothing to commit."""
+    if not await git.has_changes(path):
+        return None
+    await git.run(["add", "--all", "--", "."], cwd=path)
+    await git.run(["commit", "--quiet", "--no-verify", "-m", message], cwd=path)
+    return await git.head_sha(path)
+
+
 def make_bare(root: Path, name: str, files: dict[str, str]) -> Path:
     """A bare repository with one commit on `main`."""
     bare = root / f"{name}.git"
@@ -99,11 +112,11 @@ async def test_clone_branch_commit_and_push(tmp_path: Path, bare: Path) -> None:
     assert await git.has_remote_branch(work, "main")
     assert not await git.has_remote_branch(work, "topic")
     await git.checkout_branch(work, "topic", "origin/main")
-    assert await git.current_branch(work) == "topic"
-    assert await git.commit_all(work, "nothing") is None
+    assert await current_branch(work) == "topic"
+    assert await commit_all(work, "nothing") is None
 
     (work / "new.txt").write_text("new\n")
-    sha = await git.commit_all(work, "Add new.txt")
+    sha = await commit_all(work, "Add new.txt")
     assert sha and await git.head_sha(work) == sha
     await git.push(work, bare.as_uri(), "topic", token="gho_secret_not_used_for_file_urls")
     assert sh("--git-dir", str(bare), "rev-parse", "refs/heads/topic") == sha
@@ -205,7 +218,7 @@ async def test_init_repository_creates_and_pushes_the_branch(
     assert (directory / "wip.txt").exists()
 
     # Committing and pushing from the workspace with the person's token reaches the remote.
-    sha = await git.commit_all(directory, "Work in progress")
+    sha = await commit_all(directory, "Work in progress")
     await git.push(directory, bare.as_uri(), "claude/add-feature", octo.token)
     assert sh("--git-dir", str(bare), "rev-parse", "refs/heads/claude/add-feature") == sha
 

@@ -18,11 +18,11 @@ import httpx
 import orjson
 import pytest
 
-from services.claude.provider import CreateRequest
-from services.claude.runs import event_key
+from services.agents.backend import CreateRequest
+from services.agents.events import event_key
+from services.agents.managed_agents.provider import ManagedAgentsProvider
 from services.db import queries
 from services.github import accounts
-from services.managed_agents.provider import ManagedAgentsProvider
 from tests.fakes.claude import REPO, post_sse, run_to_end, stored, types, wait_status
 from tests.fakes.managed_agents import (
     BRANCH,
@@ -577,7 +577,7 @@ async def test_an_upstream_that_stays_broken_ends_the_run_within_the_retry_windo
 
 
 def test_errors_and_branches_in_the_translation() -> None:
-    from services.managed_agents.translate import Translator, branch_of, cost_usd
+    from services.agents.managed_agents.translate import Translator, branch_of, cost_usd
 
     translator = Translator()
     at = "2026-12-01T12:00:00Z"

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.claude.execute import NO_REMOTE_FOR_INTERRUPT, NO_REMOTE_FOR_SEND
+from services.agents.execute import NO_REMOTE_FOR_INTERRUPT, NO_REMOTE_FOR_SEND
 from tests.fakes.claude import (
     REPO,
     UPSTREAM_TYPES,

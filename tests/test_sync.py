@@ -14,7 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
-from services import event_log, locks, migrations, sync
+from services import event_log, locks, migrations
+from services.agents.claude_remote import sync
 from tests.fakes.claude import FAKE_ENVIRONMENT, FakeClaude, FakeSession, running_fake_claude
 from tests.helpers import TestServer, register, start_app, test_env
 

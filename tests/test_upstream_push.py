@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from services.claude.client import ClaudeRemoteClient, UpstreamError
-from services.claude.follow import MAX_FAILURES
-from services.claude.push import ClaudeRemoteChannel, subscribe_url
-from services.claude.runs import SERVER_EVENT_TYPES
+from services.agents.backend import UpstreamError
+from services.agents.claude_remote.client import ClaudeRemoteClient
+from services.agents.claude_remote.push import ClaudeRemoteChannel, subscribe_url
+from services.agents.follow import MAX_FAILURES
+from services.agents.run import SERVER_EVENT_TYPES
 from services.config import ConfigError, load_config
 from services.metrics import REGISTRY
 from tests.fakes.claude import (

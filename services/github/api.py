@@ -9,7 +9,7 @@ when NODE_ENV=test, where GitHub is a local fake.
 
 GitHub's errors become answers a person can act on: a revoked token says to reconnect GitHub, a
 rate limit is a 429 with Retry-After, GitHub being down is a 502. Route-specific messages for
-404/409/422 are chosen by the callers with `github_status` / `translate(..., messages)`.
+404/409/422 are chosen by the callers with `translate(..., messages)`.
 """
 
 from __future__ import annotations
@@ -91,18 +91,14 @@ async def run(ctx: AppContext, token: str, fn: Callable[[Github], T], per_page: 
 # ---- errors ------------------------------------------------------------------------------------
 
 
-def github_status(exc: BaseException) -> int | None:
-    """GitHub's HTTP status for a PyGithub error, else None."""
-    return exc.status if isinstance(exc, GithubException) else None
-
-
 def github_message(exc: GithubException) -> str:
     """GitHub's own `message` (it is GitHub's wording, never ours or a traceback), shortened."""
     data = exc.data if isinstance(exc.data, dict) else {}
-    message = data.get("message") if isinstance(data.get("message"), str) else ""
+    raw_message = data.get("message")
+    message = raw_message if isinstance(raw_message, str) else ""
     errors = data.get("errors")
     if isinstance(errors, list):
-        details = [e.get("message") for e in errors if isinstance(e, dict) and isinstance(e.get("message"), str)]
+        details = [str(e["message"]) for e in errors if isinstance(e, dict) and isinstance(e.get("message"), str)]
         if details:
             message = f"{message}: {'; '.join(details)}" if message else "; ".join(details)
     message = " ".join(message.split())

@@ -150,24 +150,8 @@ async def checkout_branch(path: Path, branch: str, start_point: str) -> None:
     await run(["checkout", "--quiet", "-B", branch, start_point, "--"], cwd=path)
 
 
-async def current_branch(path: Path) -> str | None:
-    try:
-        return (await run(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=path)).strip() or None
-    except GitError:
-        return None
-
-
 async def has_changes(path: Path) -> bool:
     return bool((await run(["status", "--porcelain", "--untracked-files=all"], cwd=path)).strip())
-
-
-async def commit_all(path: Path, message: str) -> str | None:
-    """Stage everything and commit; the new sha, or None when there was nothing to commit."""
-    if not await has_changes(path):
-        return None
-    await run(["add", "--all", "--", "."], cwd=path)
-    await run(["commit", "--quiet", "--no-verify", "-m", message], cwd=path)
-    return (await run(["rev-parse", "HEAD"], cwd=path)).strip()
 
 
 async def push(path: Path, url: str, branch: str, token: str | None) -> None:

@@ -232,7 +232,8 @@ async def exchange_code(ctx: AppContext, code: str, state: OAuthState) -> str:
         raise StateError("oauth_failed")
     token = body.get("access_token")
     if not isinstance(token, str) or not token:
-        error = body.get("error") if isinstance(body.get("error"), str) else "oauth_failed"
+        raw_error = body.get("error")
+        error = raw_error if isinstance(raw_error, str) else "oauth_failed"
         log.warning("GitHub refused the OAuth code: %s", _flag(error))
         raise StateError(_flag(error))
     return token

@@ -21,8 +21,7 @@ import tornado.httpclient
 import tornado.iostream
 import tornado.websocket
 
-from services.claude.client import UpstreamError
-from services.claude.provider import PushChannel, PushItem, RemoteState
+from services.agents.backend import PushChannel, PushItem, RemoteState, UpstreamError
 from services.metrics import UPSTREAM_CALLS
 
 log = logging.getLogger(__name__)

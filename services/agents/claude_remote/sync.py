@@ -30,25 +30,22 @@ from typing import Any
 import asyncpg
 
 from services import event_log, locks, session_list
+from services.agents.backend import RemoteState, UpstreamError
+from services.agents.claude_remote.provider import claude_provider
+from services.agents.ending import announce_ended, local_status
+from services.agents.events import fetch_all_events, session_cost, stored_event
 from services.chat_sessions import get_owned, session_json
-from services.claude.client import UpstreamError
-from services.claude.ending import announce_ended, local_status
-from services.claude.provider import RemoteState
-from services.claude.runs import stored_upstream_event
 from services.context import AppContext
 from services.db import leading, queries
 from services.errors import ServiceError
 from services.github.workspaces import session_path
 from services.periodic import PeriodicTask
-from services.sessions import claude_provider
 
 log = logging.getLogger(__name__)
 
 MANUAL_LIMIT_DEFAULT = 50
 MANUAL_LIMIT_MAX = 100
 USERS_PAGE = 200
-# Event batches read for one session at most (each batch is up to 20 upstream pages).
-MAX_EVENT_BATCHES = 10
 TITLE_MAX_CHARS = 500
 INITIAL_DELAY_SECONDS = 5.0
 _GITHUB_REPO = re.compile(r"github\.com[/:]([^/]+)/([^/?#]+?)(?:\.git)?/?$")
@@ -84,7 +81,7 @@ def _text_of(content: Any) -> str | None:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = [b.get("text") for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
+        texts = [str(b["text"]) for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
         return " ".join(texts) if texts else None
     return None
 
@@ -106,7 +103,7 @@ def _title(remote: dict[str, Any], events: list[dict[str, Any]]) -> str:
 
 def _repository(remote: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
     """(url, owner, name, branch) from the remote session's context."""
-    context = remote.get("session_context") if isinstance(remote.get("session_context"), dict) else {}
+    context: dict[str, Any] = remote["session_context"] if isinstance(remote.get("session_context"), dict) else {}
     url = owner = name = branch = None
     for source in context.get("sources") or []:
         if isinstance(source, dict) and source.get("type") == "git_repository" and isinstance(source.get("url"), str):
@@ -139,33 +136,6 @@ def imported_status(remote_state: str) -> str:
     return local_status(remote_state) or "pending"
 
 
-def stored_event(event: dict[str, Any]) -> dict[str, Any]:
-    """An upstream event as the run driver stores it (same uuid key), keeping its own time."""
-    stored = stored_upstream_event(event)
-    if isinstance(event.get("timestamp"), str):
-        stored["timestamp"] = event["timestamp"]
-    return stored
-
-
-async def fetch_all_events(ctx: AppContext, token: str, remote_id: str) -> list[dict[str, Any]]:
-    provider = claude_provider(ctx)
-    events: list[dict[str, Any]] = []
-    cursor = None
-    for _ in range(MAX_EVENT_BATCHES):
-        batch = await provider.events_after(token, remote_id, cursor)
-        events.extend(batch.events)
-        if batch.complete or batch.cursor in (None, cursor):
-            break
-        cursor = batch.cursor
-    return events
-
-
-def session_cost(ctx: AppContext, events: list[dict[str, Any]]) -> str | None:
-    provider = claude_provider(ctx)
-    ends = [e for e in events if e.get("type") in provider.end_event_types]
-    return provider.cost(ends[-1]) if ends else None
-
-
 # ---- importing ------------------------------------------------------------------------------------
 
 
@@ -173,7 +143,7 @@ async def _import_one(
     ctx: AppContext, user_id: str, token: str, remote: dict[str, Any], state: str, report: SyncReport
 ) -> None:
     remote_id = remote["id"]
-    events = await fetch_all_events(ctx, token, remote_id)
+    events = await fetch_all_events(claude_provider(ctx), token, remote_id)
     prompt_uuids = [e["uuid"] for e in events if e.get("type") == "user" and isinstance(e.get("uuid"), str)]
     if prompt_uuids and await queries.chat_sessions.find_session_by_prompt_uuid(
         ctx.pool, user_id=user_id, uuids=prompt_uuids
@@ -195,7 +165,7 @@ async def _import_one(
         "branch": branch,
         "remote_session_id": remote_id,
         "remote_web_url": claude_provider(ctx).web_url(remote_id),
-        "total_cost": session_cost(ctx, events),
+        "total_cost": session_cost(claude_provider(ctx), events),
         "created_at": _timestamp(remote.get("created_at")),
         "completed_at": _timestamp(remote.get("updated_at")) if status in ("completed", "error") else None,
     }
@@ -298,7 +268,7 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
     token = await provider.authenticate(user_id)
     try:
         remote = await provider.get(token, remote_id)
-        events = await fetch_all_events(ctx, token, remote_id)
+        events = await fetch_all_events(claude_provider(ctx), token, remote_id)
     except UpstreamError as exc:
         raise ServiceError(404 if exc.not_found else 502, exc.message) from None
     existing = await queries.events.count_event_uuids(ctx.pool, chat_session_id=row["id"])
@@ -306,7 +276,7 @@ async def sync_events(ctx: AppContext, user_id: str, session_id: str) -> dict[st
     local = row["status"]
     mapped = local_status(remote.state)
     if mapped is not None and row["status"] != "running":
-        cost = session_cost(ctx, events)
+        cost = session_cost(claude_provider(ctx), events)
         if mapped != row["status"] or (cost is not None and cost != row["total_cost"]):
             updated = await queries.chat_sessions.apply_remote_status(
                 ctx.pool, id=row["id"], status=mapped, total_cost=cost

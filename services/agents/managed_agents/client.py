@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import anthropic
 
-from services.claude.client import UpstreamError, _excerpt
+from services.agents.backend import UpstreamError, excerpt
 from services.config import Config
 from services.metrics import UPSTREAM_CALLS
 
@@ -57,7 +57,7 @@ def upstream_error(operation: str, exc: Exception) -> UpstreamError:
                 "the Anthropic API refused the deployment's ANTHROPIC_API_KEY (401); an operator must set a valid key",
                 status=401,
             )
-        return UpstreamError(operation, f"{status} {_excerpt(error_message(exc))}".rstrip(), status=status)
+        return UpstreamError(operation, f"{status} {excerpt(error_message(exc))}".rstrip(), status=status)
     if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
         return UpstreamError(operation, "reply is not what the API returns", kind="malformed")
     return UpstreamError(operation, exc.__class__.__name__, kind="network")

@@ -19,34 +19,31 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import Any
 
-import anthropic
 import asyncpg
 import orjson
-from anthropic import AsyncStream
 
-from services.claude.client import UpstreamError
-from services.claude.provider import (
+from services.agents.backend import (
     MAX_PAGES_PER_POLL,
     AgentProvider,
     CreateRequest,
     EventBatch,
     PushChannel,
-    PushItem,
     RemoteSession,
     RemoteState,
+    UpstreamError,
     format_cost,
 )
+from services.agents.managed_agents import resources
+from services.agents.managed_agents.client import call, call_json, make_client
+from services.agents.managed_agents.push import ManagedPushChannel
+from services.agents.managed_agents.translate import TOOL_NAMES, Translator, branch_of, parse_time
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS
 from services.errors import ServiceError
 from services.github import accounts
-from services.managed_agents import resources
-from services.managed_agents.client import call, call_json, make_client, upstream_error
-from services.managed_agents.translate import TOOL_NAMES, Translator, branch_of, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +53,19 @@ NO_API_KEY = (
 )
 CONSOLE_URL = "https://platform.claude.com/workspaces/default/sessions/"
 FIND_CREATED_LOOKBACK = 10
-STREAM_READ_TIMEOUT_SECONDS = 120.0
 # The session status as the run driver knows it. An idle or rescheduling session is left to
 # the events: the end of a turn is the `session.status_idle` event, never a GET's status.
 STATES = {"running": RemoteState.RUNNING, "rescheduling": RemoteState.RUNNING, "terminated": RemoteState.FAILED}
 
 
-def _content(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _content(content: str | list[dict[str, Any]]) -> list[Any]:
+    # Any: the SDK's TypedDicts for content blocks; ours are plain dicts of the same shape.
     return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def user_message(content: str | list[dict[str, Any]]) -> Any:
+    """A `user.message` event (the SDK's BetaManagedAgentsUserMessageEventParams)."""
+    return {"type": "user.message", "content": _content(content)}
 
 
 def _cursor(raw: str | None) -> dict[str, Any]:
@@ -91,6 +93,11 @@ class ManagedAgentsProvider(AgentProvider):
     personal_credentials = False
     end_event_types = ("result",)
     quiet_event_types = ("user", "system")
+    end_answers_every_queued_prompt = True
+    credentials_expired = (
+        "Anthropic refused this server's API key; an operator must check ANTHROPIC_API_KEY to continue the session"
+    )
+    credentials_missing = NO_API_KEY
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -131,7 +138,9 @@ class ManagedAgentsProvider(AgentProvider):
         if not isinstance(value.get("id"), str) or not value["id"]:
             raise UpstreamError("get session", "reply has no session id", kind="malformed")
         state = (
-            RemoteState.ARCHIVED if value.get("archived_at") else STATES.get(value.get("status"), RemoteState.UNKNOWN)
+            RemoteState.ARCHIVED
+            if value.get("archived_at")
+            else STATES.get(str(value.get("status")), RemoteState.UNKNOWN)
         )
         title = value.get("title")
         return RemoteSession(
@@ -140,7 +149,7 @@ class ManagedAgentsProvider(AgentProvider):
 
     async def create(self, token: str, request: CreateRequest) -> RemoteSession:
         agent_id = (await self.deployment_resources()).agent_id
-        repository: dict[str, Any] = {
+        repository: Any = {  # the SDK's BetaManagedAgentsGitHubRepositoryResourceParams
             "type": "github_repository",
             "url": f"https://github.com/{request.repo_full_name}",
             "checkout": {"type": "branch", "name": request.base_branch or "main"},
@@ -155,7 +164,7 @@ class ManagedAgentsProvider(AgentProvider):
                     environment_id=request.environment_id,
                     title=request.title,
                     resources=[repository],
-                    initial_events=[{"type": "user.message", "content": _content(request.content)}],
+                    initial_events=[user_message(request.content)],
                     metadata={"webedt_message_uuid": request.message_uuid},
                 ),
             )
@@ -246,9 +255,7 @@ class ManagedAgentsProvider(AgentProvider):
     async def send(self, token: str, remote_id: str, content: str | list[dict[str, Any]], message_uuid: str) -> None:
         await call(
             "send message",
-            lambda: self.client.beta.sessions.events.with_raw_response.send(
-                remote_id, events=[{"type": "user.message", "content": _content(content)}]
-            ),
+            lambda: self.client.beta.sessions.events.with_raw_response.send(remote_id, events=[user_message(content)]),
         )
 
     async def interrupt(self, token: str, remote_id: str) -> None:
@@ -279,6 +286,10 @@ class ManagedAgentsProvider(AgentProvider):
         error = end_event.get("error")
         return error if end_event.get("is_error") and isinstance(error, str) else None
 
+    def prompt_echo(self, event: dict[str, Any]) -> bool:
+        managed = event.get("managed")
+        return isinstance(managed, dict) and managed.get("type") == "user.message"
+
     def branch(self, event: dict[str, Any]) -> str | None:
         managed = event.get("managed")
         if not isinstance(managed, dict) or managed.get("type") != "agent.tool_use":
@@ -292,92 +303,3 @@ class ManagedAgentsProvider(AgentProvider):
         channel = ManagedPushChannel(self, remote_id)
         await channel.open()
         return channel
-
-
-class ManagedPushChannel(PushChannel):
-    """A session's SSE event stream, read raw (unknown event types survive), preceded by its
-    history: `open` connects first and lists second, `receive` hands out the history and then
-    the live events, each upstream event once, translated."""
-
-    def __init__(self, provider: ManagedAgentsProvider, remote_id: str) -> None:
-        self.provider = provider
-        self.remote_id = remote_id
-        self.translator = Translator()
-        self.seen: set[str] = set()
-        self.pending: collections.deque[dict[str, Any]] = collections.deque()
-        self._stream: AsyncStream[Any] | None = None
-        self._events: Any = None
-        self._closed = False
-
-    async def open(self) -> None:
-        client = self.provider.client
-        self._stream = await call(
-            "open event stream",
-            lambda: client.beta.sessions.events.stream(self.remote_id, timeout=STREAM_READ_TIMEOUT_SECONDS),
-        )
-        self._events = AsyncStream.raw_events(self._stream.response).__aiter__()
-        try:
-            for event in await self.provider.history(self.remote_id):
-                self._take(event)
-        except BaseException:
-            await self.close()
-            raise
-
-    def _take(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        event_id = event.get("id")
-        if not isinstance(event_id, str) or not event_id or event_id in self.seen:
-            return None
-        self.seen.add(event_id)
-        translated = self.translator.translate(event)
-        self.pending.append(translated)
-        return translated
-
-    async def receive(self) -> PushItem | None:
-        while True:
-            if self.pending:
-                event = self.pending.popleft()
-                status = RemoteState.RUNNING if event["managed"].get("type") == "session.status_running" else None
-                return PushItem(event=event, status=status)
-            if self._closed or self._events is None:
-                return None
-            try:
-                sse = await self._events.__anext__()
-            except StopAsyncIteration:
-                await self.close()
-                return None
-            except anthropic.AnthropicError as exc:
-                log.info("event stream of %s ended: %s", self.remote_id, upstream_error("read events", exc).message)
-                await self.close()
-                return None
-            except Exception as exc:  # the connection broke (httpx2's own errors)
-                log.info("event stream of %s broke: %s", self.remote_id, exc.__class__.__name__)
-                await self.close()
-                return None
-            if not sse.data:
-                return PushItem()  # a heartbeat comment or an empty frame
-            try:
-                data = sse.json()
-            except ValueError:
-                return PushItem()
-            if sse.event == "error":
-                await self.close()
-                error = data.get("error") if isinstance(data, dict) else None
-                message = error.get("message") if isinstance(error, dict) else None
-                raise UpstreamError("read events", str(message or "stream error"), kind="network")
-            if not isinstance(data, dict) or data.get("type") in (None, "ping") or not data.get("processed_at"):
-                return PushItem()  # a heartbeat, or an event that comes again once processed
-            if self._take(data) is None:
-                return PushItem()  # already delivered from the history
-
-    async def interrupt(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._stream is not None:
-            try:
-                await self._stream.close()
-            except Exception:  # closing a broken connection may fail too
-                log.debug("closing the event stream of %s failed", self.remote_id)

@@ -43,7 +43,6 @@ STOP_MESSAGES = {
     "refusal": "The model refused to continue (refusal)",
 }
 TERMINATED = "The Managed Agents session was terminated"
-USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def _empty_turn() -> dict[str, Any]:
@@ -172,8 +171,9 @@ class Translator:
         return {"type": "assistant", "message": {"role": "assistant", "content": content}}
 
     def _tool_use(self, event: dict[str, Any]) -> dict[str, Any]:
-        name = event.get("name") if isinstance(event.get("name"), str) else "tool"
-        block = {
+        raw_name = event.get("name")
+        name = raw_name if isinstance(raw_name, str) else "tool"
+        block: dict[str, Any] = {
             "type": "tool_use",
             "id": event.get("id"),
             "name": TOOL_NAMES.get(name, name),

@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 
 from services import event_log, session_list
+from services.agents.backend import RemoteState
 from services.chat_sessions import session_json
-from services.claude.provider import RemoteState
 from services.clock import now_iso
 from services.context import AppContext
 from services.db import queries

@@ -15,49 +15,16 @@ from typing import Any
 import httpx
 import orjson
 
+from services.agents.backend import UpstreamError, excerpt
 from services.metrics import UPSTREAM_CALLS
 
 ANTHROPIC_VERSION = "2023-06-01"
 ANTHROPIC_BETA = "ccr-byoc-2025-07-29"
 WEB_URL_PREFIX = "https://claude.ai/code/"
-BODY_EXCERPT_CHARS = 300
-
-
-class UpstreamError(Exception):
-    """A request to the upstream failed; `message` says which operation and how."""
-
-    def __init__(self, operation: str, detail: str, *, status: int | None = None, kind: str = "http") -> None:
-        self.operation = operation
-        self.status = status
-        # http (a status code), timeout, network (could not connect or the connection broke),
-        # malformed (a 2xx whose body is not what the API returns).
-        self.kind = kind
-        self.message = f"Failed to {operation}: {detail}"
-        super().__init__(self.message)
-
-    @property
-    def retryable(self) -> bool:
-        """Whether the same request may succeed later: outages, throttling, broken replies."""
-        if self.kind != "http":
-            return True
-        return self.status is not None and (self.status >= 500 or self.status in (408, 409, 425, 429))
-
-    @property
-    def unauthorized(self) -> bool:
-        return self.kind == "http" and self.status == 401
-
-    @property
-    def not_found(self) -> bool:
-        return self.kind == "http" and self.status == 404
 
 
 def web_url(remote_session_id: str) -> str:
     return WEB_URL_PREFIX + remote_session_id
-
-
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    return text[:BODY_EXCERPT_CHARS] + ("..." if len(text) > BODY_EXCERPT_CHARS else "")
 
 
 class ClaudeRemoteClient:
@@ -129,7 +96,7 @@ class ClaudeRemoteClient:
             raise UpstreamError(operation, f"connection failed ({exc.__class__.__name__})", kind="network") from None
         if not 200 <= response.status_code < 300:
             raise UpstreamError(
-                operation, f"{response.status_code} {_excerpt(response.text)}".rstrip(), status=response.status_code
+                operation, f"{response.status_code} {excerpt(response.text)}".rstrip(), status=response.status_code
             )
         if not response.content.strip():
             return None
@@ -137,7 +104,7 @@ class ClaudeRemoteClient:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError:
             raise UpstreamError(
-                operation, f"{response.status_code} reply is not JSON: {_excerpt(response.text)}", kind="malformed"
+                operation, f"{response.status_code} reply is not JSON: {excerpt(response.text)}", kind="malformed"
             ) from None
 
     @staticmethod

@@ -18,14 +18,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services import claude_auth, event_log, session_list
+from services import event_log, session_list
+from services.agents import titles
+from services.agents.backend import AgentProvider, UpstreamError
+from services.agents.ending import Outcome, end_run
+from services.agents.state import RunState, run_state_patch
 from services.chat_sessions import get_owned, session_json
-from services.claude import titles
-from services.claude.client import UpstreamError
-from services.claude.ending import Outcome, end_run
-from services.claude.provider import AgentProvider
-from services.claude.run_state import RunState, run_state_patch
-from services.claude.runs import RunDriver
 from services.clock import now_iso
 from services.context import AppContext
 from services.db import queries
@@ -37,6 +35,8 @@ PREVIEW_CHARS = 200
 REPO_URL = re.compile(r"github\.com[/:]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
 NO_REMOTE_FOR_SEND = "Session has no remote session ID - cannot send follow-up message"
 NO_REMOTE_FOR_INTERRUPT = "Session has no remote session ID - cannot interrupt"
+# The send route's 401 when the person has no credentials for the session's backend (CONTRACT.md 1.6).
+SEND_WITHOUT_CREDENTIALS = "Claude authentication not configured"
 INVALID_BLOCKS = "userRequest must be text or a list of text and image blocks"
 
 
@@ -59,12 +59,6 @@ class StreamPlan:
     after_id: int
     preview: dict[str, Any] | None = None
     preview_id: int | None = None
-
-
-def _runs(ctx: AppContext) -> RunDriver:
-    if ctx.runs is None:
-        raise ServiceError(503, "Runs are not available on this server right now, please retry shortly")
-    return ctx.runs
 
 
 # ---- input ---------------------------------------------------------------------------------------
@@ -184,7 +178,7 @@ def parse_repo(url: str) -> tuple[str, str, str]:
 
 
 async def _authenticate(ctx: AppContext, provider_name: str | None, user_id: str) -> str:
-    return await _runs(ctx).provider_for(provider_name).authenticate(user_id)
+    return await ctx.require_runs().provider_for(provider_name).authenticate(user_id)
 
 
 def _running_baseline(row: asyncpg.Record) -> int:
@@ -237,7 +231,7 @@ async def _environment(provider: AgentProvider, token: str) -> str:
     except UpstreamError as exc:
         # Detection lets only a refused token through (anything else reads as "not found").
         if exc.unauthorized:
-            raise ServiceError(401, claude_auth.EXPIRED) from None
+            raise ServiceError(401, provider.credentials_expired) from None
         raise ServiceError(502, exc.message) from None
 
 
@@ -257,7 +251,7 @@ async def _start_new_session(
     ctx: AppContext, user_id: str, user_request: str | list[dict[str, Any]], repo_url: str | None
 ) -> StreamPlan:
     """A prompt without a session: a new chat session on the deployment's AGENT_BACKEND, running."""
-    runs = _runs(ctx)
+    runs = ctx.require_runs()
     provider_name = ctx.config.new_session_provider
     provider = runs.provider_for(provider_name)
     token = await provider.authenticate(user_id)
@@ -300,7 +294,7 @@ async def _prompt_session(
 ) -> StreamPlan:
     """A prompt for an existing session: its next run (the first, for a pending session), or one
     more prompt for the run going on (the driver delivers it)."""
-    provider = _runs(ctx).provider_for(row["provider"])
+    provider = ctx.require_runs().provider_for(row["provider"])
     token = await provider.authenticate(user_id)
     repo: tuple[str, str, str] | None = None
     environment_id = None
@@ -349,7 +343,7 @@ async def _queue_prompt(
         await queries.chat_sessions.start_run(
             conn,
             id=session_id,
-            run_owner=_runs(ctx).owner,
+            run_owner=ctx.require_runs().owner,
             run_state=RunState(
                 baseline_event_id=await queries.events.get_last_event_id(conn, chat_session_id=session_id),
                 environment_id=environment_id,
@@ -375,7 +369,7 @@ async def _announce_start(
         await session_list.announce(ctx, user_id, "status_changed", {"id": session_id, "status": "running"})
     if renamed is not None:
         await session_list.announce(ctx, user_id, "updated", renamed)
-    await _runs(ctx).ensure_driving(session_id)
+    await ctx.require_runs().ensure_driving(session_id)
 
 
 async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, Any]] | None:
@@ -409,7 +403,7 @@ async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, A
 
 async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: dict[str, Any]) -> None:
     """POST /api/sessions/:id/send: deliver a follow-up now (through the run driver), no stream."""
-    _runs(ctx)  # 503 before anything is recorded when runs are unavailable here
+    ctx.require_runs()  # 503 before anything is recorded when runs are unavailable here
     content = body.get("content")
     if not isinstance(content, str) or not content.strip():
         raise ServiceError(400, "Message content is required")
@@ -419,11 +413,12 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
     session_id = row["id"]
     if row["remote_session_id"] is None and row["status"] != "running":
         raise ServiceError(400, NO_REMOTE_FOR_SEND)
+    provider = ctx.require_runs().provider_for(row["provider"])
     try:
-        await _authenticate(ctx, row["provider"], user_id)
+        await provider.authenticate(user_id)
     except ServiceError as exc:
-        if exc.message == claude_auth.NOT_CONFIGURED:
-            raise ServiceError(401, "Claude authentication not configured") from None
+        if exc.message == provider.credentials_missing:
+            raise ServiceError(401, SEND_WITHOUT_CREDENTIALS) from None
         raise
     async with ctx.pool.acquire() as conn, conn.transaction():
         _, started = await _queue_prompt(ctx, conn, session_id, content, None)
@@ -433,7 +428,7 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
 
 async def interrupt(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
     """POST /api/sessions/:id/interrupt: stop Claude's current turn; recorded as an event."""
-    runs = _runs(ctx)
+    runs = ctx.require_runs()
     row = await get_owned(ctx, session_id, user_id)
     session_id = row["id"]
     if row["remote_session_id"] is None:
@@ -469,7 +464,7 @@ async def _record_interrupt(ctx: AppContext, session_id: str) -> None:
 
 async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any]:
     """POST /api/sessions/:id/abort: interrupt upstream (best effort) and end the run as `error`."""
-    runs = _runs(ctx)
+    runs = ctx.require_runs()
     row = await get_owned(ctx, session_id, user_id)
     session_id = row["id"]
     interrupted = False

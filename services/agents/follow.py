@@ -25,8 +25,7 @@ import logging
 import random
 from typing import Protocol
 
-from services.claude.client import UpstreamError
-from services.claude.provider import AgentProvider, PushChannel, PushItem
+from services.agents.backend import AgentProvider, PushChannel, PushItem, UpstreamError
 from services.metrics import UPSTREAM_PUSH_FALLBACKS, UPSTREAM_PUSH_OPEN, UPSTREAM_PUSH_RECONNECTS
 
 log = logging.getLogger(__name__)

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 import anthropic
 
 from services import locks
-from services.claude.client import UpstreamError
+from services.agents.backend import UpstreamError
+from services.agents.managed_agents.client import call_json
 from services.context import AppContext
 from services.db import queries
-from services.managed_agents.client import call_json
 
 log = logging.getLogger(__name__)
 
 AGENT_NAME = "WebEDT"
-ALWAYS_ALLOW = {"type": "always_allow"}
 ENVIRONMENT_NAME = "webedt"
 SYSTEM_PROMPT = (
     "You are WebEDT's coding agent. The person's GitHub repository is mounted in your container "
