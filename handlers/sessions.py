@@ -7,8 +7,10 @@ retired: nothing answers it but the 404 of unknown paths.
 
 from __future__ import annotations
 
+import functools
+
 from handlers.base import SESSION_ID, APIHandler, authenticated
-from services import event_log, sessions
+from services import event_log, fetched_history, sessions
 from services.agents.claude_remote import sync
 
 
@@ -78,14 +80,18 @@ class MessagesHandler(APIHandler):
 
 class EventsHandler(APIHandler):
     """GET /api/sessions/:id/events: the whole history without paging parameters (streamed in
-    chunks), one keyset page with `after` or `limit`. POST: store one event."""
+    chunks), one keyset page with `after` or `limit`. POST: store one event.
+
+    The whole history is what the chat page fetches before it opens the stream: its last id is
+    remembered for this login session (services/fetched_history.py) before the answer ends."""
 
     @authenticated
     async def get(self, session_id: str) -> None:
         row = await self.owned_session(session_id)
         after, limit = self.get_query_argument("after", None), self.get_query_argument("limit", None)
         if after is None and limit is None:
-            await self.write_json_chunks(event_log.whole_history(self.ctx, row))
+            remember = functools.partial(fetched_history.remember, self.ctx, self.user.session_id, row["id"])
+            await self.write_json_chunks(event_log.whole_history(self.ctx, row, remember))
             return
         after_id, size = event_log.page_arguments(after, limit)
         self.ok(await event_log.page(self.ctx, row, after_id, size))

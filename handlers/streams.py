@@ -16,7 +16,7 @@ import asyncpg
 
 from handlers.base import SESSION_ID, authenticated
 from handlers.stream import SSEHandler
-from services import event_log
+from services import event_log, fetched_history
 from services.clock import iso, now_iso
 from services.subscriber import Replay
 
@@ -38,16 +38,25 @@ class SessionStreamHandler(SSEHandler):
 
 class SessionEventsStreamHandler(SessionStreamHandler):
     """GET /api/sessions/:id/events/stream (and /api/sessions/:id/stream): the replay after
-    Last-Event-ID, then, while the session runs, its live events; then `completed`."""
+    Last-Event-ID, then, while the session runs, its live events; then `completed`.
+
+    Without a position, after this login session fetched the whole history moments ago (the chat
+    page's order), it starts after what that fetch returned and sends everything live: the page
+    drops replayed frames, so an event stored in between would otherwise be lost to it."""
 
     @authenticated
     async def get(self, session_id: str) -> None:
         # Only the id is kept: this stream may stay open for a long time.
         chat_session_id = (await self.owned_session(session_id))["id"]
+        after_id, all_live = self.requested_last_event_id(), False
+        if after_id == 0:
+            fetched = await fetched_history.take(self.ctx, self.user.session_id, chat_session_id)
+            if fetched is not None:
+                after_id, all_live = fetched, True
         await self.open_stream()
         reason = "error"
         try:
-            reason = await self.follow_session(chat_session_id, self.requested_last_event_id())
+            reason = await self.follow_session(chat_session_id, after_id, all_live=all_live)
             if reason in ENDS_WITH_COMPLETED and self.replay is not None:
                 await self.send(
                     "completed",

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from services import locks
+from services import fetched_history, locks
 from services.agents.backend import UpstreamError
 from services.agents.ending import Outcome, end_run, local_status
 from services.agents.events import fetch_all_events, session_cost, stored_event
@@ -121,6 +121,7 @@ async def run_once(ctx: AppContext) -> dict[str, int] | None:
         totals = {"finished": 0, "adopted": 0, "alive": 0, "skipped": 0}
         # Expired login sessions are refused when presented; this keeps them from piling up.
         await queries.auth_sessions.delete_expired_auth_sessions(ctx.pool)
+        await fetched_history.prune(ctx)
         for row in rows:
             try:
                 totals[await handle_orphan(ctx, row)] += 1

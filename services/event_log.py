@@ -12,7 +12,7 @@ streams that follow a live run end once the row is no longer `running`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -168,12 +168,15 @@ async def page(ctx: AppContext, session: asyncpg.Record, after_id: int, limit: i
     }
 
 
-async def whole_history(ctx: AppContext, session: asyncpg.Record) -> AsyncIterator[bytes]:
+async def whole_history(
+    ctx: AppContext, session: asyncpg.Record, read_all: Callable[[int], Awaitable[None]] | None = None
+) -> AsyncIterator[bytes]:
     """The JSON of `page()` for the whole history, in chunks of `HISTORY_BATCH` events, so that
     memory stays flat however long the session is (the website's `getEvents` never pages).
 
     Read in keyset batches; `total` and `lastId` describe exactly the events sent (events appended
-    while it streams are included up to the last batch read)."""
+    while it streams are included up to the last batch read). `read_all`, if given, is awaited
+    with `lastId` once every event is read, before the answer's end is yielded."""
     chat_session_id = session["id"]
     yield b'{"events":['
     after_id = 0
@@ -188,6 +191,8 @@ async def whole_history(ctx: AppContext, session: asyncpg.Record) -> AsyncIterat
             after_id = rows[-1]["id"]
         if len(rows) < HISTORY_BATCH:
             break
+    if read_all is not None:
+        await read_all(after_id)
     tail = {
         "total": total,
         "sessionId": chat_session_id,

@@ -172,3 +172,24 @@ async def test_expired_login_sessions_are_purged(setup: Setup) -> None:
     assert await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", person["id"]) == 0
     # Live ones stay.
     assert await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", setup.user["id"]) >= 1
+
+
+async def test_expired_fetched_positions_are_pruned(setup: Setup) -> None:
+    sessions = []
+    for branch in ("claude/fetched-expired", "claude/fetched-fresh"):
+        response = await setup.http.post(
+            "/api/sessions/create-code-session",
+            json={"repositoryOwner": "octo", "repositoryName": "app", "baseBranch": "main", "branch": branch},
+        )
+        sessions.append(response.json()["session"]["id"])
+        assert (await setup.http.get(f"/api/sessions/{sessions[-1]}/events")).status_code == 200
+    expired, fresh = sessions
+    pool = setup.server.ctx.pool
+    await pool.execute(
+        "UPDATE fetched_histories SET expires_at = now() - interval '1 second' WHERE chat_session_id = $1", expired
+    )
+    await cleanup.run_once(setup.server.ctx)
+    left = await pool.fetch(
+        "SELECT chat_session_id FROM fetched_histories WHERE chat_session_id = ANY($1::text[])", sessions
+    )
+    assert [r["chat_session_id"] for r in left] == [fresh]

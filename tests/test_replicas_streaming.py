@@ -122,6 +122,32 @@ async def test_reconnecting_to_another_replica_continues_where_it_stopped(
         assert received == appended
 
 
+async def test_a_history_fetched_on_one_replica_is_not_sent_again_by_another(
+    server: TestServer, replicas: tuple[Replica, Replica]
+) -> None:
+    # The chat page's order, with its fetch and its stream on different replicas.
+    first, second = replicas
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=20) as on_first,
+        httpx.AsyncClient(base_url=second.url, timeout=20) as on_second,
+    ):
+        user = await register(on_first)
+        on_second.cookies = on_first.cookies
+        session_id = await running_session(server, user["id"])
+        old = await event_log.append(server.ctx, session_id, [{"type": "a", "n": n} for n in range(3)])
+        history = (await on_first.get(f"/api/sessions/{session_id}/events")).json()["data"]
+        assert [e["id"] for e in history["events"]] == old
+        between = await event_log.append(server.ctx, session_id, [{"type": "b", "n": 0}])
+        async with open_sse(on_second, f"/api/sessions/{session_id}/events/stream") as stream:
+            received = [await stream.next()]
+            later = await event_log.append(server.ctx, session_id, [{"type": "b", "n": 1}])
+            received.append(await stream.next())
+            await finish(server, session_id)
+            received += await stream.until("completed")
+        assert ids(received) == between + later
+        assert all("_replayed" not in e.json() for e in stored_events(received))
+
+
 async def test_sigterm_keeps_run_streams_fed_until_the_run_ends(
     server: TestServer, replicas: tuple[Replica, Replica]
 ) -> None:

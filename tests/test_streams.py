@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from services import event_log, session_list
-from tests.helpers import ORIGIN, TestServer, register, start_app, test_env
+from tests.helpers import ORIGIN, PASSWORD, TestServer, register, start_app, test_env
 from tests.sse import SSEEvent, open_sse, stored_events
 
 
@@ -347,6 +347,210 @@ async def test_post_to_the_events_path_is_not_claimed_by_the_list(
     response = await client.post(f"/api/sessions/{session_id}/events", json={}, headers={"Origin": ORIGIN})
     # The events resource answers POST too: whatever it says about this body, it is not a 405.
     assert response.status_code != 405
+
+
+# ---- the chat page's order: the whole history, then the stream without a position ------------
+
+
+async def fetch_history(client: httpx.AsyncClient, session_id: str, **params: Any) -> dict[str, Any]:
+    """GET /api/sessions/:id/events as the chat page does (no parameters: the whole history)."""
+    response = await client.get(f"/api/sessions/{session_id}/events", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def assert_live(events: list[SSEEvent]) -> None:
+    assert all("_replayed" not in e.json() and "_originalTimestamp" not in e.json() for e in stored_events(events))
+
+
+def assert_replayed(events: list[SSEEvent]) -> None:
+    assert stored_events(events) and all(e.json()["_replayed"] is True for e in stored_events(events))
+
+
+async def test_a_page_that_fetched_the_history_gets_what_came_after_it_live(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    session_id = await new_session(server, user["id"], status="running")
+    old = await append(server, session_id, 3)
+    history = await fetch_history(client, session_id)
+    assert [e["id"] for e in history["events"]] == old and history["lastId"] == old[-1]
+    # Stored between the page's fetch and its stream: the page must see it.
+    between = await event_log.append(server.ctx, session_id, [{"type": "assistant", "text": "between"}])
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        first = await stream.next()
+        assert int(first.id) == between[0] and first.event == "assistant"
+        assert first.json() == {"type": "assistant", "text": "between"}
+        later = await event_log.append(server.ctx, session_id, [{"type": "result", "subtype": "success"}])
+        second = await stream.next()
+        assert int(second.id) == later[0] and "_replayed" not in second.json()
+        await set_status(server, session_id, "completed")
+        events = [first, second, *await stream.until("completed")]
+    # Nothing of the fetched history again, everything after it live, each once.
+    assert ids_of(events) == between + later
+    assert_live(events)
+    assert events[-1].json() == {
+        "websiteSessionId": session_id,
+        "completed": True,
+        "replayed": False,
+        "status": "completed",
+    }
+
+
+async def test_the_fetched_position_serves_one_stream_only(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    session_id = await new_session(server, user["id"])
+    ids = await append(server, session_id, 2)
+    await fetch_history(client, session_id)
+    path = f"/api/sessions/{session_id}/events/stream"
+    async with open_sse(client, path) as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == []  # a finished session the page has whole: only `completed`
+    assert events[-1].json()["replayed"] is True
+    # A second stream without a new fetch (another EventSource of that page, a client that
+    # never fetched) gets what every stream got before: the whole history, replayed.
+    async with open_sse(client, path) as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == ids
+    assert_replayed(events)
+
+
+async def test_an_empty_fetched_history_makes_everything_after_it_live(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    session_id = await new_session(server, user["id"], status="running")
+    assert (await fetch_history(client, session_id))["events"] == []
+    first = await append(server, session_id, 2)
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        events = [await stream.next() for _ in first]
+        await set_status(server, session_id, "completed")
+        events += await stream.until("completed")
+    assert ids_of(events) == first
+    assert_live(events)
+
+
+async def test_an_explicit_position_wins_over_the_fetched_one(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    session_id = await new_session(server, user["id"])
+    ids = await append(server, session_id, 4)
+    path = f"/api/sessions/{session_id}/events/stream"
+    await fetch_history(client, session_id)
+    async with open_sse(client, path, last_event_id=ids[0]) as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == ids[1:]
+    assert_replayed(events)
+    await fetch_history(client, session_id)
+    async with open_sse(client, path, params={"lastEventId": ids[1]}) as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == ids[2:]
+    assert_replayed(events)
+
+
+async def test_a_paged_fetch_remembers_nothing(server: TestServer, client: httpx.AsyncClient, user: dict) -> None:
+    session_id = await new_session(server, user["id"])
+    ids = await append(server, session_id, 3)
+    await fetch_history(client, session_id, limit=10)
+    await fetch_history(client, session_id, after=0)
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == ids
+    assert_replayed(events)
+
+
+async def test_resume_ignores_the_fetched_position(server: TestServer, client: httpx.AsyncClient, user: dict) -> None:
+    session_id = await new_session(server, user["id"])
+    ids = await append(server, session_id, 2)
+    await fetch_history(client, session_id)
+    async with open_sse(client, f"/api/resume/{session_id}") as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == ids
+    assert_replayed(events)
+
+
+async def test_the_fetched_position_belongs_to_its_login_session(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    session_id = await new_session(server, user["id"])
+    ids = await append(server, session_id, 2)
+    path = f"/api/sessions/{session_id}/events/stream"
+    await fetch_history(client, session_id)
+    # The same person in another browser (another login session): the whole history, replayed.
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as other_browser:
+        login = await other_browser.post("/api/auth/login", json={"email": user["email"], "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        async with open_sse(other_browser, path) as stream:
+            events = await stream.until("completed")
+        assert ids_of(events) == ids
+        assert_replayed(events)
+    # Another person acting as this one (an admin impersonating): the same.
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as admin:
+        admin_user = await register(admin)
+        await server.ctx.pool.execute("UPDATE users SET is_admin = true WHERE id = $1", admin_user["id"])
+        assert (await admin.post(f"/api/admin/users/{user['id']}/impersonate")).status_code == 200
+        async with open_sse(admin, path) as stream:
+            events = await stream.until("completed")
+        assert ids_of(events) == ids
+        assert_replayed(events)
+    # The browser that fetched still has its position.
+    async with open_sse(client, path) as stream:
+        assert ids_of(await stream.until("completed")) == []
+
+
+async def test_the_fetched_position_belongs_to_its_chat_session(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    fetched, other = await new_session(server, user["id"]), await new_session(server, user["id"])
+    await append(server, fetched, 2)
+    other_ids = await append(server, other, 2)
+    await fetch_history(client, fetched)
+    async with open_sse(client, f"/api/sessions/{other}/events/stream") as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == other_ids
+    assert_replayed(events)
+
+
+async def test_two_fetches_before_a_stream_keep_the_older_position(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    # Two tabs of one browser load the page while the run goes on; whichever stream opens first
+    # must miss nothing, so it starts after the older fetch (the second stream replays).
+    session_id = await new_session(server, user["id"], status="running")
+    first_fetch = await append(server, session_id, 2)
+    await fetch_history(client, session_id)
+    between = await append(server, session_id, 2, start=2)
+    assert (await fetch_history(client, session_id))["lastId"] == between[-1]
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        events = [await stream.next() for _ in between]
+        await set_status(server, session_id, "completed")
+        events += await stream.until("completed")
+    assert ids_of(events) == between
+    assert_live(events)
+    assert first_fetch[-1] < between[0]
+
+
+async def test_a_fetched_position_expires(server: TestServer, client: httpx.AsyncClient, user: dict) -> None:
+    session_id = await new_session(server, user["id"])
+    ids = await append(server, session_id, 2)
+    await fetch_history(client, session_id)
+    remembered = await server.ctx.pool.fetchrow(
+        "SELECT last_event_id, expires_at - now() AS left FROM fetched_histories WHERE chat_session_id = $1",
+        session_id,
+    )
+    assert remembered["last_event_id"] == ids[-1]
+    assert 0 < remembered["left"].total_seconds() <= 30
+    # As if the page had opened its stream too late.
+    await server.ctx.pool.execute(
+        "UPDATE fetched_histories SET expires_at = now() - interval '1 second' WHERE chat_session_id = $1", session_id
+    )
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        events = await stream.until("completed")
+    assert ids_of(events) == ids
+    assert_replayed(events)
+    # An expired position is replaced by the next fetch.
+    await fetch_history(client, session_id)
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        assert ids_of(await stream.until("completed")) == []
 
 
 # ---- large histories and concurrency ------------------------------------------------------------
