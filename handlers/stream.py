@@ -51,6 +51,8 @@ class SSEHandler(APIHandler):
         self.client_gone = False
         self.end_reason: str | None = None
         self._requested_id = 0
+        # Whether the client named a position at all (`Last-Event-ID: 0` is one: everything).
+        self.position_given = False
         self.replay: Replay | None = None
         self._subscriber: Subscriber | None = None
         self._pending_flush: asyncio.Future[None] | None = None
@@ -231,6 +233,7 @@ class SSEHandler(APIHandler):
             raw = values[-1].decode("utf-8", "replace") if values else None
         if raw is None or raw.strip() == "":
             return 0
+        self.position_given = True
         raw = raw.strip()
         if not raw.isdigit() or len(raw) > 19:
             return -1

@@ -49,7 +49,7 @@ class SessionEventsStreamHandler(SessionStreamHandler):
         # Only the id is kept: this stream may stay open for a long time.
         chat_session_id = (await self.owned_session(session_id))["id"]
         after_id, all_live = self.requested_last_event_id(), False
-        if after_id == 0:
+        if not self.position_given:
             fetched = await fetched_history.take(self.ctx, self.user.session_id, chat_session_id)
             if fetched is not None:
                 after_id, all_live = fetched, True

@@ -290,3 +290,10 @@ RETURNING *;
 -- Last-Event-ID, whose URL does not name the session it created).
 SELECT c.* FROM events e JOIN chat_sessions c ON c.id = e.chat_session_id
 WHERE e.id = :event_id AND c.user_id = :user_id;
+
+-- name: set_ended_session_cost(id, total_cost)^
+-- The cost upstream reported after a run's verdict (the last reconciliation); never reopens it.
+UPDATE chat_sessions
+SET total_cost = :total_cost
+WHERE id = :id AND status <> 'running' AND total_cost IS DISTINCT FROM :total_cost
+RETURNING id, user_id, total_cost;

@@ -10,9 +10,9 @@ WITH new_rows AS (
     FROM unnest(:uuids::text[], :payloads::jsonb[]) WITH ORDINALITY AS item (uuid, event_data, position)
     ORDER BY item.position
     ON CONFLICT (chat_session_id, uuid) WHERE uuid IS NOT NULL DO NOTHING
-    RETURNING id
+    RETURNING id, uuid
 )
-SELECT id FROM new_rows ORDER BY id;
+SELECT id, uuid FROM new_rows ORDER BY id;
 
 -- name: notify_events(chat_session_id)!
 -- Sent at commit; identical notifications of one transaction fold into one.

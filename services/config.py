@@ -66,6 +66,7 @@ class Config:
     claude_request_timeout_seconds: float = _at_least(30.0, 0.1)
     claude_retry_window_seconds: float = _at_least(300.0, 0.1)
     run_adopt_interval_seconds: float = _at_least(1.0, 0.1)
+    run_idle_grace_seconds: float = _at_least(60.0, 0.1)
     run_lease_seconds: float = _at_least(30.0, 1.0)
     claude_sync_enabled: bool = True
     # Which backend new chat sessions run on: "remote-sessions" (Claude Remote Sessions with each

@@ -32,7 +32,9 @@ def _uuid_of(event: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def _append_locked(conn: asyncpg.Connection, chat_session_id: str, events: list[dict[str, Any]]) -> list[int]:
+async def _append_locked(
+    conn: asyncpg.Connection, chat_session_id: str, events: list[dict[str, Any]]
+) -> list[asyncpg.Record]:
     await queries.chat_sessions.lock_session_log(conn, chat_session_id=chat_session_id)
     rows = [
         r
@@ -43,10 +45,9 @@ async def _append_locked(conn: asyncpg.Connection, chat_session_id: str, events:
             payloads=list(events),
         )
     ]
-    ids = [r["id"] for r in rows]
-    if ids:
+    if rows:
         await queries.events.notify_events(conn, chat_session_id=chat_session_id)
-    return ids
+    return rows
 
 
 async def append(
@@ -63,6 +64,18 @@ async def append(
     when `conn` is given (then the rows and the notification appear when the caller commits,
     and the session's append lock is held until then: keep that transaction short).
     """
+    return [row["id"] for row in await _append_rows(ctx, chat_session_id, events, conn)]
+
+
+async def append_upstream(ctx: AppContext, chat_session_id: str, events: list[dict[str, Any]]) -> set[str]:
+    """Store upstream events (each with its `uuid`) in order, in a transaction of their own;
+    the uuids of those that were new (the rest were stored before, by this run or another)."""
+    return {row["uuid"] for row in await _append_rows(ctx, chat_session_id, events, None)}
+
+
+async def _append_rows(
+    ctx: AppContext, chat_session_id: str, events: list[dict[str, Any]], conn: asyncpg.Connection | None
+) -> list[asyncpg.Record]:
     if not events:
         return []
     if conn is not None and conn.is_in_transaction():

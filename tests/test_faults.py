@@ -186,7 +186,9 @@ class StreamFollower:
 
     async def _follow(self) -> None:
         while not self.completed:
-            last = self.ids[-1] if self.ids else None
+            # An explicit position from the start (0: everything), so that this viewer is never
+            # taken for a page that has just fetched the history (handlers/streams.py).
+            last = self.ids[-1] if self.ids else 0
             try:
                 client = self.clients[self.current]
                 async with open_sse(client, self.path, last_event_id=last, timeout=10) as stream:

@@ -445,6 +445,11 @@ async def test_an_explicit_position_wins_over_the_fetched_one(
         events = await stream.until("completed")
     assert ids_of(events) == ids[2:]
     assert_replayed(events)
+    await fetch_history(client, session_id)
+    async with open_sse(client, path, last_event_id=0) as stream:  # 0 is a position too: everything
+        events = await stream.until("completed")
+    assert ids_of(events) == ids
+    assert_replayed(events)
 
 
 async def test_a_paged_fetch_remembers_nothing(server: TestServer, client: httpx.AsyncClient, user: dict) -> None:

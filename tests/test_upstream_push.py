@@ -42,6 +42,7 @@ from tests.helpers import Replica, TestServer, register, running_replicas, start
 ORGANIZATION = "org-5b1e0c2a"
 SETTINGS = {
     "CLAUDE_UPSTREAM_PUSH": "auto",
+    "RUN_IDLE_GRACE_SECONDS": "5",
     "CLAUDE_ORGANIZATION_UUID": ORGANIZATION,
     "CLAUDE_ENVIRONMENT_ID": "env_push",
     "CLAUDE_POLL_INTERVAL_MS": "50",
@@ -230,14 +231,25 @@ async def test_a_follow_up_whose_turn_starts_late_is_followed(env: Env, http: ht
     upstream_events_stored_once_in_order(log, remote)
 
 
-async def test_a_socket_that_shows_the_run_ended_ends_it(env: Env, http: httpx.AsyncClient) -> None:
-    """No `result`: the pushed `session_status` idle after work ends the run (without waiting for
-    the 30-second status check)."""
+async def test_an_idle_status_without_a_result_ends_the_run_only_after_the_grace(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    """No `result`: a pushed idle status is an end signal, not an end. The run backfills, finds
+    no turn end answering its prompt, and waits `RUN_IDLE_GRACE_SECONDS` (here 5 s) before it
+    ends anyway, with every upstream event stored."""
     fake = env.fake
     fake.turn_factory = lambda session, prompt: long_turn(session, prompt)[:-1]
-    frames = await start_run(http, "End without a result")
-    session = await wait_status(http, frames[1].json()["websiteSessionId"], "completed")
+    async with post_sse(http, {"userRequest": "End without a result", "github": REPO}) as stream:
+        session_id = (await stream.until("session-created"))[-1].json()["websiteSessionId"]
+        await eventually(lambda: any(s.prompts == ["End without a result"] for s in fake.sessions.values()))
+        remote = next(s for s in fake.sessions.values() if s.prompts == ["End without a result"])
+        await eventually(lambda: remote.status == "idle" and not remote.pending)
+        assert (await http.get(f"/api/sessions/{session_id}")).json()["session"]["status"] == "running"
+        frames = await stream.until("completed")
+    assert frames[-1].event == "completed"
+    session = await wait_status(http, session_id, "completed")
     assert session["completedAt"] is not None
+    upstream_events_stored_once_in_order(await stored(http, session_id), remote)
 
 
 async def wait_live(env: Env, session_id: str) -> None:

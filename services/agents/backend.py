@@ -9,8 +9,10 @@ provider) and one row in `registry.py`. Backends never import each other.
 from __future__ import annotations
 
 import abc
+import email.utils
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
 BODY_EXCERPT_CHARS = 300
 # Pages of events fetched in one poll at most; the rest comes with the next poll.
 MAX_PAGES_PER_POLL = 20
+# The longest `Retry-After` obeyed (a bigger one is read as this: the run's retry window decides).
+MAX_RETRY_AFTER_SECONDS = 300.0
 
 
 class UpstreamError(Exception):
@@ -58,6 +62,27 @@ class UpstreamError(Exception):
     @property
     def not_found(self) -> bool:
         return self.kind == "http" and self.status == 404
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A `Retry-After` header (seconds, or an HTTP date) as seconds from now, capped at
+    MAX_RETRY_AFTER_SECONDS; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def excerpt(text: str) -> str:

@@ -128,6 +128,8 @@ class RunDriver:
         self.wakeups: dict[str, asyncio.Event] = {}
         # The push followers of the runs driven here, by session id (for interrupts).
         self.followers: dict[str, PushFollower] = {}
+        # Last looks upstream after runs ended here (`reconcile_later`).
+        self.reconciles: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._preparer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -159,7 +161,7 @@ class RunDriver:
         """Stop driving (the runs go on upstream) and release the leases so another replica adopts
         them at once instead of after the lease expires."""
         self._stopping = True
-        tasks = [t for t in (self._maintainer, self._preparer, *self.tasks.values()) if t is not None]
+        tasks = [t for t in (self._maintainer, self._preparer, *self.tasks.values(), *self.reconciles) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -242,6 +244,25 @@ class RunDriver:
         )
         if claimed is not None:
             self._spawn(session_id)
+
+    def reconcile_later(self, run: Run) -> None:
+        """Take the last look upstream after a run's verdict (`Run.reconcile`) in a task of its
+        own: the run's task ends now, and its lease is gone."""
+        if self._stopping:
+            return
+        task = asyncio.create_task(self._reconcile(run), name=f"reconcile-{run.session_id}", context=detached_context())
+        self.reconciles.add(task)
+        task.add_done_callback(self.reconciles.discard)
+
+    async def _reconcile(self, run: Run) -> None:
+        try:
+            await run.reconcile()
+        except asyncio.CancelledError:
+            raise
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            database_outage.failed(f"last look at session {run.session_id}", exc)
+        except Exception:
+            log.exception("last look at session %s after its run failed", run.session_id)
 
     def wake(self, session_id: str) -> None:
         """Make the session's driver poll now (a follow-up or interrupt was just recorded)."""

@@ -37,6 +37,7 @@ from services.agents.ending import Outcome, end_run
 from services.agents.events import event_key, observe_latency, prompt_content, stored_upstream_event
 from services.agents.follow import STATUS_CHECK_SECONDS, PushFollower
 from services.agents.state import RunState, run_state_patch
+from services.agents.turns import TurnTracker
 from services.db import queries
 from services.errors import ServiceError
 
@@ -47,14 +48,16 @@ log = logging.getLogger(__name__)
 
 # Event types the server itself stores: they never show that the agent is at work.
 SERVER_EVENT_TYPES = ("input_preview", "title_generation", "error", "interrupted")
-# A remote session that stays idle this many polls after a prompt, without doing anything, is done.
-IDLE_GRACE_POLLS = 30
+# After the verdict, upstream is read once more this much later (a late result, a usage frame).
+RECONCILE_DELAY_SECONDS = 2.0
 # Longest wait between two attempts while the upstream is failing.
 MAX_BACKOFF_SECONDS = 30.0
 # Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
 CREDENTIALS_TTL_SECONDS = 60.0
 # Prompts delivered per poll at most (the rest go on the next one).
 PROMPT_BATCH = 20
+# Stored events read per query when a run rebuilds its view of the turns.
+TURN_READ_BATCH = 1000
 # Remote states after which nothing more happens upstream.
 ENDED_REMOTE_STATES = (RemoteState.COMPLETED, RemoteState.ARCHIVED, RemoteState.FAILED)
 
@@ -81,8 +84,10 @@ class Run:
         # Prompts delivered in this run (run_state `turns_delivered`); each ends with one result.
         self.turns_delivered = 0
         self.branch: str | None = None
-        self.saw_running = False
-        self.idle_polls = 0
+        # The turn rule's view of the stored log after the baseline (read when the run starts).
+        self.turns = TurnTracker(self.provider)
+        # Since when the remote session has been idle without the end that answers the last prompt.
+        self.idle_since: float | None = None
         self.create_attempted = False
         self.create_grace_seconds = 2 * driver.ctx.config.claude_request_timeout_seconds
         self.create_in_doubt_until = 0.0
@@ -97,25 +102,8 @@ class Run:
     # ---- the loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        row = await queries.chat_sessions.get_session_by_id(self.ctx.pool, id=self.session_id)
-        if row is None or row["status"] != "running" or row["run_owner"] != self.driver.owner:
+        if not await self._prepare():
             return
-        self.user_id = row["user_id"]
-        self.remote_id = row["remote_session_id"]
-        self.branch = row["branch"]
-        self.provider = self.driver.provider_for(row["provider"])
-        state = RunState.read(row["run_state"])
-        if state.baseline_event_id is None:
-            # Adopted without a run state (for instance a running session imported by the sync):
-            # only what happens from now on can end the run.
-            self.baseline = await queries.events.get_last_event_id(self.ctx.pool, chat_session_id=self.session_id)
-            await queries.chat_sessions.patch_run_state(
-                self.ctx.pool, id=self.session_id, patch=run_state_patch(baseline_event_id=self.baseline)
-            )
-        self.create_attempted = state.create_attempted
-        if self.create_attempted:
-            # Adopted mid-creation: the dead replica's request may still be on its way.
-            self.create_in_doubt_until = time.monotonic() + self.create_grace_seconds
         wakeup = self.driver.wakeups.setdefault(self.session_id, asyncio.Event())
 
         while True:
@@ -126,9 +114,10 @@ class Run:
             if state.baseline_event_id is not None:
                 self.baseline = state.baseline_event_id
             self.turns_delivered = state.turns_delivered
-            delay = self._follow_delay()
+            delay = self.driver.poll_seconds
             try:
                 outcome = await self._step(state, control["has_pending"])
+                delay = self._follow_delay()
                 self.failing_since.clear()
                 self.backoff = self.driver.poll_seconds
             except UpstreamError as exc:
@@ -141,11 +130,51 @@ class Run:
                     # No credentials any more, or Claude refused to refresh them.
                     outcome = Outcome("error", exc.message)
             if outcome is not None and await self.finish(outcome):
+                self.driver.reconcile_later(self)
                 return
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), delay)
             wakeup.clear()
+
+    async def _prepare(self) -> bool:
+        """Read the run from its row (False: it is not this replica's to drive) and start
+        following it upstream at once."""
+        row = await queries.chat_sessions.get_session_by_id(self.ctx.pool, id=self.session_id)
+        if row is None or row["status"] != "running" or row["run_owner"] != self.driver.owner:
+            return False
+        self.user_id = row["user_id"]
+        self.remote_id = row["remote_session_id"]
+        self.branch = row["branch"]
+        self.provider = self.driver.provider_for(row["provider"])
+        state = RunState.read(row["run_state"])
+        self.baseline = state.baseline_event_id or 0
+        self.turns_delivered = state.turns_delivered
+        if state.baseline_event_id is None:
+            # Adopted without a run state (for instance a running session imported by the sync):
+            # only what happens from now on can end the run.
+            self.baseline = await queries.events.get_last_event_id(self.ctx.pool, chat_session_id=self.session_id)
+            await queries.chat_sessions.patch_run_state(
+                self.ctx.pool, id=self.session_id, patch=run_state_patch(baseline_event_id=self.baseline)
+            )
+        await self._read_turns()
+        if self.remote_id is not None:
+            self._start_following()  # at once, also on adoption: the first events come pushed
+        self.create_attempted = state.create_attempted
+        if self.create_attempted:
+            # Adopted mid-creation: the dead replica's request may still be on its way.
+            self.create_in_doubt_until = time.monotonic() + self.create_grace_seconds
+        return True
+
+    async def _read_turns(self) -> None:
+        """Rebuild the turn rule's view from what is stored after the baseline (an adopting
+        replica continues exactly where the last driver stopped)."""
+        self.turns = TurnTracker(self.provider)
+        after = self.baseline
+        while rows := await event_log.read_after(self.ctx, self.session_id, after, TURN_READ_BATCH):
+            for row in rows:
+                self.turns.observe(row["event_data"])
+            after = rows[-1]["id"]
 
     async def _token_now(self, force: bool = False) -> str:
         if force or self.token is None or time.monotonic() - self.token_read_at > CREDENTIALS_TTL_SECONDS:
@@ -160,12 +189,7 @@ class Run:
             return None
         remote = await self.provider.get(token, self.remote_id)
         self.failing_since.pop("get session", None)
-        if remote.state in ENDED_REMOTE_STATES and self.follower is not None and self.follower.live:
-            # The status may be ahead of the pushed events: store those that explain the end (a
-            # final result, an error) before judging, as a poll would have.
-            await self.backfill(token)
-        else:
-            await self._collect(token)
+        await self._collect(token)
         self.failing_since.pop("get events", None)
         self.retried_unauthorized = False
         if has_pending:
@@ -174,7 +198,7 @@ class Run:
             if self.caught_up:
                 await self._deliver(token)
             return None
-        return await self._judge(remote.state, state.interrupted)
+        return await self._judge(token, remote.state, state.interrupted)
 
     async def _collect(self, token: str) -> None:
         """Append every event after the cursor that this run has not stored yet, in order; while
@@ -189,19 +213,28 @@ class Run:
             self.cursor = batch.cursor
             self.caught_up = self.caught_up or batch.complete
 
-    async def _store(self, events: list[dict[str, Any]], via: str) -> None:
-        """Append the events this run has not stored yet (by upstream key), in the order given."""
+    async def _store(self, events: list[dict[str, Any]], via: str) -> int:
+        """Append the events this run has not stored yet (by upstream key), in the order given.
+
+        A key is marked seen only once its event is durable: a failed write leaves it to the next
+        attempt (the cursor does not move either), and the database tells which were new."""
         new: list[dict[str, Any]] = []
+        keys: set[str] = set()
         for event in events:
             key = event_key(event)
-            if key in self.seen:
+            if key in self.seen or key in keys:
                 continue
-            self.seen.add(key)
+            keys.add(key)
             new.append(event)
         fresh = [stored_upstream_event(event) for event in new]
-        if fresh:
-            await event_log.append(self.ctx, self.session_id, fresh)
-            observe_latency(new, via)
+        if not fresh:
+            return 0
+        inserted = await event_log.append_upstream(self.ctx, self.session_id, fresh)
+        self.seen |= keys
+        observe_latency(new, via)
+        for event in fresh:
+            if event["uuid"] in inserted:
+                self.turns.observe(event)
         for event in fresh:
             branch = self.provider.branch(event)
             if branch and branch != self.branch:
@@ -211,6 +244,7 @@ class Run:
                     await session_list.announce(
                         self.ctx, self.user_id, "updated", {"id": self.session_id, "branch": branch}
                     )
+        return len(inserted)
 
     # ---- following over the push channel (services/claude/follow.py) ------------------------------
 
@@ -227,27 +261,29 @@ class Run:
             await self.follower.stop()
 
     def _follow_delay(self) -> float:
-        """Until the next look at the run: the poll interval, or a slow status check while the
-        push channel delivers the events (it nudges the loop when something ends). Until the
-        turn is seen running the status is still read at the poll interval (only the status):
-        the idle grace of `_judge` counts reads, and must not grow to IDLE_GRACE_POLLS times 30 s."""
-        if self.follower is not None and self.follower.live and self.saw_running:
+        """Until the next look at the run: a slow status check while the push channel delivers
+        the events (it nudges the loop at every end signal), else the poll interval (also while
+        the remote session is idle without the end that answers the last prompt)."""
+        if self.follower is not None and self.follower.live and self.idle_since is None:
             return STATUS_CHECK_SECONDS
         return self.driver.poll_seconds
 
     async def follow_token(self) -> str:
         return await self._token_now()
 
-    async def backfill(self, token: str) -> None:
+    async def backfill(self, token: str) -> int:
+        """Store every event after the cursor, all pages, until the list is complete; how many
+        of them were new."""
         assert self.remote_id is not None
+        stored = 0
         async with self.store_lock:
             while True:
                 batch = await self.provider.events_after(token, self.remote_id, self.cursor)
-                await self._store(batch.events, "poll")
+                stored += await self._store(batch.events, "poll")
                 self.cursor = batch.cursor
                 if batch.complete:
                     self.caught_up = True
-                    return
+                    return stored
 
     async def take(self, item: PushItem) -> None:
         if item.event is not None:
@@ -263,36 +299,39 @@ class Run:
     def nudge(self) -> None:
         self.driver.wake(self.session_id)
 
-    async def _judge(self, remote_state: str, interrupted: bool) -> Outcome | None:
-        """Whether the run is over (CONTRACT.md 5.6, without the 10-minute cap and the early idle)."""
-        progress = await queries.events.get_run_progress(
-            self.ctx.pool,
-            chat_session_id=self.session_id,
-            after_id=self.baseline,
-            end_types=list(self.provider.end_event_types),
-            quiet_types=[*self.provider.quiet_event_types, *SERVER_EVENT_TYPES],
-        )
-        last_end = progress["last_end"] if progress else None
-        if last_end is not None and progress["end_count"] >= max(self.turns_delivered, 1):
-            failure = self.provider.end_error(last_end)
+    async def _judge(self, token: str, remote_state: str, interrupted: bool) -> Outcome | None:
+        """Whether the run is over: the turn rule (`services/agents/turns.py`), taken only after a
+        backfill has made the stored log complete up to now, at every end signal (an answering
+        end stored, a remote session no longer running)."""
+        if remote_state == RemoteState.RUNNING:
+            self.idle_since = None
+            if self.turns.answered(self.turns_delivered) is None:
+                return None
+        await self.backfill(token)
+        end = self.turns.answered(self.turns_delivered)
+        if end is not None:
+            failure = self.provider.end_error(end)
             if failure is not None:
-                return Outcome("error", failure, total_cost=self.provider.cost(last_end))
-            return Outcome("completed", total_cost=self.provider.cost(last_end))
+                return Outcome("error", failure, total_cost=self.provider.cost(end))
+            return Outcome("completed", total_cost=self.provider.cost(end))
         if remote_state in (RemoteState.COMPLETED, RemoteState.ARCHIVED):
             return Outcome("completed")
         if remote_state == RemoteState.FAILED:
             return Outcome("error", "Claude reported that the session failed")
-        if remote_state == RemoteState.RUNNING:
-            self.saw_running = True
-            self.idle_polls = 0
+        if remote_state != RemoteState.IDLE:
             return None
-        if remote_state == RemoteState.IDLE:
-            # Idle right after a prompt only means the agent has not started yet (defect 15).
-            if interrupted or self.saw_running or (progress is not None and progress["active"]):
-                return Outcome("completed")
-            self.idle_polls += 1
-            if self.idle_polls >= IDLE_GRACE_POLLS:
-                return Outcome("completed")
+        if interrupted:
+            return Outcome("completed")  # the person stopped the turn: no answer is coming
+        now = time.monotonic()
+        if self.idle_since is None:
+            self.idle_since = now
+        elif now - self.idle_since >= self.ctx.config.run_idle_grace_seconds:
+            log.warning(
+                "run of session %s ends: idle for %.0f s without the end of its turn",
+                self.session_id,
+                now - self.idle_since,
+            )
+            return Outcome("completed")
         return None
 
     # ---- creating the remote session and delivering prompts ---------------------------------------
@@ -355,6 +394,7 @@ class Run:
             self.remote_id = current["remote_session_id"] if current is not None else remote.id
         else:
             self.remote_id = remote.id
+            self._start_following()  # push from the first second, not one poll interval later
             await session_list.announce(
                 self.ctx,
                 self.user_id,
@@ -373,8 +413,7 @@ class Run:
                 conn, id=self.session_id, patch=run_state_patch(turns_delivered=turns, interrupted=False)
             )
         self.turns_delivered = turns
-        self.saw_running = False
-        self.idle_polls = 0
+        self.idle_since = None
 
     async def _deliver(self, token: str) -> None:
         assert self.remote_id is not None
@@ -390,6 +429,28 @@ class Run:
             if prompt["upstream_uuid"] not in self.seen:
                 await self.provider.send(token, self.remote_id, prompt_content(prompt), prompt["upstream_uuid"])
             await self._mark_delivered(prompt["id"])
+
+    async def reconcile(self) -> None:
+        """After the verdict, one last look upstream: what it stored after the end (a late result,
+        a usage frame) is appended and streamed, and the session's cost updated, without
+        reopening the run."""
+        await self.stop_following()
+        if self.remote_id is None:
+            return
+        await asyncio.sleep(RECONCILE_DELAY_SECONDS)
+        before = self.turns.last_end
+        try:
+            await self.backfill(await self._token_now())
+        except (UpstreamError, ServiceError) as exc:
+            log.info("last look at session %s after its run failed: %s", self.session_id, exc.message)
+            return
+        end = self.turns.last_end
+        cost = self.provider.cost(end) if end is not None and end is not before else None
+        if cost is None:
+            return
+        row = await queries.chat_sessions.set_ended_session_cost(self.ctx.pool, id=self.session_id, total_cost=cost)
+        if row is not None:
+            await session_list.announce(self.ctx, self.user_id, "updated", {"id": self.session_id, "totalCost": cost})
 
     # ---- failures and the end --------------------------------------------------------------------
 
@@ -410,10 +471,11 @@ class Run:
             return None, 0
         if not exc.retryable:
             return Outcome("error", exc.message), 0
-        return self._retry(exc.operation, exc.message)
+        return self._retry(exc.operation, exc.message, exc.retry_after)
 
-    def _retry(self, operation: str, message: str) -> tuple[Outcome | None, float]:
-        """Try again after a backoff, unless `operation` has failed for the whole retry window."""
+    def _retry(self, operation: str, message: str, retry_after: float | None = None) -> tuple[Outcome | None, float]:
+        """Try again after a backoff (at least as long as upstream's `Retry-After` asked), unless
+        `operation` has failed for the whole retry window."""
         now = time.monotonic()
         elapsed = now - self.failing_since.setdefault(operation, now)
         if elapsed >= self.driver.retry_window_seconds:
@@ -422,7 +484,7 @@ class Run:
         log.info("run of session %s retries: %s", self.session_id, message)
         delay = min(self.backoff, MAX_BACKOFF_SECONDS, max(self.driver.retry_window_seconds - elapsed, 0.0))
         self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
-        return None, delay
+        return None, max(delay, retry_after or 0.0)
 
     async def finish(self, outcome: Outcome) -> bool:
         """End the run (services/claude/ending.py), only while this replica still holds it.

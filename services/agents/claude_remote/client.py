@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from services.agents.backend import UpstreamError, excerpt
+from services.agents.backend import UpstreamError, excerpt, retry_after_seconds
 from services.metrics import UPSTREAM_CALLS
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -96,7 +96,10 @@ class ClaudeRemoteClient:
             raise UpstreamError(operation, f"connection failed ({exc.__class__.__name__})", kind="network") from None
         if not 200 <= response.status_code < 300:
             raise UpstreamError(
-                operation, f"{response.status_code} {excerpt(response.text)}".rstrip(), status=response.status_code
+                operation,
+                f"{response.status_code} {excerpt(response.text)}".rstrip(),
+                status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         if not response.content.strip():
             return None

@@ -21,15 +21,17 @@ import tornado.httpclient
 import tornado.iostream
 import tornado.websocket
 
-from services.agents.backend import PushChannel, PushItem, RemoteState, UpstreamError
+from services.agents.backend import PushChannel, PushItem, RemoteState, UpstreamError, retry_after_seconds
 from services.metrics import UPSTREAM_CALLS
 
 log = logging.getLogger(__name__)
 
 KEEP_ALIVE_SECONDS = 30.0
-# WebSocket pings detect a connection that died without a close (webedt: 30 s, pong within 5 s).
-PING_INTERVAL_SECONDS = 30.0
-PING_TIMEOUT_SECONDS = 10.0
+# WebSocket pings detect a connection that died without a close (a black hole) within
+# PING_INTERVAL_SECONDS + PING_TIMEOUT_SECONDS; a connection up but silent is the follower's
+# silence check's (services/agents/follow.py).
+PING_INTERVAL_SECONDS = 5.0
+PING_TIMEOUT_SECONDS = 5.0
 # How long an interrupt waits for its control_response before the caller falls back to REST.
 CONTROL_TIMEOUT_SECONDS = 5.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -107,7 +109,13 @@ class ClaudeRemoteChannel(PushChannel):
                 UPSTREAM_CALLS.labels("claude", "network").inc()
                 raise UpstreamError(operation, "connection failed", kind="network") from None
             UPSTREAM_CALLS.labels("claude", "http").inc()
-            raise UpstreamError(operation, f"{exc.code} upgrade refused", status=exc.code) from None
+            reply: Any = exc.response.headers if exc.response is not None else {}
+            raise UpstreamError(
+                operation,
+                f"{exc.code} upgrade refused",
+                status=exc.code,
+                retry_after=retry_after_seconds(reply.get("Retry-After")),
+            ) from None
         except (OSError, tornado.iostream.StreamClosedError, tornado.websocket.WebSocketError) as exc:
             UPSTREAM_CALLS.labels("claude", "network").inc()
             raise UpstreamError(operation, f"connection failed ({exc.__class__.__name__})", kind="network") from None
