@@ -163,6 +163,8 @@ def command_db(config: Config, args: argparse.Namespace) -> int:
     if args.db_command == "status":
         for state in asyncio.run(migrations.status(dsn)):
             mark = "applied" if state.applied else "pending"
+            if not state.applied and state.migration.empty:
+                mark = "pending, empty (holds no SQL yet)"
             if state.applied and not state.checksum_matches:
                 mark = "EDITED AFTER APPLYING"
             print(f"{state.migration.path.name:<40} {mark}")

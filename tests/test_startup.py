@@ -102,6 +102,26 @@ async def test_migrations_are_idempotent_and_checked(
         await migrations.migrate(url, directory)
 
 
+async def test_a_new_empty_migration_breaks_nothing(
+    empty_database_factory: Callable[[], Awaitable[str]], tmp_path: Path
+) -> None:
+    """`db new` writes a file holding only a comment: it waits, with everything after it, until it has SQL."""
+    url = await empty_database_factory()
+    directory = tmp_path / "migrations"
+    shutil.copytree(migrations.MIGRATIONS_DIR, directory)
+    empty = migrations.new_file("add things", directory)
+    later = directory / f"{int(empty.name[:4]) + 1:04d}_later.sql"
+    later.write_text("CREATE TABLE later_things (id integer);\n")
+    applied = await migrations.migrate(url, directory)
+    assert applied[-1] == migrations.discover(migrations.MIGRATIONS_DIR)[-1].name
+    assert await migrations.migrate(url, directory) == []
+    pending = {s.migration.name: s.applied for s in await migrations.status(url, directory) if not s.applied}
+    assert pending == {empty.stem: False, later.stem: False}
+
+    empty.write_text(empty.read_text() + "/* now it does */ CREATE TABLE things (id integer);\n")
+    assert await migrations.migrate(url, directory) == [empty.stem, later.stem]
+
+
 def test_new_migration_file_gets_the_next_number(tmp_path: Path) -> None:
     (tmp_path / "0001_initial.sql").write_text("-- one\n")
     (tmp_path / "0002_more.sql").write_text("-- two\n")
