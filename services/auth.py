@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,20 @@ REMEMBER_ME_COOKIE_DAYS = 90
 PASSWORD_MIN_CHARS = 8
 PASSWORD_MAX_BYTES = 72
 INVALID_LOGIN = "Invalid email or password"
+# A bcrypt hash as the bcrypt package writes and checks it; any other stored value (a
+# plaintext or argon2 password carried from elsewhere) can never log in.
+BCRYPT_HASH = re.compile(r"\$2[abxy]\$(\d\d)\$[./A-Za-z0-9]{53}")
+# Above this cost one check takes many seconds of a CPU: such a stored hash is not checked.
+BCRYPT_MAX_COST = 16
+
+
+def checkable_hash(hashed: str | None, rounds: int) -> bool:
+    """Whether a login can be checked against `hashed`: bcrypt, at a cost from 4 (the least bcrypt
+    accepts) to BCRYPT_MAX_COST or `rounds` when that is higher."""
+    match = BCRYPT_HASH.fullmatch(hashed) if hashed else None
+    return match is not None and 4 <= int(match.group(1)) <= max(BCRYPT_MAX_COST, rounds)
+
+
 # Checked against when the e-mail is unknown, so both failures cost one bcrypt check.
 _dummy_hashes: dict[int, bytes] = {}
 
@@ -66,10 +81,18 @@ def new_user_id() -> str:
     return base64.b32encode(secrets.token_bytes(10)).decode().lower()
 
 
+def email_key(email: str) -> str:
+    """The one form of an e-mail this server stores and looks up: trimmed, Python-lower-cased.
+
+    Stored already in this form, an e-mail is matched whatever PostgreSQL's lower() makes of it
+    (its lower() and Python's disagree on some letters, such as the dotted capital I)."""
+    return email.strip().lower()
+
+
 def normalize_email(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ServiceError(400, "Email and password are required")
-    email = value.strip().lower()
+    email = email_key(value)
     if len(email) > 254 or "@" not in email or any(c.isspace() or ord(c) < 32 for c in email):
         raise ServiceError(400, "Please enter a valid email address")
     return email
@@ -98,14 +121,17 @@ async def verify_password(ctx: AppContext, password: bytes, hashed: str | None) 
     """Whether `password` matches `hashed`; with no hash, spends the same time and says no."""
     loop = asyncio.get_running_loop()
     rounds = ctx.config.bcrypt_rounds
-    if hashed is None and rounds not in _dummy_hashes:
+    # A hash bcrypt cannot check (not bcrypt at all) is treated like no hash: the same time
+    # spent, the same 401, so nobody learns that the e-mail exists.
+    checkable = checkable_hash(hashed, rounds)
+    if not checkable and rounds not in _dummy_hashes:
         _dummy_hashes[rounds] = await loop.run_in_executor(
             ctx.cpu_executor, bcrypt.hashpw, b"no such user", bcrypt.gensalt(rounds)
         )
-    target = hashed.encode() if hashed else _dummy_hashes[rounds]
+    target = hashed.encode() if hashed and checkable else _dummy_hashes[rounds]
     # bcrypt refuses input over 72 bytes; such a password can never have been registered.
     ok = await loop.run_in_executor(ctx.cpu_executor, bcrypt.checkpw, password[:PASSWORD_MAX_BYTES], target)
-    return bool(ok) and hashed is not None and len(password) <= PASSWORD_MAX_BYTES
+    return bool(ok) and checkable and len(password) <= PASSWORD_MAX_BYTES
 
 
 async def create_user(ctx: AppContext, email: Any, password: Any, is_admin: bool = False) -> asyncpg.Record:
@@ -178,7 +204,7 @@ def _device_signature(ctx: AppContext, email: str, nonce: str) -> str:
 def new_device_token(ctx: AppContext, email: str) -> str:
     """A device token for a browser that just logged in as `email`: `<nonce>.<signature>`."""
     nonce = secrets.token_urlsafe(16)
-    return f"{nonce}.{_device_signature(ctx, email.strip().lower(), nonce)}"
+    return f"{nonce}.{_device_signature(ctx, email_key(email), nonce)}"
 
 
 def _device_nonce(ctx: AppContext, token: str | None, email: str) -> str | None:
@@ -199,7 +225,7 @@ async def login(
     if not isinstance(email, str) or not email.strip() or not isinstance(password, str) or not password:
         raise ServiceError(400, "Email and password are required")
     config = ctx.config
-    normalized = email.strip().lower()
+    normalized = email_key(email)
     nonce = _device_nonce(ctx, device_token, normalized)
     # Bounded like a registered e-mail (254 characters): the key is a primary key, and an index
     # entry of 100 KB would fail in PostgreSQL (a 500). No account has a longer e-mail anyway.
