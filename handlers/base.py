@@ -360,7 +360,10 @@ class APIHandler(tornado.web.RequestHandler):
 
     def log_extra(self) -> dict[str, Any]:
         user = getattr(self, "current_user", None)
-        return {"request_id": self.request_id, "user_id": user.id if user else None}
+        if user is None:
+            return {"request_id": self.request_id, "user_id": None}
+        # While an admin impersonates someone, every line names the admin too (None is left out).
+        return {"request_id": self.request_id, "user_id": user.id, "impersonator_id": user.impersonator_id}
 
 
 def authenticated(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -69,6 +69,11 @@ class CurrentUser:
     def is_admin(self) -> bool:
         return bool(self.user["is_admin"])
 
+    @property
+    def impersonator_id(self) -> str | None:
+        """The admin behind this login session while they impersonate its person, else None."""
+        return self.user["impersonator_id"]
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
