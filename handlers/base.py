@@ -181,10 +181,15 @@ class APIHandler(tornado.web.RequestHandler):
         token = self.get_cookie(COOKIE_NAME)
         self.current_user = None
         # With or without the cookie: a cookie-less login or register from another site would
-        # log the browser into the attacker's account (login CSRF). No Origin: not a browser.
+        # log the browser into the attacker's account (login CSRF). No Origin: not a browser,
+        # unless the browser says the request is cross-site (browsers send Origin today; this
+        # is defence in depth should one not).
         if self.request.method not in SAFE_METHODS:
             origin = self.request.headers.get("Origin")
-            if origin is not None and origin not in self.ctx.config.allowed_origins:
+            if origin is None:
+                if self.request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+                    raise ServiceError(403, "Request origin is not allowed")
+            elif origin not in self.ctx.config.allowed_origins:
                 raise ServiceError(403, "Request origin is not allowed")
         if token:
             self.current_user = await auth.resolve_token(self.ctx, token)

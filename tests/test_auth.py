@@ -241,6 +241,26 @@ async def test_state_changing_request_from_foreign_origin_is_refused(client: htt
     assert (await client.post("/api/user/display-name", json=body)).status_code == 200
 
 
+async def test_a_cross_site_request_without_origin_is_refused(client: httpx.AsyncClient) -> None:
+    """Defence in depth: a browser that says the request is cross-site but sends no Origin."""
+    await register(client)
+    body = {"displayName": "Mallory was here"}
+    for site in ("cross-site", "Cross-Site"):
+        cross = await client.post("/api/user/display-name", json=body, headers={"Sec-Fetch-Site": site})
+        assert cross.status_code == 403
+        assert cross.json() == {"success": False, "error": "Request origin is not allowed"}
+    login = await client.post(
+        "/api/auth/login", json={"email": "a@b.c", "password": PASSWORD}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert login.status_code == 403
+    assert (await client.get("/api/auth/session")).json()["data"]["user"]["displayName"] is None
+    # Reads stay open, and the website's own requests pass.
+    assert (await client.get("/api/auth/session", headers={"Sec-Fetch-Site": "cross-site"})).status_code == 200
+    for site in ("same-origin", "same-site", "none"):
+        response = await client.post("/api/user/display-name", json=body, headers={"Sec-Fetch-Site": site})
+        assert response.status_code == 200, site
+
+
 async def test_cors_allows_listed_origins_with_credentials(client: httpx.AsyncClient) -> None:
     listed = await client.options(
         "/api/auth/login", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
