@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import bcrypt
+from tornado.web import create_signed_value, decode_signed_value
 
 from services.context import AppContext
 from services.db import queries
@@ -31,6 +32,9 @@ from services.errors import ServiceError
 SESSION_LIFETIME = timedelta(days=30)
 RENEW_WHEN_LESS_THAN = timedelta(days=15)
 REMEMBER_ME_COOKIE_DAYS = 90
+# The cookie naming a browser that has logged in to an account before, and how long it counts.
+DEVICE_COOKIE = "login_device"
+DEVICE_TOKEN_DAYS = 365
 PASSWORD_MIN_CHARS = 8
 PASSWORD_MAX_BYTES = 72
 INVALID_LOGIN = "Invalid email or password"
@@ -201,23 +205,25 @@ async def _check_rate_limit(ctx: AppContext, limits: dict[str, int], window_seco
             raise ServiceError(429, message.format(retry_after=retry_after), {"Retry-After": str(retry_after)})
 
 
-def _device_signature(ctx: AppContext, email: str, nonce: str) -> str:
-    message = f"login-device|{email}|{nonce}".encode()
-    return hmac.new(ctx.config.session_secret.encode(), message, hashlib.sha256).hexdigest()[:32]
-
-
 def new_device_token(ctx: AppContext, email: str) -> str:
-    """A device token for a browser that just logged in as `email`: `<nonce>.<signature>`."""
-    nonce = secrets.token_urlsafe(16)
-    return f"{nonce}.{_device_signature(ctx, email_key(email), nonce)}"
+    """A device token for a browser that just logged in as `email`: a random nonce and the
+    SHA-256 of the e-mail (not the e-mail itself), signed with an expiry by Tornado."""
+    value = f"{hash_token(email_key(email))}|{secrets.token_urlsafe(16)}"
+    return create_signed_value(ctx.config.session_secret, DEVICE_COOKIE, value).decode()
 
 
 def _device_nonce(ctx: AppContext, token: str | None, email: str) -> str | None:
-    """The nonce of a device token issued for `email`; None for no token or anyone else's."""
-    if not token or len(token) > 100 or "." not in token:
+    """The nonce of a device token issued for `email` within DEVICE_TOKEN_DAYS; None for no
+    token, an expired or forged one, or anyone else's."""
+    if not token or len(token) > 300:
         return None
-    nonce, _, signature = token.partition(".")
-    return nonce if hmac.compare_digest(signature, _device_signature(ctx, email, nonce)) else None
+    value = decode_signed_value(
+        ctx.config.session_secret, DEVICE_COOKIE, token, max_age_days=DEVICE_TOKEN_DAYS, min_version=2
+    )
+    if value is None:
+        return None
+    email_hash, _, nonce = value.decode(errors="replace").partition("|")
+    return nonce if nonce and hmac.compare_digest(email_hash, hash_token(email)) else None
 
 
 async def login(
