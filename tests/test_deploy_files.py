@@ -164,6 +164,11 @@ def test_dockerfile_runtime_settings() -> None:
     text = "\n".join(f"{keyword} {args}" for keyword, args in instructions)
     runtime = text[text.rindex("FROM ") :]
     assert re.search(r"apt-get install [^\n]*\bgit\b", runtime)
+    # psql for `db shell`, since the embedded PostgreSQL (which brings its own) is not installed.
+    assert re.search(r"apt-get install [^\n]*\bpostgresql-client\b", runtime)
+    # Neither the base image nor the venv keeps pip and setuptools: production installs nothing.
+    assert re.search(r"^RUN .*python -m pip uninstall --yes .*\bpip setuptools\b", runtime, re.M)
+    assert re.search(r"/opt/venv/bin/python -m pip uninstall --yes .*\bpip setuptools\b", text)
     for setting in ("NODE_ENV=production", "PORT=3001", "WORKSPACE_DIR=/workspace"):
         assert setting in runtime
     assert "chown app:app /workspace" in runtime
