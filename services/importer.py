@@ -4,12 +4,14 @@ Reads the original's PostgreSQL (CONTRACT.md 3) over a read-only connection, ins
 REPEATABLE READ snapshot, and writes people, login sessions, credentials, chat sessions, messages
 and events into this server's database:
 
-- People keep their id, e-mail, bcrypt hash (the old password logs in; services/auth upgrades the
-  hash on first login), settings, admin flag and creation time. Of e-mails that differ only in
-  case the oldest person is kept and the others are reported. Claude and GitHub tokens are
+- People keep their id, e-mail (trimmed and lower-cased as registration stores it), bcrypt hash
+  (the old password logs in; services/auth upgrades the hash on first login; any other hash is
+  replaced by NO_PASSWORD and the person reported), settings, admin flag and creation time. Of
+  e-mails equal in that form the oldest person is kept and the others are reported. Claude and GitHub tokens are
   encrypted on the way in (services/secrets), never logged or printed.
 - Login sessions: the original's session id is the cookie token, stored as its SHA-256 like
-  every token here, with its expiry; expired ones are left out.
+  every token here, with its expiry (`infinity`: this server's session lifetime); expired ones
+  are left out. Rows whose id is empty are never read, only counted and reported.
 - Each chat session is imported with its new messages and events in ONE transaction together
   with its bookkeeping row (`import_original`), so a killed import never leaves a session half
   imported, and the next run continues after the last session committed. Events get new ids
