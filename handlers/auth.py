@@ -8,9 +8,6 @@ from services.clock import iso
 from services.errors import ServiceError
 from services.users import user_payload
 
-DEVICE_COOKIE = "login_device"
-DEVICE_COOKIE_DAYS = 365
-
 
 class RegisterHandler(APIHandler):
     async def post(self) -> None:
@@ -29,7 +26,7 @@ class LoginHandler(APIHandler):
     async def post(self) -> None:
         body = self.json_body()
         email, password = body.get("email"), body.get("password")
-        device = self.get_cookie(DEVICE_COOKIE)
+        device = self.get_cookie(auth.DEVICE_COOKIE)
         user = await auth.login(self.ctx, email, password, self.client_ip(), device)
         if self.current_user is not None:
             # A new login replaces the session the browser had.
@@ -39,9 +36,9 @@ class LoginHandler(APIHandler):
         self.set_auth_cookie(token, days)
         # This browser is now known for this account: others' failures no longer lock it out.
         self.set_cookie(
-            DEVICE_COOKIE,
+            auth.DEVICE_COOKIE,
             auth.new_device_token(self.ctx, user["email"]),
-            max_age=DEVICE_COOKIE_DAYS * 86400,
+            max_age=auth.DEVICE_TOKEN_DAYS * 86400,
             path="/api/auth",
             httponly=True,
             samesite="Strict",

@@ -166,10 +166,15 @@ class APIHandler(tornado.web.RequestHandler):
         token = self.get_cookie(COOKIE_NAME)
         self.current_user = None
         # With or without the cookie: a cookie-less login or register from another site would
-        # log the browser into the attacker's account (login CSRF). No Origin: not a browser.
+        # log the browser into the attacker's account (login CSRF). No Origin: not a browser,
+        # unless the browser says the request is cross-site (browsers send Origin today; this
+        # is defence in depth should one not).
         if self.request.method not in SAFE_METHODS:
             origin = self.request.headers.get("Origin")
-            if origin is not None and origin not in self.ctx.config.allowed_origins:
+            if origin is None:
+                if self.request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+                    raise ServiceError(403, "Request origin is not allowed")
+            elif origin not in self.ctx.config.allowed_origins:
                 raise ServiceError(403, "Request origin is not allowed")
         if token:
             self.current_user = await auth.resolve_token(self.ctx, token)
@@ -345,7 +350,10 @@ class APIHandler(tornado.web.RequestHandler):
 
     def log_extra(self) -> dict[str, Any]:
         user = getattr(self, "current_user", None)
-        return {"request_id": self.request_id, "user_id": user.id if user else None}
+        if user is None:
+            return {"request_id": self.request_id, "user_id": None}
+        # While an admin impersonates someone, every line names the admin too (None is left out).
+        return {"request_id": self.request_id, "user_id": user.id, "impersonator_id": user.impersonator_id}
 
 
 def authenticated(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

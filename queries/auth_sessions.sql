@@ -5,7 +5,7 @@ INSERT INTO sessions (id, user_id, expires_at) VALUES (:id, :user_id, :expires_a
 
 -- name: get_auth_session_with_user(id)^
 -- The one query behind every authenticated request: the login session and its user.
-SELECT s.id AS session_id, s.expires_at, u.*
+SELECT s.id AS session_id, s.expires_at, s.impersonator_id, u.*
 FROM sessions s JOIN users u ON u.id = s.user_id
 WHERE s.id = :id;
 

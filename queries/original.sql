@@ -55,12 +55,18 @@ FROM pg_class c
 WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(:names::text[])
 ORDER BY c.relname;
 
--- name: list_email_case_variants()
--- People sharing one e-mail up to case: their ids, oldest first (the oldest is the one kept).
-SELECT lower(email) AS email_key, array_agg(id ORDER BY created_at::timestamp, id) AS ids
-FROM users
-GROUP BY lower(email)
-HAVING count(*) > 1;
+-- name: list_original_user_emails()
+-- Every person's id and e-mail, oldest first: the import groups them by this server's e-mail
+-- key (services/auth.email_key), and of one group keeps the oldest.
+SELECT id, email FROM users ORDER BY created_at::timestamp, id;
+
+-- name: count_original_empty_ids()
+-- Rows whose id is the empty string: keyset reading (`id > ''`) never reaches them.
+SELECT 'users' AS table_name, count(*) AS row_count FROM users WHERE id = ''
+UNION ALL
+SELECT 'sessions', count(*) FROM sessions WHERE id = ''
+UNION ALL
+SELECT 'chat_sessions', count(*) FROM chat_sessions WHERE id = '';
 
 -- name: read_original_users(after_id, limit)
 SELECT id, email, display_name, password_hash, github_id, github_access_token,

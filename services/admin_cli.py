@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from services import auth
 from services.context import AppContext
 from services.db import queries
@@ -9,6 +11,9 @@ from services.errors import ServiceError
 
 
 async def create_user(ctx: AppContext, email: str, password: str, is_admin: bool) -> int:
+    if not password:
+        print("error: a password is required: type it at the prompt or pipe it on stdin")
+        return 1
     try:
         user = await auth.create_user(ctx, email, password, is_admin=is_admin)
     except ServiceError as exc:
@@ -28,10 +33,7 @@ async def set_admin(ctx: AppContext, email: str, is_admin: bool) -> int:
 
 
 async def list_users(ctx: AppContext) -> int:
-    after_created, after_id = None, ""
-    from datetime import UTC, datetime
-
-    after_created = datetime(1970, 1, 1, tzinfo=UTC)
+    after_created, after_id = datetime(1970, 1, 1, tzinfo=UTC), ""
     while True:
         rows = [
             r
@@ -42,6 +44,8 @@ async def list_users(ctx: AppContext) -> int:
         for row in rows:
             flag = "admin" if row["is_admin"] else ""
             print(f"{row['id']}  {row['email']:<40} {row['created_at']:%Y-%m-%d}  {flag}")
+        if not rows and not after_id:
+            print("no users yet (admin create-user --email ... adds one)")
         if len(rows) < 500:
             return 0
         after_created, after_id = rows[-1]["created_at"], rows[-1]["id"]

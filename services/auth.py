@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import bcrypt
+from tornado.web import create_signed_value, decode_signed_value
 
 from services.context import AppContext
 from services.db import queries
@@ -30,9 +32,26 @@ from services.errors import ServiceError
 SESSION_LIFETIME = timedelta(days=30)
 RENEW_WHEN_LESS_THAN = timedelta(days=15)
 REMEMBER_ME_COOKIE_DAYS = 90
+# The cookie naming a browser that has logged in to an account before, and how long it counts.
+DEVICE_COOKIE = "login_device"
+DEVICE_TOKEN_DAYS = 365
 PASSWORD_MIN_CHARS = 8
 PASSWORD_MAX_BYTES = 72
 INVALID_LOGIN = "Invalid email or password"
+# A bcrypt hash as the bcrypt package writes and checks it; any other stored value (a
+# plaintext or argon2 password carried from elsewhere) can never log in.
+BCRYPT_HASH = re.compile(r"\$2[abxy]\$(\d\d)\$[./A-Za-z0-9]{53}")
+# Above this cost one check takes many seconds of a CPU: such a stored hash is not checked.
+BCRYPT_MAX_COST = 16
+
+
+def checkable_hash(hashed: str | None, rounds: int) -> bool:
+    """Whether a login can be checked against `hashed`: bcrypt, at a cost from 4 (the least bcrypt
+    accepts) to BCRYPT_MAX_COST or `rounds` when that is higher."""
+    match = BCRYPT_HASH.fullmatch(hashed) if hashed else None
+    return match is not None and 4 <= int(match.group(1)) <= max(BCRYPT_MAX_COST, rounds)
+
+
 # Checked against when the e-mail is unknown, so both failures cost one bcrypt check.
 _dummy_hashes: dict[int, bytes] = {}
 
@@ -54,6 +73,11 @@ class CurrentUser:
     def is_admin(self) -> bool:
         return bool(self.user["is_admin"])
 
+    @property
+    def impersonator_id(self) -> str | None:
+        """The admin behind this login session while they impersonate its person, else None."""
+        return self.user["impersonator_id"]
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
@@ -66,10 +90,18 @@ def new_user_id() -> str:
     return base64.b32encode(secrets.token_bytes(10)).decode().lower()
 
 
+def email_key(email: str) -> str:
+    """The one form of an e-mail this server stores and looks up: trimmed, Python-lower-cased.
+
+    Stored already in this form, an e-mail is matched whatever PostgreSQL's lower() makes of it
+    (its lower() and Python's disagree on some letters, such as the dotted capital I)."""
+    return email.strip().lower()
+
+
 def normalize_email(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ServiceError(400, "Email and password are required")
-    email = value.strip().lower()
+    email = email_key(value)
     if len(email) > 254 or "@" not in email or any(c.isspace() or ord(c) < 32 for c in email):
         raise ServiceError(400, "Please enter a valid email address")
     return email
@@ -98,14 +130,17 @@ async def verify_password(ctx: AppContext, password: bytes, hashed: str | None) 
     """Whether `password` matches `hashed`; with no hash, spends the same time and says no."""
     loop = asyncio.get_running_loop()
     rounds = ctx.config.bcrypt_rounds
-    if hashed is None and rounds not in _dummy_hashes:
+    # A hash bcrypt cannot check (not bcrypt at all) is treated like no hash: the same time
+    # spent, the same 401, so nobody learns that the e-mail exists.
+    checkable = checkable_hash(hashed, rounds)
+    if not checkable and rounds not in _dummy_hashes:
         _dummy_hashes[rounds] = await loop.run_in_executor(
             ctx.cpu_executor, bcrypt.hashpw, b"no such user", bcrypt.gensalt(rounds)
         )
-    target = hashed.encode() if hashed else _dummy_hashes[rounds]
+    target = hashed.encode() if hashed and checkable else _dummy_hashes[rounds]
     # bcrypt refuses input over 72 bytes; such a password can never have been registered.
     ok = await loop.run_in_executor(ctx.cpu_executor, bcrypt.checkpw, password[:PASSWORD_MAX_BYTES], target)
-    return bool(ok) and hashed is not None and len(password) <= PASSWORD_MAX_BYTES
+    return bool(ok) and checkable and len(password) <= PASSWORD_MAX_BYTES
 
 
 async def create_user(ctx: AppContext, email: Any, password: Any, is_admin: bool = False) -> asyncpg.Record:
@@ -170,23 +205,25 @@ async def _check_rate_limit(ctx: AppContext, limits: dict[str, int], window_seco
             raise ServiceError(429, message.format(retry_after=retry_after), {"Retry-After": str(retry_after)})
 
 
-def _device_signature(ctx: AppContext, email: str, nonce: str) -> str:
-    message = f"login-device|{email}|{nonce}".encode()
-    return hmac.new(ctx.config.session_secret.encode(), message, hashlib.sha256).hexdigest()[:32]
-
-
 def new_device_token(ctx: AppContext, email: str) -> str:
-    """A device token for a browser that just logged in as `email`: `<nonce>.<signature>`."""
-    nonce = secrets.token_urlsafe(16)
-    return f"{nonce}.{_device_signature(ctx, email.strip().lower(), nonce)}"
+    """A device token for a browser that just logged in as `email`: a random nonce and the
+    SHA-256 of the e-mail (not the e-mail itself), signed with an expiry by Tornado."""
+    value = f"{hash_token(email_key(email))}|{secrets.token_urlsafe(16)}"
+    return create_signed_value(ctx.config.session_secret, DEVICE_COOKIE, value).decode()
 
 
 def _device_nonce(ctx: AppContext, token: str | None, email: str) -> str | None:
-    """The nonce of a device token issued for `email`; None for no token or anyone else's."""
-    if not token or len(token) > 100 or "." not in token:
+    """The nonce of a device token issued for `email` within DEVICE_TOKEN_DAYS; None for no
+    token, an expired or forged one, or anyone else's."""
+    if not token or len(token) > 300:
         return None
-    nonce, _, signature = token.partition(".")
-    return nonce if hmac.compare_digest(signature, _device_signature(ctx, email, nonce)) else None
+    value = decode_signed_value(
+        ctx.config.session_secret, DEVICE_COOKIE, token, max_age_days=DEVICE_TOKEN_DAYS, min_version=2
+    )
+    if value is None:
+        return None
+    email_hash, _, nonce = value.decode(errors="replace").partition("|")
+    return nonce if nonce and hmac.compare_digest(email_hash, hash_token(email)) else None
 
 
 async def login(
@@ -199,7 +236,7 @@ async def login(
     if not isinstance(email, str) or not email.strip() or not isinstance(password, str) or not password:
         raise ServiceError(400, "Email and password are required")
     config = ctx.config
-    normalized = email.strip().lower()
+    normalized = email_key(email)
     nonce = _device_nonce(ctx, device_token, normalized)
     # Bounded like a registered e-mail (254 characters): the key is a primary key, and an index
     # entry of 100 KB would fail in PostgreSQL (a 500). No account has a longer e-mail anyway.

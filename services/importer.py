@@ -4,12 +4,14 @@ Reads the original's PostgreSQL (CONTRACT.md 3) over a read-only connection, ins
 REPEATABLE READ snapshot, and writes people, login sessions, credentials, chat sessions, messages
 and events into this server's database:
 
-- People keep their id, e-mail, bcrypt hash (the old password logs in; services/auth upgrades the
-  hash on first login), settings, admin flag and creation time. Of e-mails that differ only in
-  case the oldest person is kept and the others are reported. Claude and GitHub tokens are
+- People keep their id, e-mail (trimmed and lower-cased as registration stores it), bcrypt hash
+  (the old password logs in; services/auth upgrades the hash on first login; any other hash is
+  replaced by NO_PASSWORD and the person reported), settings, admin flag and creation time. Of
+  e-mails equal in that form the oldest person is kept and the others are reported. Claude and GitHub tokens are
   encrypted on the way in (services/secrets), never logged or printed.
 - Login sessions: the original's session id is the cookie token, stored as its SHA-256 like
-  every token here, with its expiry; expired ones are left out.
+  every token here, with its expiry (`infinity`: this server's session lifetime); expired ones
+  are left out. Rows whose id is empty are never read, only counted and reported.
 - Each chat session is imported with its new messages and events in ONE transaction together
   with its bookkeeping row (`import_original`), so a killed import never leaves a session half
   imported, and the next run continues after the last session committed. Events get new ids
@@ -38,9 +40,10 @@ import asyncpg
 import orjson
 
 from services import locks, migrations
-from services.auth import hash_token
+from services.auth import BCRYPT_MAX_COST, SESSION_LIFETIME, checkable_hash, email_key, hash_token, normalize_email
 from services.chat_sessions import RESERVED_SESSION_IDS
 from services.db import init_connection, queries
+from services.errors import ServiceError
 from services.secrets import SecretBox
 
 USER_BATCH = 500
@@ -85,6 +88,9 @@ STATUSES = ("pending", "running", "completed", "error")
 MESSAGE_TYPES = ("user", "assistant", "system", "error")
 # URL-safe without escaping, so the original's links keep working; as long as get_owned accepts.
 SERVABLE_ID = re.compile(r"[A-Za-z0-9._~-]{1,300}")
+# Stored instead of a password hash bcrypt cannot check (a plaintext or argon2 password): never
+# a match, and no plaintext password lands here. An admin can set a new password.
+NO_PASSWORD = "!"
 
 
 # A database connection lost mid-way (the import stops; the next run continues).
@@ -142,6 +148,8 @@ class Report:
     conflict_count: int = 0
     skipped_count: int = 0
     email_variants: list[dict[str, Any]] = field(default_factory=list)
+    cannot_log_in: list[dict[str, str]] = field(default_factory=list)
+    cannot_log_in_count: int = 0
     seconds: float = 0.0
 
     def conflict(self, table: str, row_id: str, reason: str) -> None:
@@ -154,6 +162,12 @@ class Report:
         if len(self.skipped) < REPORT_LIST_MAX:
             self.skipped.append({"table": table, "id": row_id, "reason": reason})
 
+    def no_login(self, user_id: str, reason: str) -> None:
+        """A person carried who cannot log in with a password here."""
+        self.cannot_log_in_count += 1
+        if len(self.cannot_log_in) < REPORT_LIST_MAX:
+            self.cannot_log_in.append({"id": user_id, "reason": reason})
+
     def as_json(self) -> dict[str, Any]:
         return {
             "dryRun": self.dry_run,
@@ -162,6 +176,8 @@ class Report:
             "tablesNotCarried": self.not_carried,
             "otherTablesNotCarried": self.other_tables,
             "emailCaseVariants": self.email_variants,
+            "cannotLogInCount": self.cannot_log_in_count,
+            "cannotLogIn": self.cannot_log_in,
             "conflictCount": self.conflict_count,
             "conflicts": self.conflicts,
             "skippedCount": self.skipped_count,
@@ -195,9 +211,10 @@ class Report:
         for title, entries, count in (
             ("conflicts", self.conflicts, self.conflict_count),
             ("skipped", self.skipped, self.skipped_count),
+            ("people who cannot log in with a password", self.cannot_log_in, self.cannot_log_in_count),
         ):
             lines.append(f"{title}: {count}" + (f" (first {len(entries)} listed)" if count > len(entries) else ""))
-            lines.extend(f"  {e['table']} {e['id']}: {e['reason']}" for e in entries)
+            lines.extend(f"  {e.get('table', 'users')} {e['id']}: {e['reason']}" for e in entries)
         lines.append(f"took {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -337,6 +354,12 @@ class Importer:
         self.report.not_carried = {
             name: await getattr(queries.original, f"count_original_{name}")(self.source) for name in known
         }
+        async for empty in queries.original.count_original_empty_ids(self.source):
+            # Keyset reading starts after '' and never sees these rows (nor can this server serve them).
+            table, rows = empty["table_name"], empty["row_count"]
+            if rows:
+                self.report.tables[table].skipped += rows
+                self.report.skip(table, "''", f"{rows} row(s) whose id is empty; not carried")
         unknown = [name for name in other_tables if name not in KNOWN_NOT_CARRIED]
         self.report.other_tables = {
             r["name"]: r["row_count"] async for r in queries.original.estimate_row_counts(self.source, names=unknown)
@@ -350,10 +373,11 @@ class Importer:
     def user_values(self, row: asyncpg.Record) -> dict[str, Any]:
         """The original's person as this server keeps it, credentials still in clear text."""
         claude_auth = row["claude_auth"]
+        password_hash = row["password_hash"]
         return {
-            "email": row["email"],
+            "email": email_key(row["email"]),
             "display_name": row["display_name"],
-            "password_hash": row["password_hash"],
+            "password_hash": password_hash if checkable_hash(password_hash, BCRYPT_MAX_COST) else NO_PASSWORD,
             "github_id": row["github_id"],
             "github_access_token": row["github_access_token"] or None,
             "claude_auth": claude_auth if isinstance(claude_auth, dict) and claude_auth else None,
@@ -384,14 +408,34 @@ class Importer:
             "claude_auth": self.box.encrypt_json(claude) if claude else None,
         }
 
+    def check_login(self, user_id: str, row: asyncpg.Record, values: dict[str, Any]) -> None:
+        """Report a person who will not be able to log in with a password here."""
+        if values["password_hash"] == NO_PASSWORD:
+            self.report.no_login(
+                user_id,
+                "the original's password hash is not one this server checks (bcrypt, cost 4 to "
+                f"{BCRYPT_MAX_COST}); carried without a password: an admin can set a new one",
+            )
+        try:
+            normalize_email(row["email"])
+        except ServiceError:
+            self.report.no_login(user_id, f"the e-mail {values['email']!r} is not an address anyone can log in with")
+
     async def import_users(self) -> None:
         counts, report = self.report.tables["users"], self.report
+        # Grouped by this server's e-mail key, computed here: PostgreSQL's lower() disagrees with
+        # it on some letters. One id and e-mail per person of the original is held meanwhile.
+        groups: dict[str, list[str]] = {}
+        async for person in queries.original.list_original_user_emails(self.source):
+            groups.setdefault(email_key(person["email"]), []).append(person["id"])
         left_out: dict[str, str] = {}
-        async for variant in queries.original.list_email_case_variants(self.source):
-            kept, *others = variant["ids"]
+        for key, (kept, *others) in groups.items():
+            if not others:
+                continue
             left_out.update({other: kept for other in others})
             if len(report.email_variants) < REPORT_LIST_MAX:
-                report.email_variants.append({"email": variant["email_key"], "kept": kept, "leftOut": others})
+                report.email_variants.append({"email": key, "kept": kept, "leftOut": others})
+        del groups
         self.imported_users = {r["id"] async for r in queries.import_original.list_imported_user_ids(self.target)}
         progress = self.progress("users")
         async for rows in _batches(queries.original.read_original_users, self.source, USER_BATCH, after_id=""):
@@ -404,7 +448,7 @@ class Importer:
             ours_by_id: dict[str, asyncpg.Record] = {}
             ours_by_email: dict[str, asyncpg.Record] = {}
             async for r in queries.import_original.find_users_by_ids_or_emails(
-                self.target, ids=ids, email_keys=[r["email"].lower() for r in rows]
+                self.target, ids=ids, email_keys=[email_key(r["email"]) for r in rows]
             ):
                 ours_by_id[r["id"]] = r
                 ours_by_email[r["email_key"]] = r
@@ -433,6 +477,7 @@ class Importer:
             report.skip("users", user_id, f"e-mail differs only in case from the older person {left_out[user_id]}")
             return
         values = self.user_values(row)
+        self.check_login(user_id, row, values)
         new_print = fingerprint(values)
         ours = ours_by_id.get(user_id)
         if stored is not None:
@@ -447,7 +492,7 @@ class Importer:
                 counts.add("conflicts")
                 report.conflict("users", user_id, "changed here and in the original since the last import; kept")
                 return
-            holder = ours_by_email.get(values["email"].lower())
+            holder = ours_by_email.get(values["email"])
             if holder is not None and holder["id"] != user_id:
                 counts.add("conflicts")
                 report.conflict("users", user_id, "its new e-mail already belongs to another person here")
@@ -459,7 +504,7 @@ class Importer:
                 counts.add("conflicts")
                 report.conflict("users", user_id, "a person with this id already exists here")
                 return
-            holder = ours_by_email.get(values["email"].lower())
+            holder = ours_by_email.get(values["email"])
             if holder is not None:
                 counts.add("conflicts")
                 report.conflict("users", user_id, f"e-mail {values['email']} already belongs to another person here")
@@ -482,7 +527,14 @@ class Importer:
             counts.read += len(rows)
             ids, user_ids, expiries = [], [], []
             for row in rows:
-                if row["expires_at"] <= self.now:
+                expires_at = row["expires_at"]
+                if expires_at.tzinfo is None:
+                    # asyncpg reads 'infinity' and '-infinity' as naive datetime.max and .min. A
+                    # session that never ends becomes one of this server's: it slides while used.
+                    expires_at = self.now + SESSION_LIFETIME if expires_at == datetime.max else self.now
+                    if expires_at > self.now:
+                        counts.add("neverExpiringGivenSessionLifetime")
+                if expires_at <= self.now:
                     counts.skipped += 1
                     counts.add("expired")
                 elif row["user_id"] not in self.imported_users:
@@ -491,7 +543,7 @@ class Importer:
                 else:
                     ids.append(hash_token(row["id"]))
                     user_ids.append(row["user_id"])
-                    expiries.append(row["expires_at"])
+                    expiries.append(expires_at)
             if ids:
                 await self._write_login_sessions(ids, user_ids, expiries)
             progress.tick(len(rows))

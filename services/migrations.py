@@ -8,6 +8,7 @@ checksum: an applied file that was edited afterwards stops start-up.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ from services.db import queries
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Comments and statement separators: a file holding only these has nothing to run.
+_NOT_SQL = re.compile(r"--[^\n]*|/\*.*?\*/|;|\s+", re.DOTALL)
+
+log = logging.getLogger(__name__)
 
 
 class MigrationError(Exception):
@@ -35,6 +40,12 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def empty(self) -> bool:
+        """No statement yet (a fresh `db new` file): PostgreSQL answers such a script with an
+        empty response, which asyncpg cannot read, so it is never sent."""
+        return not _NOT_SQL.sub("", self.path.read_text())
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,13 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
             for migration in migrations:
                 if migration.version in applied:
                     continue
+                if migration.empty:
+                    # Later ones wait too, so that migrations are always applied in their order.
+                    log.warning(
+                        "migration %s holds no SQL yet: it and any later ones are not applied until it does",
+                        migration.path.name,
+                    )
+                    break
                 async with conn.transaction():
                     await conn.execute(migration.path.read_text())
                     await queries.schema_migrations.record_migration(

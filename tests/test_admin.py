@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
+import pytest
 
 from services.db import queries
 from tests.helpers import PASSWORD, TestServer, register, unique_email
@@ -320,3 +322,21 @@ async def test_deleting_the_admin_ends_their_impersonation(server: TestServer, c
     record = next(r for r in audit["impersonations"] if r["targetUserId"] == target["id"])
     # The audit row outlives the admin: the id is gone, the e-mail stays.
     assert record["adminId"] is None and record["adminEmail"] == second_admin["email"]
+
+
+async def test_log_lines_name_the_admin_behind_an_impersonation(
+    server: TestServer, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = await make_admin(server, client)
+    async with httpx.AsyncClient(base_url=server.url) as other:
+        target = await register(other)
+    assert (await client.post(f"/api/admin/users/{target['id']}/impersonate")).status_code == 200
+    with caplog.at_level(logging.INFO, logger="webedt.access"):
+        assert await who(client) == target["id"]
+        assert (await client.post("/api/admin/stop-impersonating")).status_code == 200
+        assert await who(client) == admin["id"]
+    lines = [r for r in caplog.records if getattr(r, "path", None) == "/api/auth/session"]
+    assert [(r.user_id, getattr(r, "impersonator_id", None)) for r in lines] == [
+        (target["id"], admin["id"]),
+        (admin["id"], None),
+    ]

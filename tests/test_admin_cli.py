@@ -6,9 +6,11 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 
 import httpx
 
+from services import migrations
 from tests.helpers import PASSWORD, PROJECT_ROOT, TestServer, test_env, unique_email
 
 
@@ -82,3 +84,18 @@ async def test_admin_cli_created_admin(server: TestServer, database_url: str) ->
     async with httpx.AsyncClient(base_url=server.url) as person:
         await person.post("/api/auth/login", json={"email": email, "password": PASSWORD})
         assert (await person.get("/api/admin/stats")).status_code == 200
+
+
+async def test_admin_cli_says_what_is_missing_or_empty(
+    database_url: str, empty_database_factory: Callable[[], Awaitable[str]]
+) -> None:
+    """No password on stdin names the password (not the e-mail); an empty list says so."""
+    email = unique_email()
+    for stdin in ("", "\n"):
+        nothing = await run_cli(database_url, "create-user", "--email", email, stdin=stdin)
+        assert nothing.returncode == 1
+        assert nothing.stdout.strip() == "error: a password is required: type it at the prompt or pipe it on stdin"
+    empty = await empty_database_factory()
+    await migrations.migrate(empty)
+    listed = await run_cli(empty, "list-users")
+    assert listed.returncode == 0 and listed.stdout.strip() == "no users yet (admin create-user --email ... adds one)"

@@ -132,6 +132,27 @@ async def test_unknown_email_and_wrong_password_look_the_same(client: httpx.Asyn
     assert wrong.json() == unknown.json() == {"success": False, "error": "Invalid email or password"}
 
 
+async def test_a_hash_bcrypt_cannot_check_is_a_plain_401(client: httpx.AsyncClient, server: TestServer) -> None:
+    """Carried from elsewhere (plaintext, argon2, a broken or absurdly costly bcrypt hash): the
+    login is refused like a wrong password, never a 500 that tells the e-mail exists."""
+    salt = "a" * 53
+    for stored in (
+        "the plaintext password",
+        "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+        "$2b$03$" + salt,
+        "$2b$31$" + salt,
+        "$2b$10$short",
+    ):
+        email = unique_email("odd-hash")
+        await server.ctx.pool.execute(
+            "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3)", unique_email()[:16], email, stored
+        )
+        # The stored value itself as the password: what a plaintext comparison would let in.
+        response = await client.post("/api/auth/login", json={"email": email, "password": stored})
+        assert response.status_code == 401, (stored, response.text)
+        assert response.json() == {"success": False, "error": "Invalid email or password"}
+
+
 async def test_failed_logins_are_limited_per_email(database_url: str) -> None:
     env = test_env(database_url, LOGIN_MAX_FAILURES_PER_EMAIL=3, LOGIN_MAX_FAILURES_PER_IP=100)
     async with start_app(env) as srv, httpx.AsyncClient(base_url=srv.url) as http:
@@ -218,6 +239,26 @@ async def test_state_changing_request_from_foreign_origin_is_refused(client: htt
     assert allowed.status_code == 200
     # No Origin header at all (same-origin requests through the facade) is allowed too.
     assert (await client.post("/api/user/display-name", json=body)).status_code == 200
+
+
+async def test_a_cross_site_request_without_origin_is_refused(client: httpx.AsyncClient) -> None:
+    """Defence in depth: a browser that says the request is cross-site but sends no Origin."""
+    await register(client)
+    body = {"displayName": "Mallory was here"}
+    for site in ("cross-site", "Cross-Site"):
+        cross = await client.post("/api/user/display-name", json=body, headers={"Sec-Fetch-Site": site})
+        assert cross.status_code == 403
+        assert cross.json() == {"success": False, "error": "Request origin is not allowed"}
+    login = await client.post(
+        "/api/auth/login", json={"email": "a@b.c", "password": PASSWORD}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert login.status_code == 403
+    assert (await client.get("/api/auth/session")).json()["data"]["user"]["displayName"] is None
+    # Reads stay open, and the website's own requests pass.
+    assert (await client.get("/api/auth/session", headers={"Sec-Fetch-Site": "cross-site"})).status_code == 200
+    for site in ("same-origin", "same-site", "none"):
+        response = await client.post("/api/user/display-name", json=body, headers={"Sec-Fetch-Site": site})
+        assert response.status_code == 200, site
 
 
 async def test_cors_allows_listed_origins_with_credentials(client: httpx.AsyncClient) -> None:

@@ -164,6 +164,11 @@ def test_dockerfile_runtime_settings() -> None:
     text = "\n".join(f"{keyword} {args}" for keyword, args in instructions)
     runtime = text[text.rindex("FROM ") :]
     assert re.search(r"apt-get install [^\n]*\bgit\b", runtime)
+    # psql for `db shell`, since the embedded PostgreSQL (which brings its own) is not installed.
+    assert re.search(r"apt-get install [^\n]*\bpostgresql-client\b", runtime)
+    # Neither the base image nor the venv keeps pip and setuptools: production installs nothing.
+    assert re.search(r"^RUN .*python -m pip uninstall --yes .*\bpip setuptools\b", runtime, re.M)
+    assert re.search(r"/opt/venv/bin/python -m pip uninstall --yes .*\bpip setuptools\b", text)
     for setting in ("NODE_ENV=production", "PORT=3001", "WORKSPACE_DIR=/workspace"):
         assert setting in runtime
     assert "chown app:app /workspace" in runtime
@@ -328,3 +333,19 @@ def test_external_compose_joins_dokploy_network_without_ports() -> None:
     assert compose["networks"]["dokploy-network"]["external"] is True
     assert api["environment"]["DATABASE_URL"].startswith("${DATABASE_URL:?")
     assert seconds(api["stop_grace_period"]) >= Config.shutdown_grace_seconds + 15
+
+
+def test_compose_files_needing_compose_2_24_say_so() -> None:
+    """`env_file` entries with `path`/`required` are read only by Docker Compose 2.24 and later;
+    older ones stop with a schema error that does not name the version."""
+    needing = [
+        name
+        for name in ("docker-compose.yml", "docker-compose.external.yml")
+        for service in load_yaml(name)["services"].values()
+        if any(isinstance(entry, dict) and "required" in entry for entry in service.get("env_file", []))
+    ]
+    assert needing, "no compose file uses `env_file: required` any more: drop this test and the README note"
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert "Docker Compose 2.24 or later" in readme
+    for name in needing:
+        assert "Compose 2.24 or later" in (PROJECT_ROOT / name).read_text(), name

@@ -10,8 +10,9 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import orjson
 import pytest
+from tornado.web import create_signed_value
 
-from services.github.oauth import OAuthState, sign_state
+from services.github.oauth import STATE_TTL_SECONDS, OAuthState, StateError, read_state, sign_state, state_key
 from tests.fakes.github import FakeGitHub, connect_github, oauth_round_trip
 from tests.helpers import ORIGIN, TestServer, register, start_app, test_env
 
@@ -47,7 +48,7 @@ async def test_whole_flow_stores_the_token_encrypted_and_never_shows_it(
     assert params["scope"] == "repo workflow user:email"
     assert params["redirect_uri"] == f"{ORIGIN}/api/github/oauth/callback"
     assert params["code_challenge_method"] == "S256"
-    assert "." in params["state"]
+    assert read_state(app.ctx.config, params["state"]).user_id == me["id"]
 
     async with httpx.AsyncClient() as github_side:
         approved = await github_side.get(start.headers["location"])
@@ -114,9 +115,8 @@ async def test_a_signed_state_naming_an_origin_no_longer_allowed_returns_to_an_a
     # the server can sign, so this stands for an origin removed from ALLOWED_ORIGINS since.
     fake.authorize_user = fake.add_user("mover")
     authorize, _ = await oauth_round_trip(browser, fake, SETTINGS)
-    state = parse_qs(urlparse(authorize).query)["state"][0]
-    payload = orjson.loads(base64.urlsafe_b64decode(state.split(".")[0] + "=="))
-    forged = OAuthState(me["id"], payload["l"], int(time.time()), "https://evil.example", "/settings", payload["n"])
+    state = read_state(app.ctx.config, parse_qs(urlparse(authorize).query)["state"][0])
+    forged = OAuthState(me["id"], state.login, int(time.time()), "https://evil.example", "/settings", state.nonce)
     response = await browser.get(
         "/api/github/oauth/callback", params={"code": "whatever", "state": sign_state(app.ctx.config, forged)}
     )
@@ -130,11 +130,14 @@ async def test_a_tampered_state_stores_nothing(app: TestServer, browser: httpx.A
     fake.authorize_user = fake.add_user("tamper")
     _, callback = await oauth_round_trip(browser, fake, SETTINGS)
     query = parse_qs(urlparse(callback).query)
-    payload, signature = query["state"][0].split(".")
-    data = orjson.loads(base64.urlsafe_b64decode(payload + "=="))
+    # Tornado's signed value: 2|1:<key version>|<len>:<time>|<len>:<name>|<len>:<base64 payload>|<signature>
+    version, key, issued, name, payload, signature = query["state"][0].split("|")
+    data = orjson.loads(base64.b64decode(payload.split(":", 1)[1]))
     data["o"] = "https://evil.example"
-    changed = base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
-    for state in (f"{changed}.{signature}", f"{payload}.{signature[:-2]}AA", "not-a-state", "a.b.c"):
+    changed = base64.b64encode(orjson.dumps(data)).decode()
+    forged = "|".join((version, key, issued, name, f"{len(changed)}:{changed}", signature))
+    unsigned = query["state"][0][: -len(signature)]
+    for state in (forged, unsigned + signature[:-2] + "00", unsigned, "not-a-state", "a.b.c"):
         response = await browser.get("/api/github/oauth/callback", params={"code": query["code"][0], "state": state})
         assert response.status_code == 302
         assert response.headers["location"] == f"{ORIGIN}/#/login?error=invalid_state"
@@ -146,9 +149,8 @@ async def test_an_expired_state_stores_nothing(app: TestServer, browser: httpx.A
     fake.authorize_user = fake.add_user("late")
     authorize, callback = await oauth_round_trip(browser, fake, SETTINGS)
     code = parse_qs(urlparse(callback).query)["code"][0]
-    state = parse_qs(urlparse(authorize).query)["state"][0]
-    payload = orjson.loads(base64.urlsafe_b64decode(state.split(".")[0] + "=="))
-    old = OAuthState(me["id"], payload["l"], int(time.time()) - 601, ORIGIN, "/settings", payload["n"])
+    state = read_state(app.ctx.config, parse_qs(urlparse(authorize).query)["state"][0])
+    old = OAuthState(me["id"], state.login, int(time.time()) - 601, ORIGIN, "/settings", state.nonce)
     response = await browser.get(
         "/api/github/oauth/callback", params={"code": code, "state": sign_state(app.ctx.config, old)}
     )
@@ -264,3 +266,24 @@ async def test_a_used_state_is_refused_the_second_time(
     # A new state from the same login session still works.
     await connect_github(browser, fake, "second-account")
     assert (await github_columns(app, me["id"]))[0] == str(second.id)
+
+
+def test_the_state_is_a_tornado_signed_value_that_expires(app: TestServer) -> None:
+    """Signed and aged by Tornado (create_signed_value / decode_signed_value), not by hand."""
+    config = app.ctx.config
+    fields = {"u": "someone", "l": "login", "t": 0, "o": ORIGIN, "p": "/settings", "n": "nonce"}
+    now = time.time()
+
+    def signed(age: float, name: str = "github_oauth_state", version: int = 2) -> str:
+        payload = orjson.dumps({**fields, "t": int(now - age)})
+        return create_signed_value(state_key(config), name, payload, version, lambda: now - age).decode()
+
+    assert read_state(config, signed(60), now).user_id == "someone"
+    with pytest.raises(StateError) as late:
+        read_state(config, signed(STATE_TTL_SECONDS + 1), now)
+    assert late.value.code == "state_expired" and late.value.state is not None
+    # Another signed value's name; Tornado's older format (no delimiters in what is signed).
+    for forged in (signed(60, "login_device"), signed(60, version=1)):
+        with pytest.raises(StateError) as refused:
+            read_state(config, forged, now)
+        assert refused.value.code == "invalid_state"

@@ -8,13 +8,16 @@ default) with an address of their own, so they neither see nor disturb other tes
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import httpx
 import orjson
 import pytest
+from tornado.web import create_signed_value
 
 from services.addresses import DEFAULT_TRUSTED_PROXIES, client_address, parse_networks
 from tests.helpers import ORIGIN, PASSWORD, TestServer, register, start_app, test_env, unique_email
@@ -320,6 +323,32 @@ async def test_a_stranger_cannot_lock_the_owner_out(server: TestServer) -> None:
         # Another account's device token does not help.
         new_browser.cookies.set("login_device", owner.cookies["login_device"] + "0")
         assert (await login_as(new_browser, email, PASSWORD, documentation_address())).status_code == 429
+
+
+async def test_device_tokens_are_signed_by_tornado_and_expire_after_a_year(server: TestServer) -> None:
+    """The `login_device` cookie is a Tornado signed value (name `login_device`, SESSION_SECRET)
+    holding the SHA-256 of the e-mail and a nonce; older than DEVICE_TOKEN_DAYS it counts no more."""
+    email = unique_email("aging")
+
+    def device_token(age_days: float, for_email: str = email) -> str:
+        value = f"{hashlib.sha256(for_email.encode()).hexdigest()}|nonce{secrets.token_hex(4)}"
+        signed_at = time.time() - age_days * 86400
+        secret = server.ctx.config.session_secret
+        return create_signed_value(secret, "login_device", value, clock=lambda: signed_at).decode()
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as stranger:
+        await register(stranger, email)
+        stranger.cookies.clear()
+        for n in range(5):
+            assert (await login_as(stranger, email, f"guess-{n}", documentation_address())).status_code == 401
+    for token, expected in (
+        (device_token(30), 200),
+        (device_token(366), 429),
+        (device_token(30, unique_email("someone-else")), 429),
+    ):
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, cookies={"login_device": token}) as browser:
+            response = await login_as(browser, email, PASSWORD, documentation_address())
+            assert response.status_code == expected, response.text
 
 
 async def test_guesses_from_a_known_browser_are_throttled_too(server: TestServer) -> None:

@@ -640,3 +640,83 @@ async def test_free_text_status_and_message_type_are_mapped_and_counted(
         await conn.close()
     again = await import_json(target_url, source_url)
     assert again["tables"]["chat_sessions"]["unchanged"] == 7 and again["conflictCount"] == 0
+
+
+async def test_a_hostile_original_is_imported_and_reported_without_a_crash(
+    empty_database_factory: DatabaseFactory,
+) -> None:
+    """Never-ending login sessions, hashes bcrypt cannot check, e-mails with spaces or letters on
+    which Python's and PostgreSQL's lower() disagree, and rows whose id is empty."""
+    source_url = await empty_database_factory()
+    plain, argon = original_data.lucia_id(), original_data.lucia_id()
+    spaced, dotted, dotted_younger = (original_data.lucia_id() for _ in range(3))
+    conn = await asyncpg.connect(source_url)
+    try:
+        await original_data.create_original(conn)
+        people = [
+            (plain, "plain@example.com", "hunter2 in plain text", 5),
+            (
+                argon,
+                "argon@example.com",
+                "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+                4,
+            ),
+            (spaced, "  Spaced@Example.com ", original_data.bcrypt_hash("spaced password", b"2b"), 3),
+            (dotted, "İSTANBUL@example.com", original_data.bcrypt_hash("dotted password", b"2b"), 2),
+            (dotted_younger, "i̇stanbul@example.com", original_data.bcrypt_hash("younger password", b"2b"), 1),
+            ("", "empty-id@example.com", original_data.bcrypt_hash("empty password", b"2b"), 1),
+        ]
+        for user_id, email, password_hash, days_ago in people:
+            await conn.execute(
+                """INSERT INTO users (id, email, password_hash, created_at)
+                   VALUES ($1, $2, $3, now() - make_interval(days => $4))""",
+                user_id,
+                email,
+                password_hash,
+                days_ago,
+            )
+        forever = original_data.lucia_id(40)
+        await conn.execute(
+            """INSERT INTO sessions (id, user_id, expires_at)
+               VALUES ($1, $2, 'infinity'), ($3, $2, '-infinity'), ('', $2, 'infinity')""",
+            forever,
+            spaced,
+            original_data.lucia_id(40),
+        )
+        await conn.execute("INSERT INTO chat_sessions (id, user_id, user_request) VALUES ('', $1, 'Empty id')", spaced)
+    finally:
+        await conn.close()
+    target_url = await empty_database_factory()
+
+    for _ in range(2):  # a rerun goes through the same rows without a crash either
+        report = await import_json(target_url, source_url)
+        logins = report["tables"]["sessions"]
+        assert (logins["neverExpiringGivenSessionLifetime"], logins["expired"]) == (1, 1)
+        cannot = {entry["id"]: entry["reason"] for entry in report["cannotLogIn"]}
+        assert set(cannot) == {plain, argon} and "not one this server checks" in cannot[plain]
+        assert report["emailCaseVariants"] == [
+            {"email": "i̇stanbul@example.com", "kept": dotted, "leftOut": [dotted_younger]}
+        ]
+        empty = [entry for entry in report["skipped"] if entry["id"] == "''"]
+        assert sorted(entry["table"] for entry in empty) == ["chat_sessions", "sessions", "users"]
+        assert all("id is empty" in entry["reason"] for entry in empty)
+        assert report["tables"]["users"]["skipped"] == 2  # the younger variant and the empty id
+
+    conn = await asyncpg.connect(target_url)
+    try:
+        assert await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", plain) == importer.NO_PASSWORD
+    finally:
+        await conn.close()
+    async with start_app(test_env(target_url)) as server:
+        async with cookie_client(server.url, forever) as browser:
+            session = await browser.get("/api/auth/session")
+            assert session.status_code == 200 and session.json()["data"]["user"]["id"] == spaced
+        async with cookie_client(server.url) as browser:
+            for email, password, expected in (
+                ("plain@example.com", "hunter2 in plain text", 401),
+                ("argon@example.com", "anything at all", 401),
+                ("spaced@example.com", "spaced password", 200),
+                ("İSTANBUL@example.com", "dotted password", 200),
+            ):
+                login = await browser.post("/api/auth/login", json={"email": email, "password": password})
+                assert login.status_code == expected, (email, login.text)

