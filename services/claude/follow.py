@@ -27,6 +27,7 @@ from typing import Protocol
 
 from services.claude.client import UpstreamError
 from services.claude.provider import AgentProvider, PushChannel, PushItem
+from services.db import UNAVAILABLE_ERRORS, database_outage
 from services.metrics import UPSTREAM_PUSH_FALLBACKS, UPSTREAM_PUSH_OPEN, UPSTREAM_PUSH_RECONNECTS
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ class PushFollower:
                 log.info("event channel of session %s: %s", self.run.session_id, exc.message)
                 if refused(exc):
                     failures = MAX_FAILURES
-            except Exception:  # the database away, credentials gone: the run loop deals with those
+            except UNAVAILABLE_ERRORS as exc:  # the run loop deals with the database being away
+                database_outage.failed(f"event channel of session {self.run.session_id}", exc)
+            except Exception:  # credentials gone: the run loop deals with those too
                 log.warning("event channel of session %s failed", self.run.session_id, exc_info=True)
             failures += 1
             if failures >= MAX_FAILURES:
