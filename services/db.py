@@ -88,6 +88,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # means the connection died under us.
     asyncpg.InternalClientError,
     TimeoutError,
+    # PostgreSQL ended our connection for idling in a transaction (this process was frozen past
+    # DB_IDLE_TRANSACTION_TIMEOUT_SECONDS): the transaction is gone, so try again later.
+    asyncpg.IdleInTransactionSessionTimeoutError,
 )
 
 

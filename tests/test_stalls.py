@@ -105,6 +105,14 @@ def assert_busy(response: httpx.Response) -> None:
     assert response.headers["Retry-After"] == "2"
 
 
+async def test_pool_connections_bound_lock_waits_and_idle_transactions(server: TestServer) -> None:
+    # A frozen replica's open transaction is ended by PostgreSQL after the idle timeout, which
+    # frees its rows; every statement of ours waits for a lock at most the lock timeout.
+    async with server.ctx.pool.acquire() as conn:
+        assert await conn.fetchval("SHOW lock_timeout") == "2s"
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
+
+
 async def test_a_held_session_row_answers_503_quickly_and_spares_everyone_else(
     server: TestServer, fake: FakeClaude, person: httpx.AsyncClient, database_url: str
 ) -> None:
