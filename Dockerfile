@@ -75,10 +75,11 @@ LABEL org.opencontainers.image.title="webedt-internal-api-server" \
 USER 10001:10001
 EXPOSE 3001
 
-# /health answers 503 while the database is unreachable or the process drains after SIGTERM;
-# urlopen raises on any non-2xx, so the probe fails then. Python, because slim has no curl.
+# Liveness only: /live answers 200 while the process serves, without touching the database, so a
+# database outage never makes Docker or Swarm restart healthy tasks (/health reports the database
+# for people and the facade). urlopen raises on any non-2xx or no answer. Python: slim has no curl.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('API_PORT') or os.environ.get('PORT') or '3001'; urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('API_PORT') or os.environ.get('PORT') or '3001'; urllib.request.urlopen(f'http://127.0.0.1:{port}/live', timeout=4)"]
 
 # Exec form all the way: tini (PID 1) passes SIGTERM straight to `python server.py`, which drains
 # open streams for SHUTDOWN_GRACE_SECONDS (orchestrators: stop_grace_period must be longer).

@@ -52,7 +52,14 @@ async def open_context(config: Config) -> AppContext:
     applied = await migrations.migrate(dsn)
     for name in applied:
         log.info("applied migration %s", name)
-    pool = await db.create_pool(dsn, config.db_pool_min, config.db_pool_max)
+    pool = await db.create_pool(
+        dsn,
+        config.db_pool_min,
+        config.db_pool_max,
+        lock_timeout=config.db_lock_timeout_seconds,
+        idle_transaction_timeout=config.db_idle_transaction_timeout_seconds,
+        acquire_timeout=config.db_acquire_timeout_seconds,
+    )
     return AppContext.create(config, pool, dsn)
 
 

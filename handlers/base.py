@@ -31,7 +31,7 @@ from handlers.connection import linger_after_answer
 from services import addresses, auth, metrics
 from services.chat_sessions import RESERVED_SESSION_IDS, get_owned
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS, database_outage
+from services.db import BUSY_ERRORS, UNAVAILABLE_ERRORS, database_outage
 from services.errors import ServiceError
 from services.logs import REQUEST_CONTEXT
 from services.pagination import Page, parse_page
@@ -52,6 +52,8 @@ STATUS_MESSAGES = {
     429: "Too many requests",
     503: "Service temporarily unavailable, please retry shortly",
 }
+# A 503 for a row another server still holds (DB_LOCK_TIMEOUT_SECONDS ran out): the database is fine.
+BUSY_MESSAGE = "This is being changed by another request right now; please retry in a few seconds"
 
 
 NUL_MESSAGE = "Request must not contain NUL characters"
@@ -312,7 +314,8 @@ class APIHandler(tornado.web.RequestHandler):
                 # RFC 9110: a 405 names the methods the resource does support.
                 self.set_header("Allow", ", ".join(self.allowed_methods()))
         elif isinstance(exc, UNAVAILABLE_ERRORS):
-            status_code, message = 503, STATUS_MESSAGES[503]
+            status_code = 503
+            message = BUSY_MESSAGE if isinstance(exc, BUSY_ERRORS) else STATUS_MESSAGES[503]
             self.set_header("Retry-After", "2")
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")

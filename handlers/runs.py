@@ -28,7 +28,9 @@ class AbortHandler(APIHandler):
 
     @authenticated
     async def post(self, session_id: str) -> None:
-        self.ok(await execute.abort(self.ctx, self.user.id, session_id))
+        result = await execute.abort(self.ctx, self.user.id, session_id)
+        # 202: upstream is stopped, and the run ends once another server lets go of its row.
+        self.ok(result, 202 if result.get("pending") else 200)
 
 
 ROUTES = [

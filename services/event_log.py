@@ -83,7 +83,7 @@ async def _append_rows(
     if conn is not None:
         async with conn.transaction():
             return await _append_locked(conn, chat_session_id, events)
-    async with ctx.pool.acquire() as own, own.transaction():
+    async with ctx.row_turns.turn(chat_session_id), ctx.pool.acquire() as own, own.transaction():
         return await _append_locked(own, chat_session_id, events)
 
 

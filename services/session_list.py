@@ -42,8 +42,11 @@ async def announce(ctx: AppContext, user_id: str, kind: str, session: dict[str, 
             await queries.database.lock_announcements(conn, key=locks.ANNOUNCEMENTS)
             await queries.session_announcements.insert_announcement(conn, user_id=user_id, kind=kind, session=session)
             await queries.session_announcements.notify_announcement(conn, user_id=user_id)
-    except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS):
+    except UNAVAILABLE_ERRORS as exc:
         # The change itself is already made; a page that missed it catches up on its next load.
+        # The database being away (or the lock busy) is no bug: no traceback.
+        log.warning("could not announce %s of session %s (%s)", kind, session["id"], exc.__class__.__name__)
+    except asyncpg.PostgresError:
         log.warning("could not announce %s of session %s", kind, session["id"], exc_info=True)
 
 

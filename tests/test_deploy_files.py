@@ -191,10 +191,11 @@ def test_dockerfile_runs_python_directly_so_sigterm_reaches_it() -> None:
             assert Path(entrypoint[0]).name == "tini" and "sh" not in entrypoint
 
 
-def test_healthcheck_probes_health_with_python_not_curl() -> None:
+def test_healthcheck_probes_liveness_with_python_not_curl() -> None:
     probe = dockerfile_healthcheck()
     assert probe[:2] == ["python", "-c"]
-    assert "/health" in probe[2] and "curl" not in " ".join(probe)
+    # /live, never /health: a database outage must not get every task restarted (issue 21).
+    assert "/live'" in probe[2] and "/health" not in probe[2] and "curl" not in " ".join(probe)
     swarm = load_yaml("swarm.yml")["services"][SERVICE]["healthcheck"]["test"]
     assert swarm == ["CMD", *probe], "swarm.yml and the Dockerfile must probe the same way"
 

@@ -30,7 +30,7 @@ import asyncpg
 from services import locks
 from services.agents import registry
 from services.agents.backend import AgentProvider
-from services.agents.ending import Outcome
+from services.agents.ending import Outcome, end_run
 from services.agents.follow import PushFollower
 from services.agents.run import Run
 from services.context import AppContext
@@ -130,6 +130,8 @@ class RunDriver:
         self.followers: dict[str, PushFollower] = {}
         # Last looks upstream after runs ended here (`reconcile_later`).
         self.reconciles: set[asyncio.Task[None]] = set()
+        # Aborts waiting for their session row (see end_when_free).
+        self._pending_ends: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._preparer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -161,7 +163,11 @@ class RunDriver:
         """Stop driving (the runs go on upstream) and release the leases so another replica adopts
         them at once instead of after the lease expires."""
         self._stopping = True
-        tasks = [t for t in (self._maintainer, self._preparer, *self.tasks.values(), *self.reconciles) if t is not None]
+        tasks = [
+            t
+            for t in (self._maintainer, self._preparer, *self.tasks.values(), *self.reconciles, *self._pending_ends)
+            if t is not None
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -245,6 +251,27 @@ class RunDriver:
         if claimed is not None:
             self._spawn(session_id)
 
+    def end_when_free(self, session_id: str, outcome: Outcome) -> None:
+        """End the run with `outcome` as soon as its session row is free: for an abort whose
+        upstream interrupt went through while another connection (a stalled replica) held the
+        row longer than DB_LOCK_TIMEOUT_SECONDS. Tried every second, in the background."""
+        task = asyncio.create_task(
+            self._end_when_free(session_id, outcome), name=f"end-{session_id}", context=detached_context()
+        )
+        self._pending_ends.add(task)
+        task.add_done_callback(self._pending_ends.discard)
+
+    async def _end_when_free(self, session_id: str, outcome: Outcome) -> None:
+        while True:
+            try:
+                await end_run(self.ctx, session_id, outcome, owner=None)
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                log_failure(log, exc, "ending the run of session %s failed", session_id)
+                await asyncio.sleep(1.0)
+                continue
+            self.wake(session_id)
+            return
+
     def reconcile_later(self, run: Run) -> None:
         """Take the last look upstream after a run's verdict (`Run.reconcile`) in a task of its
         own: the run's task ends now, and its lease is gone."""
@@ -287,10 +314,11 @@ class RunDriver:
             await run.run()
         except asyncio.CancelledError:
             raise
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresConnectionError):
-            # The database is away for a moment: stop here, keep the lease; the maintenance loop
-            # starts the run again once the heartbeat goes through (nothing is lost: all is stored).
-            database_outage.failed(f"run of session {session_id} paused", "database unavailable")
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresConnectionError) as exc:
+            # The database is away for a moment (or the row is busy): stop here, keep the lease;
+            # the maintenance loop starts the run again once the heartbeat goes through (nothing
+            # is lost: all is stored).
+            database_outage.failed(f"run of session {session_id} paused", exc)
         except Exception:
             log.exception("run of session %s failed unexpectedly", session_id)
             try:

@@ -26,7 +26,7 @@ from services.agents.state import RunState, run_state_patch
 from services.chat_sessions import get_owned, session_json
 from services.clock import now_iso
 from services.context import AppContext
-from services.db import queries
+from services.db import BUSY_ERRORS, queries
 from services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ NO_REMOTE_FOR_INTERRUPT = "Session has no remote session ID - cannot interrupt"
 # The send route's 401 when the person has no credentials for the session's backend (CONTRACT.md 1.6).
 SEND_WITHOUT_CREDENTIALS = "Claude authentication not configured"
 INVALID_BLOCKS = "userRequest must be text or a list of text and image blocks"
+ABORT_PENDING = "Abort accepted: Claude was interrupted, and the session ends as soon as another server lets go of it"
 
 
 @dataclass
@@ -311,7 +312,7 @@ async def _prompt_session(
     preview = input_preview(text)
     title, branch = titles.derive(user_request)
     session_id = row["id"]
-    async with ctx.pool.acquire() as conn, conn.transaction():
+    async with ctx.row_turns.turn(session_id), ctx.pool.acquire() as conn, conn.transaction():
         locked, started = await _queue_prompt(ctx, conn, session_id, text, images, environment_id, repo)
         events = [preview]
         first_run = started and locked["remote_session_id"] is None
@@ -420,7 +421,7 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
         if exc.message == provider.credentials_missing:
             raise ServiceError(401, SEND_WITHOUT_CREDENTIALS) from None
         raise
-    async with ctx.pool.acquire() as conn, conn.transaction():
+    async with ctx.row_turns.turn(session_id), ctx.pool.acquire() as conn, conn.transaction():
         _, started = await _queue_prompt(ctx, conn, session_id, content, None)
         await event_log.append(ctx, session_id, [follow_up_preview(content)], conn=conn)
     await _announce_start(ctx, user_id, session_id, started)
@@ -477,6 +478,15 @@ async def abort(ctx: AppContext, user_id: str, session_id: str) -> dict[str, Any
             # The local abort stands even when Claude cannot be told.
             log.info("abort of %s could not interrupt upstream: %s", session_id, exc)
     # Whoever drives it, and even when it is not running (an abort always leaves `error`).
-    await end_run(ctx, session_id, Outcome("error", "Session aborted", source="user"), owner=None)
+    outcome = Outcome("error", "Session aborted", source="user")
+    try:
+        async with ctx.row_turns.turn(session_id):
+            await end_run(ctx, session_id, outcome, owner=None)
+    except BUSY_ERRORS:
+        if not interrupted:
+            raise  # a 503 with Retry-After, and nothing was done
+        # Upstream has stopped already: the abort stands, and ends the run once the row is free.
+        runs.end_when_free(session_id, outcome)
+        return {"message": ABORT_PENDING, "sessionId": session_id, "remoteInterrupted": True, "pending": True}
     runs.wake(session_id)
     return {"message": "Session aborted", "sessionId": session_id, "remoteInterrupted": interrupted}

@@ -33,6 +33,7 @@ import time
 from typing import Protocol
 
 from services.agents.backend import AgentProvider, PushChannel, PushItem, UpstreamError
+from services.db import UNAVAILABLE_ERRORS, database_outage
 from services.metrics import UPSTREAM_PUSH_FALLBACKS, UPSTREAM_PUSH_OPEN, UPSTREAM_PUSH_RECONNECTS
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,9 @@ class PushFollower:
                     failures = MAX_FAILURES
             except ChannelStalled:
                 log.info("event channel of session %s missed events; reconnecting", self.run.session_id)
-            except Exception:  # the database away, credentials gone: the run loop deals with those
+            except UNAVAILABLE_ERRORS as exc:  # the run loop deals with the database being away
+                database_outage.failed(f"event channel of session {self.run.session_id}", exc)
+            except Exception:  # credentials gone: the run loop deals with those too
                 log.warning("event channel of session %s failed", self.run.session_id, exc_info=True)
             failures += 1
             if failures >= MAX_FAILURES:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from services.context import AppContext
-from services.db import queries
+from services.db import allow_slow_transaction, queries
 from services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ async def valid_credentials(ctx: AppContext, user_id: str, force: bool = False) 
     if not force and not needs_refresh(credentials):
         return credentials, False
     async with ctx.pool.acquire() as conn, conn.transaction():
+        # The row stays locked across the token endpoint's answer (refresh tokens rotate), and a
+        # second refresher waits for it: both outlast the pool's short lock and idle timeouts.
+        await allow_slow_transaction(conn, ctx.config.claude_request_timeout_seconds + 10)
         current = ctx.secrets.decrypt_json(await queries.users.lock_claude_auth(conn, id=user_id))
         if current is None:
             raise ServiceError(400, NOT_CONFIGURED)

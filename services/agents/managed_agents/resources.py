@@ -19,7 +19,7 @@ from services import locks
 from services.agents.backend import UpstreamError
 from services.agents.managed_agents.client import call_json
 from services.context import AppContext
-from services.db import queries
+from services.db import allow_slow_transaction, queries
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ async def _ensure_one(ctx: AppContext, kind: str, create: Callable[[], Awaitable
     """The stored id of `kind`, created and stored under the lock when there is none. Each kind
     commits on its own, so an agent made before a failed environment call is kept and reused."""
     async with ctx.pool.acquire() as conn, conn.transaction():
+        # Held across the upstream create, which others wait for: longer than the pool's timeouts.
+        await allow_slow_transaction(conn, ctx.config.claude_request_timeout_seconds + 10)
         await queries.database.lock_transaction(conn, key=locks.MANAGED_AGENTS_RESOURCES)
         upstream_id = await queries.managed_agents.get_agent_resource(conn, kind=kind)
         if not upstream_id:
