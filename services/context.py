@@ -15,6 +15,7 @@ import asyncpg
 
 from services.config import Config
 from services.health import DatabaseProbe
+from services.login_cache import LoginCache
 from services.metrics import LiveGauges
 from services.secrets import SecretBox
 
@@ -37,6 +38,8 @@ class AppContext:
     cpu_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "cpu"))
     github_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "github"))
     gauges: LiveGauges = field(default_factory=LiveGauges)
+    # Login-session lookups; kept live by the hub's LISTEN connection (off without a hub).
+    login_cache: LoginCache = field(default_factory=lambda: LoginCache(0.0))
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
     # Long-lived services attached by server.py once they exist (None before, and in tests that
@@ -54,6 +57,7 @@ class AppContext:
             dsn=dsn,
             secrets=SecretBox(config.encryption_key or config.session_secret),
             db_probe=DatabaseProbe(pool),
+            login_cache=LoginCache(config.login_cache_seconds),
         )
 
     def close_executors(self) -> None:

@@ -1,11 +1,14 @@
 """The hub: live fan-out of the event log to the streams of this process.
 
 One per process (`ctx.hub`). It holds one LISTEN connection of its own (never a pooled one:
-pool release runs `UNLISTEN *`) on three channels:
+pool release runs `UNLISTEN *`) on four channels:
 
 - `webedt_events` (payload: chat session id): new events were committed for that session;
 - `webedt_session_status` (payload: chat session id): the session row changed;
-- `webedt_session_list` (payload: user id): a session-list announcement was committed.
+- `webedt_session_list` (payload: user id): a session-list announcement was committed;
+- `webedt_auth` (payload: user id): a person's row or login sessions changed; their remembered
+  login-session lookups are dropped (services/login_cache.py, which is live only while this
+  connection is up).
 
 A notification only marks a topic dirty. The topic's worker then reads the new rows after the
 topic's cursor, once per process per wake-up however many subscribers there are, encodes each
@@ -38,7 +41,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services import event_log, session_list
+from services import event_log, login_cache, session_list
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, queries
 from services.logs import detached_context
@@ -218,6 +221,7 @@ class Hub:
         self.reconnects = 0
         self.dropped = 0
         self.frames_encoded = 0
+        self._barriers: dict[str, asyncio.Future[None]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -349,8 +353,26 @@ class Hub:
 
     # ---- notifications --------------------------------------------------------------------------
 
+    async def barrier(self, timeout: float = 10.0) -> None:
+        """Return once this process has heard every notification committed before the call (they
+        arrive in commit order): after it, a change made anywhere is seen here. For tests."""
+        token = f"{login_cache.BARRIER_PREFIX}{random.getrandbits(64):x}"
+        heard = self._barriers[token] = asyncio.get_running_loop().create_future()
+        try:
+            await queries.auth_sessions.notify_login_change(self.ctx.pool, payload=token)
+            await asyncio.wait_for(heard, timeout)
+        finally:
+            self._barriers.pop(token, None)
+
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
-        if channel == event_log.EVENTS_CHANNEL:
+        if channel == login_cache.CHANNEL:
+            if payload.startswith(login_cache.BARRIER_PREFIX):
+                heard = self._barriers.get(payload)
+                if heard is not None and not heard.done():
+                    heard.set_result(None)
+            else:
+                self.ctx.login_cache.forget_user(payload)
+        elif channel == event_log.EVENTS_CHANNEL:
             topic = self._sessions.get(payload)
             if topic is not None:
                 topic.dirty = True
@@ -463,7 +485,13 @@ class Hub:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         try:
-            for channel in (event_log.EVENTS_CHANNEL, event_log.STATUS_CHANNEL, session_list.LIST_CHANNEL):
+            channels = (
+                event_log.EVENTS_CHANNEL,
+                event_log.STATUS_CHANNEL,
+                session_list.LIST_CHANNEL,
+                login_cache.CHANNEL,
+            )
+            for channel in channels:
                 await conn.add_listener(channel, self._on_notify)
         except BaseException:
             conn.terminate()
@@ -490,6 +518,7 @@ class Hub:
             database_outage.recovered()
             self._ever_connected = True
             self._connected.set()
+            self.ctx.login_cache.set_live(True)  # empty: invalidations sent while down are lost
             self._catch_up_all()
             try:
                 while not self.stopping and not conn.is_closed():
@@ -509,6 +538,7 @@ class Hub:
                         last_prune = time.monotonic()
                         await self._prune()
             finally:
+                self.ctx.login_cache.set_live(False)
                 self._connected.clear()
                 self._conn = None
                 self.listener_pid = None
