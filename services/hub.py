@@ -94,6 +94,23 @@ def event_frame(event_id: int, event_data: Any, original_timestamp: str | None =
     return sse_frame(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), name, event_id)
 
 
+_REPLAY_KEYS = (b'"_replayed"', b'"_originalTimestamp"')
+
+
+def stored_event_frame(row: Any, original_timestamp: str | None = None) -> bytes:
+    """`event_frame` of a row of `event_log.read_texts_after`, from its stored JSON text, which is
+    embedded as it is (no decoding and re-encoding: the same JSON, in PostgreSQL's spacing)."""
+    data: bytes = row["event_json"].encode()
+    if original_timestamp is not None and data.startswith(b"{"):
+        if any(key in data for key in _REPLAY_KEYS):
+            # The event has such a key already: the dict merge replaces it in its place.
+            return event_frame(row["id"], orjson.loads(data), original_timestamp)
+        extra = b'"_replayed": true, "_originalTimestamp": ' + orjson.dumps(original_timestamp) + b"}"
+        data = data[:-1] + (extra if data == b"{}" else b", " + extra)
+    name = row["type"]
+    return sse_frame(data, event_name(name) if name is not None else None, row["id"])
+
+
 # ---- queue items and subscribers ----------------------------------------------------------------
 
 
@@ -436,10 +453,10 @@ class Hub:
         # Events first: everything committed before the status change is delivered before it.
         while topic.cursor is not None and len(topic):
             start = topic.cursor
-            rows = await event_log.read_after(self.ctx, topic.key, start, READ_BATCH)
+            rows = await event_log.read_texts_after(self.ctx, topic.key, start, READ_BATCH)
             rewound = topic.cursor != start
             if rows:
-                frames = [EventFrame(r["id"], event_frame(r["id"], r["event_data"])) for r in rows]
+                frames = [EventFrame(r["id"], stored_event_frame(r)) for r in rows]
                 self.frames_encoded += len(frames)
                 if not rewound:
                     topic.cursor = rows[-1]["id"]
