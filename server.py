@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import getpass
 import logging
 import resource
@@ -115,11 +116,27 @@ async def stop_background(ctx: AppContext, grace_seconds: float = 0.0) -> None:
         await ctx.hub.stop()  # ends every stream still open ("draining")
 
 
+# Collections of the youngest generation at most this often (allocations minus frees); the
+# default 700 runs one every few requests, and a full collection walks every object.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def settle_memory() -> None:
+    """After start-up: move everything allocated so far (modules, config, pool, app) out of the
+    collector's sight for good, and collect less often. A full collection then walks only what
+    requests and streams allocated, which cut the fan-out p99 at 1,000 viewers from about 127 to
+    45 ms (issue 23); the few short cycles requests make are still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(config: Config) -> None:
     ctx = await open_context(config)
     await start_background(ctx)
     app = make_app(ctx)
     server = make_http_server(app, config)
+    settle_memory()
     server.listen(config.port, address=config.host)
     log.info("listening on port %s (%s)", config.port, config.node_env)
 

@@ -30,7 +30,7 @@ class LoginHandler(APIHandler):
         user = await auth.login(self.ctx, email, password, self.client_ip(), device)
         if self.current_user is not None:
             # A new login replaces the session the browser had.
-            await auth.end_session(self.ctx, self.current_user.session_id)
+            await auth.end_session(self.ctx, self.current_user.session_id, self.current_user.id)
         token, _ = await auth.start_session(self.ctx, user["id"])
         days = auth.REMEMBER_ME_COOKIE_DAYS if body.get("rememberMe") is True else auth.SESSION_LIFETIME.days
         self.set_auth_cookie(token, days)
@@ -50,7 +50,7 @@ class LoginHandler(APIHandler):
 class LogoutHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
-        await auth.end_session(self.ctx, self.user.session_id)
+        await auth.end_session(self.ctx, self.user.session_id, self.user.id)
         self.clear_auth_cookie()
         self.ok({"message": "Logged out successfully"})
 

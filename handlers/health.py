@@ -15,8 +15,6 @@ CONTAINER_ID = socket.gethostname()
 class HealthHandler(APIHandler):
     """200 when the process and its database are fine; 503 with the same shape otherwise."""
 
-    quiet_access_log = True
-
     async def prepare(self) -> None:
         # Health never depends on the auth cookie, so a database outage cannot turn it into a 500.
         self.current_user = None
@@ -46,8 +44,6 @@ class HealthHandler(APIHandler):
 
 
 class ReadyHandler(APIHandler):
-    quiet_access_log = True
-
     async def prepare(self) -> None:
         self.current_user = None
 
@@ -59,8 +55,6 @@ class ReadyHandler(APIHandler):
 
 
 class LiveHandler(APIHandler):
-    quiet_access_log = True
-
     async def prepare(self) -> None:
         self.current_user = None
 

@@ -9,8 +9,6 @@ from services import metrics
 
 
 class MetricsHandler(APIHandler):
-    quiet_access_log = True
-
     async def prepare(self) -> None:
         # Scrapes never depend on a cookie or the database.
         self.current_user = None

@@ -31,3 +31,8 @@ VALUES (:id, :user_id, :expires_at, :impersonator_id, :impersonation_id);
 SELECT s.impersonator_id, s.impersonation_id, u.email AS impersonator_email
 FROM sessions s JOIN users u ON u.id = s.impersonator_id
 WHERE s.id = :id;
+
+-- name: notify_login_change(payload)!
+-- What the triggers of migration 0009 send; called directly only for a hub barrier (a payload
+-- that is no user id), which every replica hears after the notifications committed before it.
+SELECT pg_notify('webedt_auth', :payload);

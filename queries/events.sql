@@ -28,6 +28,19 @@ WHERE chat_session_id = :chat_session_id AND id > :after_id
 ORDER BY id
 LIMIT :limit;
 
+-- name: read_event_texts_after(chat_session_id, after_id, limit)
+-- As read_events_after, ready to serve without decoding and re-encoding: the event as its stored
+-- JSON text, its `type` when that is a string (the SSE event name), and the timestamp as
+-- services/clock.iso writes it (UTC, milliseconds cut, not rounded, like Python's isoformat).
+SELECT id,
+       event_data::text AS event_json,
+       CASE WHEN jsonb_typeof(event_data -> 'type') = 'string' THEN event_data ->> 'type' END AS type,
+       to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS timestamp
+FROM events
+WHERE chat_session_id = :chat_session_id AND id > :after_id
+ORDER BY id
+LIMIT :limit;
+
 -- name: get_last_event_id(chat_session_id)$
 -- The newest event id of a session (0 when it has none).
 SELECT coalesce(max(id), 0) FROM events WHERE chat_session_id = :chat_session_id;

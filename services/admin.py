@@ -154,6 +154,7 @@ async def _store_user_changes(
                 await queries.auth_sessions.delete_auth_sessions_except(conn, user_id=user_id, keep_id=admin.session_id)
     except asyncpg.UniqueViolationError:
         raise ServiceError(400, EMAIL_TAKEN) from None
+    ctx.login_cache.forget_user(user_id)
     if row is None:
         raise ServiceError(404, USER_NOT_FOUND)
     return row
@@ -182,6 +183,7 @@ async def delete_user(ctx: AppContext, admin: auth.CurrentUser, user_id: str) ->
     deleted = await queries.users.delete_user(ctx.pool, id=user_id) if user_id else None
     if deleted is None:
         raise ServiceError(404, USER_NOT_FOUND)
+    ctx.login_cache.forget_user(user_id)
     return {"id": deleted}
 
 
@@ -232,6 +234,7 @@ async def impersonate(
             impersonation_id=audit_id,
         )
         await queries.auth_sessions.delete_auth_session(conn, id=admin.session_id)
+    ctx.login_cache.forget_user(admin.id)
     return token, target
 
 
@@ -248,6 +251,7 @@ async def stop_impersonating(ctx: AppContext, current: auth.CurrentUser) -> tupl
         await queries.auth_sessions.delete_auth_session(conn, id=current.session_id)
         if link["impersonation_id"] is not None:
             await queries.impersonations.end_impersonation(conn, id=link["impersonation_id"])
+    ctx.login_cache.forget_user(current.id)
     return token, admin
 
 

@@ -171,8 +171,9 @@ async def start_session(ctx: AppContext, user_id: str) -> tuple[str, datetime]:
     return token, expires_at
 
 
-async def end_session(ctx: AppContext, session_id: str) -> None:
+async def end_session(ctx: AppContext, session_id: str, user_id: str) -> None:
     await queries.auth_sessions.delete_auth_session(ctx.pool, id=session_id)
+    ctx.login_cache.forget_user(user_id)
 
 
 async def resolve_token(ctx: AppContext, token: str) -> CurrentUser | None:
@@ -180,18 +181,25 @@ async def resolve_token(ctx: AppContext, token: str) -> CurrentUser | None:
     if not token or len(token) > 200:
         return None
     session_id = hash_token(token)
-    row = await queries.auth_sessions.get_auth_session_with_user(ctx.pool, id=session_id)
+    cache = ctx.login_cache
+    row = cache.get(session_id)
     if row is None:
-        return None
+        generation = cache.generation
+        row = await queries.auth_sessions.get_auth_session_with_user(ctx.pool, id=session_id)
+        if row is None:
+            return None
+        cache.put(session_id, row, generation)
     now = datetime.now(UTC)
     expires_at: datetime = row["expires_at"]
     if expires_at <= now:
         await queries.auth_sessions.delete_auth_session(ctx.pool, id=session_id)
+        cache.forget_user(row["id"])
         return None
     renewed = False
     if expires_at - now < RENEW_WHEN_LESS_THAN:
         expires_at = now + SESSION_LIFETIME
         await queries.auth_sessions.extend_auth_session(ctx.pool, id=session_id, expires_at=expires_at)
+        cache.forget_user(row["id"])
         renewed = True
     return CurrentUser(user=row, session_id=session_id, expires_at=expires_at, renewed=renewed)
 
@@ -285,3 +293,4 @@ async def _upgrade_weak_hash(ctx: AppContext, user: asyncpg.Record, password: by
         return
     new_hash = await hash_password(ctx, password)
     await queries.users.upgrade_password_hash(ctx.pool, id=user["id"], old_hash=old_hash, new_hash=new_hash)
+    ctx.login_cache.forget_user(user["id"])

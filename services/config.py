@@ -102,7 +102,11 @@ class Config:
     login_failure_window_seconds: int = _at_least(900, 1)
     register_max_per_ip: int = _at_least(10, 1)
     register_window_seconds: int = _at_least(3600, 1)
+    # How long a process may answer from its remembered login-session lookup (services/login_cache.py); 0: never.
+    login_cache_seconds: float = 5.0
     log_level: str = "INFO"
+    # A request at least this slow has its access line at INFO even when it succeeded.
+    access_log_slow_seconds: float = 1.0
     trusted_proxies: tuple[Network, ...] = parse_networks(DEFAULT_TRUSTED_PROXIES)
     header_timeout_seconds: float = _at_least(10.0, 0.1)
     keepalive_timeout_seconds: float = _at_least(120.0, 0.1)

@@ -17,6 +17,7 @@ from services.config import Config
 from services.db import RowTurns
 from services.errors import ServiceError
 from services.health import DatabaseProbe
+from services.login_cache import LoginCache
 from services.metrics import LiveGauges
 from services.secrets import SecretBox
 
@@ -39,6 +40,8 @@ class AppContext:
     cpu_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "cpu"))
     github_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "github"))
     gauges: LiveGauges = field(default_factory=LiveGauges)
+    # Login-session lookups; kept live by the hub's LISTEN connection (off without a hub).
+    login_cache: LoginCache = field(default_factory=lambda: LoginCache(0.0))
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
     # Requests take turns at a session row before they take a pool connection (services/db.py).
@@ -59,6 +62,7 @@ class AppContext:
             secrets=SecretBox(config.encryption_key or config.session_secret),
             db_probe=DatabaseProbe(pool),
             row_turns=RowTurns(config.db_lock_timeout_seconds),
+            login_cache=LoginCache(config.login_cache_seconds),
         )
 
     def require_runs(self) -> RunDriver:

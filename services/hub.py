@@ -1,11 +1,14 @@
 """The hub: live fan-out of the event log to the streams of this process.
 
 One per process (`ctx.hub`). It holds one LISTEN connection of its own (never a pooled one:
-pool release runs `UNLISTEN *`) on three channels:
+pool release runs `UNLISTEN *`) on four channels:
 
 - `webedt_events` (payload: chat session id): new events were committed for that session;
 - `webedt_session_status` (payload: chat session id): the session row changed;
-- `webedt_session_list` (payload: user id): a session-list announcement was committed.
+- `webedt_session_list` (payload: user id): a session-list announcement was committed;
+- `webedt_auth` (payload: user id): a person's row or login sessions changed; their remembered
+  login-session lookups are dropped (services/login_cache.py, which is live only while this
+  connection is up).
 
 A notification only marks a topic dirty. The topic's worker then reads the new rows after the
 topic's cursor, once per process per wake-up however many subscribers there are, encodes each
@@ -38,7 +41,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services import event_log, session_list
+from services import event_log, login_cache, session_list
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, queries
 from services.logs import detached_context
@@ -89,6 +92,23 @@ def event_frame(event_id: int, event_data: Any, original_timestamp: str | None =
         payload = {**event_data, "_replayed": True, "_originalTimestamp": original_timestamp}
     name = event_name(event_data.get("type")) if isinstance(event_data, dict) else None
     return sse_frame(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), name, event_id)
+
+
+_REPLAY_KEYS = (b'"_replayed"', b'"_originalTimestamp"')
+
+
+def stored_event_frame(row: Any, original_timestamp: str | None = None) -> bytes:
+    """`event_frame` of a row of `event_log.read_texts_after`, from its stored JSON text, which is
+    embedded as it is (no decoding and re-encoding: the same JSON, in PostgreSQL's spacing)."""
+    data: bytes = row["event_json"].encode()
+    if original_timestamp is not None and data.startswith(b"{"):
+        if any(key in data for key in _REPLAY_KEYS):
+            # The event has such a key already: the dict merge replaces it in its place.
+            return event_frame(row["id"], orjson.loads(data), original_timestamp)
+        extra = b'"_replayed": true, "_originalTimestamp": ' + orjson.dumps(original_timestamp) + b"}"
+        data = data[:-1] + (extra if data == b"{}" else b", " + extra)
+    name = row["type"]
+    return sse_frame(data, event_name(name) if name is not None else None, row["id"])
 
 
 # ---- queue items and subscribers ----------------------------------------------------------------
@@ -208,6 +228,7 @@ class Hub:
         self.reconnects = 0
         self.dropped = 0
         self.frames_encoded = 0
+        self._barriers: dict[str, asyncio.Future[None]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -339,8 +360,26 @@ class Hub:
 
     # ---- notifications --------------------------------------------------------------------------
 
+    async def barrier(self, timeout: float = 10.0) -> None:
+        """Return once this process has heard every notification committed before the call (they
+        arrive in commit order): after it, a change made anywhere is seen here. For tests."""
+        token = f"{login_cache.BARRIER_PREFIX}{random.getrandbits(64):x}"
+        heard = self._barriers[token] = asyncio.get_running_loop().create_future()
+        try:
+            await queries.auth_sessions.notify_login_change(self.ctx.pool, payload=token)
+            await asyncio.wait_for(heard, timeout)
+        finally:
+            self._barriers.pop(token, None)
+
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
-        if channel == event_log.EVENTS_CHANNEL:
+        if channel == login_cache.CHANNEL:
+            if payload.startswith(login_cache.BARRIER_PREFIX):
+                heard = self._barriers.get(payload)
+                if heard is not None and not heard.done():
+                    heard.set_result(None)
+            else:
+                self.ctx.login_cache.forget_user(payload)
+        elif channel == event_log.EVENTS_CHANNEL:
             topic = self._sessions.get(payload)
             if topic is not None:
                 topic.dirty = True
@@ -404,10 +443,10 @@ class Hub:
         # Events first: everything committed before the status change is delivered before it.
         while topic.cursor is not None and len(topic):
             start = topic.cursor
-            rows = await event_log.read_after(self.ctx, topic.key, start, READ_BATCH)
+            rows = await event_log.read_texts_after(self.ctx, topic.key, start, READ_BATCH)
             rewound = topic.cursor != start
             if rows:
-                frames = [EventFrame(r["id"], event_frame(r["id"], r["event_data"])) for r in rows]
+                frames = [EventFrame(r["id"], stored_event_frame(r)) for r in rows]
                 self.frames_encoded += len(frames)
                 if not rewound:
                     topic.cursor = rows[-1]["id"]
@@ -453,7 +492,13 @@ class Hub:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         try:
-            for channel in (event_log.EVENTS_CHANNEL, event_log.STATUS_CHANNEL, session_list.LIST_CHANNEL):
+            channels = (
+                event_log.EVENTS_CHANNEL,
+                event_log.STATUS_CHANNEL,
+                session_list.LIST_CHANNEL,
+                login_cache.CHANNEL,
+            )
+            for channel in channels:
                 await conn.add_listener(channel, self._on_notify)
         except BaseException:
             conn.terminate()
@@ -480,6 +525,7 @@ class Hub:
             database_outage.recovered()
             self._ever_connected = True
             self._connected.set()
+            self.ctx.login_cache.set_live(True)  # empty: invalidations sent while down are lost
             self._catch_up_all()
             try:
                 while not self.stopping and not conn.is_closed():
@@ -499,6 +545,7 @@ class Hub:
                         last_prune = time.monotonic()
                         await self._prune()
             finally:
+                self.ctx.login_cache.set_live(False)
                 self._connected.clear()
                 self._conn = None
                 self.listener_pid = None

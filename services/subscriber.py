@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import orjson
 
 from services import event_log, session_list
-from services.clock import iso, now_iso
+from services.clock import now_iso
 from services.context import AppContext
-from services.hub import EventFrame, StatusChange, Subscriber, event_frame, sse_frame
+from services.hub import EventFrame, StatusChange, Subscriber, sse_frame, stored_event_frame
 
 REPLAY_BATCH = 500
 
@@ -208,7 +208,7 @@ class SessionSubscription(_Subscription):
     async def _replay_chunk(self) -> bytes:
         ctx, replay = self.ctx, self.replay
         assert replay is not None and ctx.hub is not None
-        rows = await event_log.read_after(ctx, self.chat_session_id, self.last_id, REPLAY_BATCH)
+        rows = await event_log.read_texts_after(ctx, self.chat_session_id, self.last_id, REPLAY_BATCH)
         if len(rows) < REPLAY_BATCH:
             # The end of the table as of this read: from here on the hub's queue has the rest.
             ctx.hub.caught_up(self.sub, rows[-1]["id"] if rows else self.last_id)
@@ -218,10 +218,10 @@ class SessionSubscription(_Subscription):
         chunk: list[bytes] = []
         for row in rows:
             if row["id"] <= replay.boundary:
-                chunk.append(event_frame(row["id"], row["event_data"], iso(row["timestamp"])))
+                chunk.append(stored_event_frame(row, row["timestamp"]))
                 replay.replayed += 1
             else:
-                chunk.append(event_frame(row["id"], row["event_data"]))
+                chunk.append(stored_event_frame(row))
         self.last_id = rows[-1]["id"]
         return b"".join(chunk)
 

@@ -81,6 +81,7 @@ def parse_claude_auth(body: Any) -> dict[str, Any]:
 async def save_claude_auth(ctx: AppContext, user_id: str, claude_auth: dict[str, Any] | None) -> None:
     encrypted = ctx.secrets.encrypt_json(claude_auth) if claude_auth else None
     await queries.users.set_claude_auth(ctx.pool, id=user_id, claude_auth=encrypted)
+    ctx.login_cache.forget_user(user_id)
 
 
 def one_of(allowed: tuple[Any, ...], message: str) -> Callable[[Any], Any]:
@@ -223,4 +224,5 @@ async def update_setting(ctx: AppContext, user_id: str, name: str, body: dict[st
     """Validate and store one setting; return the success data."""
     column, value, data = validate_setting(name, body)
     await queries.users.update_user_setting(ctx.pool, id=user_id, setting={column: value})
+    ctx.login_cache.forget_user(user_id)
     return data

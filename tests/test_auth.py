@@ -197,6 +197,7 @@ async def test_sliding_renewal_when_less_than_half_remains(client: httpx.AsyncCl
 
     soon = datetime.now(UTC) + timedelta(days=10)
     await server.ctx.pool.execute("UPDATE sessions SET expires_at = $1 WHERE id = $2", soon, session_id)
+    await server.ctx.hub.barrier()  # the server has heard of the change (services/login_cache.py)
     response = await client.get("/api/auth/session")
     assert response.json()["data"]["session"]["fresh"] is True
     assert "max-age=2592000" in auth_cookie_header(response).lower()
@@ -209,6 +210,7 @@ async def test_expired_session_is_refused_and_removed(client: httpx.AsyncClient,
     session_id = hashlib.sha256(client.cookies["auth_session"].encode()).hexdigest()
     past = datetime.now(UTC) - timedelta(seconds=1)
     await server.ctx.pool.execute("UPDATE sessions SET expires_at = $1 WHERE id = $2", past, session_id)
+    await server.ctx.hub.barrier()
     response = await client.get("/api/auth/session")
     assert response.status_code == 401
     assert_cleared(auth_cookie_header(response))
@@ -224,6 +226,7 @@ async def test_tampered_cookie_and_deleted_user(client: httpx.AsyncClient, serve
         assert response.status_code == 401
         assert response.json() == {"success": False, "error": "Unauthorized"}
     await server.ctx.pool.execute("DELETE FROM users WHERE id = $1", user["id"])
+    await server.ctx.hub.barrier()
     assert (await client.get("/api/auth/session")).status_code == 401
 
 
@@ -279,3 +282,79 @@ async def test_bcrypt_cost_is_12_by_default(database_url: str) -> None:
         user = await register(http)
         stored = await srv.ctx.pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user["id"])
         assert stored.startswith("$2b$12$")
+
+
+# ---- the remembered login-session lookup (services/login_cache.py) ---------------------------------
+
+
+async def test_login_lookup_is_answered_from_memory(client: httpx.AsyncClient, server: TestServer) -> None:
+    await register(client)
+    assert (await client.get("/api/auth/session")).status_code == 200
+    hits = server.ctx.login_cache.hits
+    assert (await client.get("/api/auth/session")).status_code == 200
+    assert server.ctx.login_cache.hits == hits + 1
+
+
+async def test_logout_password_change_deletion_and_admin_flag_reach_every_replica_at_once(database_url: str) -> None:
+    # An entry would outlive the whole test: only the invalidation can make the other replica see a change.
+    env = test_env(database_url, LOGIN_CACHE_SECONDS="3600")
+    async with start_app(env) as a, start_app(env) as b:
+        on_a = {}
+        on_b = {}
+        people = {}
+        for name in ("admin", "leaver", "reset", "deleted", "promoted"):
+            on_a[name] = httpx.AsyncClient(base_url=a.url, headers={"Origin": ORIGIN})
+            people[name] = await register(on_a[name])
+            on_b[name] = httpx.AsyncClient(base_url=b.url, cookies=dict(on_a[name].cookies))
+        await a.ctx.pool.execute("UPDATE users SET is_admin = true WHERE id = $1", people["admin"]["id"])
+        await a.ctx.hub.barrier()
+        await b.ctx.hub.barrier()
+        try:
+            for name in people:
+                for http, srv in ((on_a[name], a), (on_b[name], b)):
+                    assert (await http.get("/api/auth/session")).status_code == 200
+                    hits = srv.ctx.login_cache.hits
+                    assert (await http.get("/api/auth/session")).status_code == 200
+                    assert srv.ctx.login_cache.hits == hits + 1  # remembered on both replicas
+
+            admin = on_a["admin"]
+            assert (await on_a["leaver"].post("/api/auth/logout")).status_code == 200
+            reset = await admin.patch(
+                f"/api/admin/users/{people['reset']['id']}", json={"password": "another password"}
+            )
+            assert reset.status_code == 200, reset.text
+            deleted = await admin.delete(f"/api/admin/users/{people['deleted']['id']}")
+            assert deleted.status_code == 200, deleted.text
+            promoted = await admin.patch(f"/api/admin/users/{people['promoted']['id']}", json={"isAdmin": True})
+            assert promoted.status_code == 200, promoted.text
+
+            # On the replica that made the changes: at once, without waiting for anything.
+            leaver_cookie = {"auth_session": on_b["leaver"].cookies["auth_session"]}
+            async with httpx.AsyncClient(base_url=a.url, cookies=leaver_cookie) as leaver_again:
+                assert (await leaver_again.get("/api/auth/session")).status_code == 401
+            # On the other: as soon as it has heard what PostgreSQL sent at those commits.
+            await b.ctx.hub.barrier()
+            for name in ("leaver", "reset", "deleted"):
+                if name != "leaver":
+                    assert (await on_a[name].get("/api/auth/session")).status_code == 401, name
+                assert (await on_b[name].get("/api/auth/session")).status_code == 401, name
+            for http in (on_a["promoted"], on_b["promoted"]):
+                session = await http.get("/api/auth/session")
+                assert session.json()["data"]["user"]["isAdmin"] is True
+                assert (await http.get("/api/admin/stats")).status_code == 200
+        finally:
+            for http in (*on_a.values(), *on_b.values()):
+                await http.aclose()
+
+
+async def test_login_lookup_is_not_remembered_while_the_hub_cannot_listen(server: TestServer) -> None:
+    cache = server.ctx.login_cache
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await register(http)
+        cache.set_live(False)
+        try:
+            for _ in range(2):
+                assert (await http.get("/api/auth/session")).status_code == 200
+            assert len(cache) == 0
+        finally:
+            cache.set_live(True)

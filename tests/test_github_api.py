@@ -385,6 +385,7 @@ async def test_github_unreachable_is_a_502(server: TestServer, client: httpx.Asy
         server.ctx.secrets.encrypt_text("gho_unreachable"),
         me["id"],
     )
+    await server.ctx.hub.barrier()  # the server has heard of the change (services/login_cache.py)
     response = await client.get("/api/github/repos")
     assert response.status_code == 502
     assert response.json()["error"] == "GitHub is not responding right now. Please try again in a few minutes."

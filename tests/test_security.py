@@ -186,6 +186,7 @@ async def world(own_database: str, fake_github: FakeGitHub) -> AsyncIterator[Wor
         github_user = await connect_github(attacker, fake_github, "octo")  # owns octo/widgets
         admin_user = await register(admin)
         await app.ctx.pool.execute("UPDATE users SET is_admin = true WHERE id = $1", admin_user["id"])
+        await app.ctx.hub.barrier()  # the server has heard of the change (services/login_cache.py)
         async with httpx.AsyncClient(base_url=app.url) as other:
             target_user = await register(other)
         own = await create_session(attacker, "attacker-branch")

@@ -251,3 +251,18 @@ def test_make_run_from_a_clean_checkout_answers_health(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+
+
+def test_start_up_memory_is_frozen_out_of_the_collectors_sight() -> None:
+    import gc
+
+    import server as server_module
+
+    thresholds = gc.get_threshold()
+    try:
+        server_module.settle_memory()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == server_module.GC_THRESHOLDS
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

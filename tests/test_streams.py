@@ -817,3 +817,104 @@ async def test_session_list_reconnect_gets_what_it_missed(
         assert missed.event == "updated" and missed.json()["session"]["title"] == "missed"
         await session_list.announce(server.ctx, user["id"], "deleted", {"id": "a"})
         assert (await stream.next()).event == "deleted"
+
+
+# ---- stored events served as their stored text (services/hub.stored_event_frame) -----------------
+
+# Events whose encoding could differ between PostgreSQL's text and orjson: escapes, non-ASCII,
+# numbers, key order, empty objects, a `type` that names no SSE event, keys a replay adds.
+TRICKY_EVENTS: list[Any] = [
+    {"type": "assistant", "text": "naïve — 漢字 😀", "nested": {"b": [1, 2.5, None, True], "a": {}}},
+    {
+        "type": "user",
+        "control": '\x01\x1f\t\n\r\b\f"\\/',
+        "zero": 0,
+        "neg": -3,
+        "small": 1e-7,
+        "big": 12345678901234567,
+    },
+    {},
+    {"type": "multi\nline", "x": 1.0},
+    {"type": 5, "long key first": 1, "k": 2},
+    {"type": "result", "_replayed": "already there", "z": [{}]},
+]
+
+
+def pairs(data: bytes | str) -> Any:
+    """The JSON value with every object as its list of (key, value) pairs: equal values in the same
+    key order, whatever the spacing."""
+    import json
+
+    return json.loads(data, object_pairs_hook=list)
+
+
+def frame_parts(frame: bytes) -> tuple[str, int, Any]:
+    """(event name, id, data) of one SSE frame as services/hub.event_frame writes it."""
+    fields = dict(line.split(": ", 1) for line in frame.decode().strip("\n").split("\n"))
+    return fields.get("event", "message"), int(fields["id"]), pairs(fields["data"])
+
+
+async def tricky_session(server: TestServer, user_id: str, status: str) -> tuple[str, list[asyncpg.Record]]:
+    session_id = await new_session(server, user_id, status=status)
+    await event_log.append(server.ctx, session_id, TRICKY_EVENTS)
+    for value in ('[1, "two", {"type": "x"}]', '"just text"'):
+        await server.ctx.pool.execute(
+            "INSERT INTO events (chat_session_id, event_data) VALUES ($1, $2::text::jsonb)", session_id, value
+        )
+    # Microseconds that rounding (rather than cutting) to milliseconds would carry into the next second.
+    await server.ctx.pool.execute(
+        "UPDATE events SET timestamp = '2024-12-31 23:59:59.999999+00' WHERE chat_session_id = $1", session_id
+    )
+    return session_id, await event_log.read_after(server.ctx, session_id, 0, 100)
+
+
+def old_history_event(session_id: str, row: asyncpg.Record) -> dict[str, Any]:
+    """An events-list entry as it was built before the stored text was served."""
+    from services.clock import iso
+
+    return {
+        "id": row["id"],
+        "chatSessionId": session_id,
+        "eventData": row["event_data"],
+        "timestamp": iso(row["timestamp"]),
+    }
+
+
+async def test_history_and_replay_serve_the_same_json_as_before(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    from services.clock import iso
+    from services.hub import event_frame
+
+    session_id, rows = await tricky_session(server, user["id"], "completed")
+    expected = [pairs(orjson.dumps(old_history_event(session_id, row))) for row in rows]
+    assert [e[-1] for e in expected] == [("timestamp", "2024-12-31T23:59:59.999Z")] * len(rows)
+    whole = (await client.get(f"/api/sessions/{session_id}/events")).content
+    assert [pairs(orjson.dumps(e)) for e in orjson.loads(whole)["data"]["events"]] == expected
+    assert pairs(whole)[1][1][0] == ("events", expected)  # the raw body, key order included
+    page = (await client.get(f"/api/sessions/{session_id}/events", params={"limit": 100})).content
+    assert pairs(page)[1][1][0] == ("events", expected)
+
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        replayed = stored_events(await stream.until("completed"))
+    old_frames = [frame_parts(event_frame(r["id"], r["event_data"], iso(r["timestamp"]))) for r in rows]
+    assert [(e.event, int(e.id), pairs(e.data)) for e in replayed] == old_frames
+    # An event that had `_replayed` already keeps it once, in its place, with the replay's value.
+    assert [pair for pair in pairs(replayed[5].data) if pair[0] == "_replayed"] == [("_replayed", True)]
+
+
+async def test_live_frames_serve_the_same_json_as_before(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    from services.hub import event_frame
+
+    session_id = await new_session(server, user["id"], status="running")
+    first = await append(server, session_id, 1)
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        assert int((await stream.next()).id) == first[0]  # replayed: what follows comes live
+        ids = await event_log.append(server.ctx, session_id, TRICKY_EVENTS)
+        live = [await stream.next() for _ in ids]
+        await set_status(server, session_id, "completed")
+    rows = await event_log.read_after(server.ctx, session_id, first[0], 100)
+    old_frames = [frame_parts(event_frame(r["id"], r["event_data"])) for r in rows]
+    assert [(e.event, int(e.id), pairs(e.data)) for e in live] == old_frames

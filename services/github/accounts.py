@@ -48,9 +48,11 @@ async def link(ctx: AppContext, user_id: str, github_id: str, token: str) -> boo
         )
     except asyncpg.UniqueViolationError:
         return False
+    ctx.login_cache.forget_user(user_id)
     return row is not None
 
 
 async def disconnect(ctx: AppContext, user_id: str) -> None:
     """Forget the token and GitHub id (the token is not revoked at GitHub, as in the original)."""
     await queries.users.unlink_github_account(ctx.pool, id=user_id)
+    ctx.login_cache.forget_user(user_id)
