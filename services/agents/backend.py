@@ -138,6 +138,18 @@ class EventBatch:
 
 
 @dataclass
+class TurnUsage:
+    """What a remote session has cost upstream so far, cumulative over its turns, as its backend
+    reports it once a turn has ended (a turn's own share is the difference to the last report)."""
+
+    cost_usd: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+
+@dataclass
 class PushItem:
     """One thing an upstream push channel delivered: an event, or a session status, or both empty
     for a frame that carries nothing for the run (a heartbeat, an acknowledgement)."""
@@ -245,6 +257,11 @@ class AgentProvider(abc.ABC):
     def prompt_echo(self, event: dict[str, Any]) -> bool:
         """Whether a stored upstream event is the echo of a person's prompt (a user turn, not a
         tool result): the turn rule of `services/agents/run.py` counts ends after these."""
+
+    async def turn_usage(self, token: str, remote_id: str, end_event: dict[str, Any]) -> TurnUsage | None:
+        """The session's cumulative usage once a turn has ended with `end_event` (None: the
+        backend does not say)."""
+        return None
 
     def end_error(self, end_event: dict[str, Any]) -> str | None:
         """Why a turn's end event ends the run in error (None: the turn completed)."""

@@ -13,6 +13,7 @@ from services.agents.backend import (
     PushChannel,
     RemoteSession,
     RemoteState,
+    TurnUsage,
     UpstreamError,
     format_cost,
 )
@@ -163,6 +164,24 @@ class ClaudeRemoteProvider(AgentProvider):
 
     def cost(self, end_event: dict[str, Any]) -> str | None:
         return format_cost(end_event.get("total_cost_usd"))
+
+    async def turn_usage(self, token: str, remote_id: str, end_event: dict[str, Any]) -> TurnUsage | None:
+        # Claude Code's `result` carries the session's cost so far and its token counts.
+        cost = end_event.get("total_cost_usd")
+        raw_usage = end_event.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+
+        def tokens(key: str) -> int:
+            value = usage.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+        return TurnUsage(
+            cost_usd=float(cost) if isinstance(cost, int | float) and format_cost(cost) is not None else None,
+            input_tokens=tokens("input_tokens"),
+            output_tokens=tokens("output_tokens"),
+            cache_read_tokens=tokens("cache_read_input_tokens"),
+            cache_creation_tokens=tokens("cache_creation_input_tokens"),
+        )
 
     def prompt_echo(self, event: dict[str, Any]) -> bool:
         if event.get("type") != "user":
