@@ -137,11 +137,18 @@ async def call(operation: str, request: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
-async def call_json(operation: str, request: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
-    """An SDK call made through `with_raw_response`, its body decoded as a JSON object."""
+async def call_json(
+    operation: str,
+    request: Callable[[], Awaitable[Any]],
+    on_reply: Callable[[httpx.Headers], None] | None = None,
+) -> dict[str, Any]:
+    """An SDK call made through `with_raw_response`, its body decoded as a JSON object;
+    `on_reply` sees the reply's headers first."""
 
     async def raw() -> dict[str, Any]:
         response = await request()
+        if on_reply is not None:
+            on_reply(response.headers)
         try:
             value = await response.json()
         except ValueError:

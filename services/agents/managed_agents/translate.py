@@ -16,9 +16,12 @@ whole history gives the same events again, which is what an adopting replica doe
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 # Upstream tool names are lower case; the website knows Claude Code's names.
 TOOL_NAMES = {
@@ -61,6 +64,16 @@ def _empty_turn() -> dict[str, Any]:
         "interrupted": False,
         "error": None,
     }
+
+
+def upstream_key(event: dict[str, Any]) -> str:
+    """The event's upstream id, or (an interrupt echo may carry an empty id) a digest of the whole
+    event, `processed_at` included, so it is stored once and never confused with another."""
+    event_id = event.get("id")
+    if isinstance(event_id, str) and event_id:
+        return event_id
+    digest = hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return f"managed-digest:{digest}"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -144,7 +157,7 @@ class Translator:
         translated = handler(event) if handler is not None else None
         if translated is None:
             translated = {"type": "system", "subtype": "managed_event", "managed_type": kind}
-        translated["uuid"] = str(event.get("id") or "")
+        translated["uuid"] = upstream_key(event)
         translated["managed"] = event
         return translated
 
@@ -230,11 +243,12 @@ class Translator:
         error = event.get("error")
         message = error_text(error)
         self.turn["error"] = message
-        kind = error.get("type") if isinstance(error, dict) else None
-        # A repository that cannot be mounted leaves the agent working on nothing: end the run.
-        if retry_status(error) == "terminal" or (isinstance(kind, str) and kind.startswith("repository_")):
+        # Only a terminal error ends the turn here. A `retrying` one (every `repository_*` error
+        # is: the session goes on without the repository) is shown, and the turn ends with its
+        # own `session.status_idle`, whose answer the person must see.
+        if retry_status(error) == "terminal":
             return self._result(event, f"Managed Agents session error: {message}")
-        return {"type": "system", "subtype": "managed_error", "error": message}
+        return {"type": "system", "subtype": "managed_error", "error": message, "retry_status": retry_status(error)}
 
     def _session_status_idle(self, event: dict[str, Any]) -> dict[str, Any]:
         reason = event.get("stop_reason")
