@@ -279,7 +279,7 @@ async def test_the_agent_and_environment_are_created_once_under_concurrent_start
     }
     assert stored_ids == {"agent": found[0].agent_id, "environment": found[0].environment_id}
     agent = env.fake.agents[-1]
-    assert agent["model"] == env.server.ctx.config.claude_default_model
+    assert agent["model"] == {"id": env.server.ctx.config.claude_default_model}
     assert agent["tools"][0]["type"] == "agent_toolset_20260401"
     assert "claude/" in agent["system"]
     # The provider that runs sessions made its own before: drop its cache to use the new ones.
