@@ -166,7 +166,8 @@ class FakeManagedAgents(LoopbackServer):
         self.nonconforming: list[str] = []
         self.private_repos: set[str] = {"https://github.com/octo/secret"}
         self._ids = itertools.count(1)
-        self._clock = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+        # Real time at the start (a client filters by creation time), then two events a millisecond.
+        self._clock = datetime.now(UTC).replace(microsecond=0)
         self._ticks = 0
         self.reset_knobs()
 
@@ -199,9 +200,14 @@ class FakeManagedAgents(LoopbackServer):
         return f"{prefix}_{next(self._ids):06d}"
 
     def now(self) -> datetime:
-        # Two events per millisecond: timestamps are shared, as upstream allows.
+        # Two events per millisecond (timestamps are shared, as upstream allows), never behind the
+        # wall clock's second (clients filter sessions by creation time).
         self._ticks += 1
-        return self._clock + timedelta(milliseconds=self._ticks // 2)
+        moment = self._clock + timedelta(milliseconds=self._ticks // 2)
+        wall = datetime.now(UTC).replace(microsecond=0)
+        if wall > moment:
+            self._clock, self._ticks, moment = wall, 0, wall
+        return moment
 
     def processed_at(self) -> str:
         return self.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -471,8 +477,9 @@ class FakeManagedAgents(LoopbackServer):
 
     def environment_json(self, body: dict[str, Any]) -> dict[str, Any]:
         at = self._clock.isoformat()
-        config = {"type": "cloud", "networking": {"type": "unrestricted"}, "packages": {}, **(body.get("config") or {})}
-        config.setdefault("packages", {})
+        packages = {"type": "packages", "apt": [], "cargo": [], "gem": [], "go": [], "npm": [], "pip": []}
+        config = {"type": "cloud", "networking": {"type": "unrestricted"}, **(body.get("config") or {})}
+        config["packages"] = {**packages, **(config.get("packages") or {})}
         return {
             "id": self.new_id("env"),
             "type": "environment",
