@@ -400,7 +400,7 @@ class FakeManagedAgents(LoopbackServer):
 
     def session_json(self, session: FakeManagedSession) -> dict[str, Any]:
         resources = []
-        for index, given in enumerate(session.body["resources"]):
+        for index, given in enumerate(session.body.get("resources") or []):
             url = given["url"]
             name = url.rstrip("/").rsplit("/", 1)[-1]
             checkout = given.get("checkout") or {"type": "branch", "name": DEFAULT_BRANCHES.get(url, "main")}
