@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anthropic
-import httpx
 
 from services.agents.backend import UpstreamError, excerpt
 from services.config import Config
@@ -91,7 +90,7 @@ def upstream_error(operation: str, exc: Exception) -> UpstreamError:
     return UpstreamError(operation, exc.__class__.__name__, kind="network")
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from a `Retry-After` header (seconds or an HTTP date; `retry-after-ms` first)."""
     milliseconds = headers.get("retry-after-ms")
     if milliseconds:
@@ -140,7 +139,7 @@ async def call(operation: str, request: Callable[[], Awaitable[T]]) -> T:
 async def call_json(
     operation: str,
     request: Callable[[], Awaitable[Any]],
-    on_reply: Callable[[httpx.Headers], None] | None = None,
+    on_reply: Callable[[Mapping[str, str]], None] | None = None,
 ) -> dict[str, Any]:
     """An SDK call made through `with_raw_response`, its body decoded as a JSON object;
     `on_reply` sees the reply's headers first."""

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import orjson
 
 from services.agents.backend import (
@@ -175,7 +175,7 @@ class ManagedAgentsProvider(AgentProvider):
         # Sessions already told to stop waiting for a confirmation (requires_action), by event.
         self._released: set[str] = set()
 
-    def _note_reply(self, headers: httpx.Headers) -> None:
+    def _note_reply(self, headers: Mapping[str, str]) -> None:
         workspace = headers.get("anthropic-workspace-id")
         if workspace:
             self.workspace = workspace

@@ -87,14 +87,17 @@ async def _create_environment(client: anthropic.AsyncAnthropic) -> str:
     return _id("create environment", value)
 
 
+async def _environments_page(client: anthropic.AsyncAnthropic, page: str | None) -> dict[str, Any]:
+    if page:
+        return await call_json("list environments", lambda: client.beta.environments.with_raw_response.list(page=page))
+    return await call_json("list environments", lambda: client.beta.environments.with_raw_response.list())
+
+
 async def _find_environment(client: anthropic.AsyncAnthropic) -> str | None:
     """The id of the workspace's environment named ENVIRONMENT_NAME (not archived), if any."""
     page: str | None = None
     for _ in range(ENVIRONMENT_PAGES):
-        kwargs: dict[str, Any] = {"page": page} if page else {}
-        value = await call_json(
-            "list environments", lambda kwargs=kwargs: client.beta.environments.with_raw_response.list(**kwargs)
-        )
+        value = await _environments_page(client, page)
         for environment in value.get("data") or []:
             if (
                 isinstance(environment, dict)
@@ -120,6 +123,8 @@ async def _keep_agent_current(ctx: AppContext, client: anthropic.AsyncAnthropic,
     if _model_id(agent.get("model")) == model and agent.get("system") == SYSTEM_PROMPT:
         return
     version = agent.get("version")
+    if not isinstance(version, int):
+        raise UpstreamError("get agent", "reply has no version", kind="malformed")
     try:
         await call_json(
             "update agent",
