@@ -188,6 +188,10 @@ async def test_a_stop_for_a_confirmation_ends_the_run_and_interrupts_the_session
     # The session is told to stop waiting, so a follow-up is not held behind the confirmation.
     await wait_for(lambda: "user.interrupt" in [e["type"] for e in env.fake.sessions[remote_id].events])
     assert env.fake.sessions[remote_id].events[-1]["type"] == "session.status_idle"
+    # The idle that interrupt brings ends no turn of the person's: one result, the error.
+    translated = (await provider(env).events_after("", remote_id, None)).events
+    assert [e["is_error"] for e in translated if e["type"] == "result"] == [True]
+    assert translated[-1]["type"] == "system" and translated[-1]["status"] == "idle"
 
 
 async def test_a_configured_agent_that_asks_for_confirmations_is_refused_naming_the_setting(

@@ -146,10 +146,13 @@ class Translator:
             dict(state["turn"]) if state and isinstance(state.get("turn"), dict) else _empty_turn()
         )
         self.cost: float | None = state.get("cost") if state else None
+        # The last turn stopped for a confirmation (requires_action), which the provider answers
+        # with an interrupt: the idle that interrupt brings ends no turn of the person's.
+        self.waiting: bool = bool(state.get("waiting")) if state else False
 
     @property
     def state(self) -> dict[str, Any]:
-        return {"turn": self.turn, "cost": self.cost}
+        return {"turn": self.turn, "cost": self.cost, "waiting": self.waiting}
 
     def translate(self, event: dict[str, Any]) -> dict[str, Any]:
         kind = event.get("type")
@@ -164,6 +167,7 @@ class Translator:
     # ---- the conversation ----------------------------------------------------------------------
 
     def _user_message(self, event: dict[str, Any]) -> dict[str, Any]:
+        self.waiting = False
         if not self.turn["open"]:
             self.turn = _empty_turn()
             self.turn["open"] = True
@@ -253,6 +257,10 @@ class Translator:
     def _session_status_idle(self, event: dict[str, Any]) -> dict[str, Any]:
         reason = event.get("stop_reason")
         reason_type = reason.get("type") if isinstance(reason, dict) else None
+        if self.waiting and not self.turn["open"]:
+            self.waiting = False
+            return {"type": "system", "subtype": "status", "status": "idle"}
+        self.waiting = reason_type == "requires_action"
         if reason_type in (None, "end_turn"):
             return self._result(event, None)
         message = STOP_MESSAGES.get(reason_type, f"The agent stopped ({reason_type})")
