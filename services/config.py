@@ -83,6 +83,9 @@ class Config:
     managed_agents_api_base_url: str = _web_url("https://api.anthropic.com")
     managed_agents_agent_id: str = ""
     managed_agents_environment_id: str = ""
+    # Upstream requests a minute this process may spend on polling Managed Agents sessions (the
+    # organization's documented limit is 600 for all replicas together).
+    managed_agents_requests_per_minute: int = _at_least(300, 1)
     claude_sync_interval_ms: int = _at_least(300_000, 1000)
     claude_sync_limit: int = _at_least(50, 1)
     orphan_session_timeout_minutes: int = _at_least(30, 1)

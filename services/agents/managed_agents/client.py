@@ -9,7 +9,11 @@ SSE events) so that event types this SDK release does not know are kept, not dro
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import email.utils
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anthropic
@@ -19,6 +23,19 @@ from services.config import Config
 from services.metrics import UPSTREAM_CALLS
 
 T = TypeVar("T")
+
+# Operations on one session, where a 409 means the session is archived or terminated.
+SESSION_OPERATIONS = frozenset(
+    {"send message", "interrupt session", "get events", "get session", "open event stream", "rename session"}
+)
+
+
+class FinalError(UpstreamError):
+    """An error that the same request will meet again: never retried (a 409 on this backend)."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 class ApiKeyRefused(UpstreamError):
@@ -57,10 +74,44 @@ def upstream_error(operation: str, exc: Exception) -> UpstreamError:
                 "the Anthropic API refused the deployment's ANTHROPIC_API_KEY (401); an operator must set a valid key",
                 status=401,
             )
-        return UpstreamError(operation, f"{status} {excerpt(error_message(exc))}".rstrip(), status=status)
+        detail = f"{status} {excerpt(error_message(exc))}".rstrip()
+        if status == 409:
+            # Managed Agents answers 409 for a state that does not change by waiting: an archived
+            # or terminated session refuses new events (platform docs, "errors").
+            if operation in SESSION_OPERATIONS:
+                detail += (
+                    "; the Managed Agents session has ended upstream (archived or terminated) and takes "
+                    "no more messages: start a new chat session to go on"
+                )
+            return FinalError(operation, detail, status=status)
+        return UpstreamError(operation, detail, status=status, retry_after=retry_after(exc.response.headers))
     if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
         return UpstreamError(operation, "reply is not what the API returns", kind="malformed")
     return UpstreamError(operation, exc.__class__.__name__, kind="network")
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a `Retry-After` header (seconds or an HTTP date; `retry-after-ms` first)."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(float(milliseconds) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def error_message(exc: anthropic.APIStatusError) -> str:
@@ -85,11 +136,18 @@ async def call(operation: str, request: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
-async def call_json(operation: str, request: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
-    """An SDK call made through `with_raw_response`, its body decoded as a JSON object."""
+async def call_json(
+    operation: str,
+    request: Callable[[], Awaitable[Any]],
+    on_reply: Callable[[Mapping[str, str]], None] | None = None,
+) -> dict[str, Any]:
+    """An SDK call made through `with_raw_response`, its body decoded as a JSON object;
+    `on_reply` sees the reply's headers first."""
 
     async def raw() -> dict[str, Any]:
         response = await request()
+        if on_reply is not None:
+            on_reply(response.headers)
         try:
             value = await response.json()
         except ValueError:
@@ -99,3 +157,35 @@ async def call_json(operation: str, request: Callable[[], Awaitable[Any]]) -> di
         return value
 
     return await call(operation, raw)
+
+
+class RequestBudget:
+    """A per-process budget of upstream requests a minute (a token bucket), shared by every run's
+    polling, so that many runs polling together stay inside the organization's documented rate
+    limit (sessions: 600 requests a minute) instead of meeting 429s. `take` waits for a token;
+    `spend` (a person's own action: send, interrupt) counts without waiting."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(per_minute / 12.0, 1.0)  # a burst of five seconds' worth
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self.waited = 0  # requests that had to wait (for the metrics and the tests)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def spend(self) -> None:
+        self._refill()
+        self.tokens -= 1
+
+    async def take(self) -> None:
+        self._refill()
+        if self.tokens < 1:
+            self.waited += 1
+        while self.tokens < 1:
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+            self._refill()
+        self.tokens -= 1

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -37,9 +40,16 @@ from services.agents.backend import (
     format_cost,
 )
 from services.agents.managed_agents import resources
-from services.agents.managed_agents.client import call, call_json, make_client
+from services.agents.managed_agents.client import RequestBudget, call, call_json, make_client
 from services.agents.managed_agents.push import ManagedPushChannel
-from services.agents.managed_agents.translate import TOOL_NAMES, Translator, branch_of, parse_time
+from services.agents.managed_agents.translate import (
+    TOOL_NAMES,
+    Translator,
+    branch_of,
+    cost_usd,
+    parse_time,
+    upstream_key,
+)
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS
 from services.errors import ServiceError
@@ -51,11 +61,62 @@ NO_API_KEY = (
     "This session runs on Managed Agents, but ANTHROPIC_API_KEY is not set on this server; "
     "an operator must set it to continue the session"
 )
-CONSOLE_URL = "https://platform.claude.com/workspaces/default/sessions/"
-FIND_CREATED_LOOKBACK = 10
+# The Console's page of a session; the workspace is the one the API key belongs to, which every
+# reply names in its `anthropic-workspace-id` header ("default" until a reply has said).
+CONSOLE_URL = "https://platform.claude.com/workspaces/{workspace}/sessions/{id}"
+# Looking for a session whose create reply was lost: this deployment's agent's sessions created
+# since shortly before the attempt (clocks differ), a page of this many at a time, so many pages.
+FIND_CREATED_PAGE = 50
+FIND_CREATED_PAGES = 10
+FIND_CREATED_SLACK = timedelta(minutes=5)
+# When this process made no attempt itself (another replica did, then died): how far back to look.
+FIND_CREATED_UNKNOWN = timedelta(hours=24)
 # The session status as the run driver knows it. An idle or rescheduling session is left to
 # the events: the end of a turn is the `session.status_idle` event, never a GET's status.
 STATES = {"running": RemoteState.RUNNING, "rescheduling": RemoteState.RUNNING, "terminated": RemoteState.FAILED}
+
+
+@dataclass(frozen=True)
+class TurnUsage:
+    """What a session has used so far, as upstream bills it (the session object's cumulative
+    `usage`): its list cost in US dollars (None until upstream tracks cost for it) and tokens."""
+
+    cost_usd: float | None
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "cost_usd": self.cost_usd,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": self.cache_creation_tokens,
+        }
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def turn_usage_of(session: dict[str, Any]) -> TurnUsage | None:
+    """The cumulative usage of a session object (SDK: BetaManagedAgentsSessionUsage), or None."""
+    usage = session.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    cache_creation = usage.get("cache_creation")
+    created = (
+        sum(_count(v) for v in cache_creation.values()) if isinstance(cache_creation, dict) else 0
+    )  # broken down by cache lifetime (ephemeral_5m / ephemeral_1h)
+    return TurnUsage(
+        cost_usd=cost_usd(usage.get("list_cost")),
+        input_tokens=_count(usage.get("input_tokens")),
+        output_tokens=_count(usage.get("output_tokens")),
+        cache_read_tokens=_count(usage.get("cache_read_input_tokens")),
+        cache_creation_tokens=created,
+    )
 
 
 def _content(content: str | list[dict[str, Any]]) -> list[Any]:
@@ -106,6 +167,18 @@ class ManagedAgentsProvider(AgentProvider):
         self.client = make_client(ctx.config)
         self._resources: resources.Resources | None = None
         self._resources_lock = asyncio.Lock()
+        # Shared by every run's polling in this process (client.RequestBudget).
+        self.budget = RequestBudget(ctx.config.managed_agents_requests_per_minute)
+        self.workspace = "default"
+        # When this process last tried to create a session for a prompt (find_created's window).
+        self._create_attempts: dict[str, datetime] = {}
+        # Sessions already told to stop waiting for a confirmation (requires_action), by event.
+        self._released: set[str] = set()
+
+    def _note_reply(self, headers: Mapping[str, str]) -> None:
+        workspace = headers.get("anthropic-workspace-id")
+        if workspace:
+            self.workspace = workspace
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -152,10 +225,14 @@ class ManagedAgentsProvider(AgentProvider):
         repository: Any = {  # the SDK's BetaManagedAgentsGitHubRepositoryResourceParams
             "type": "github_repository",
             "url": f"https://github.com/{request.repo_full_name}",
-            "checkout": {"type": "branch", "name": request.base_branch or "main"},
         }
+        if request.base_branch:
+            # Without a checkout upstream mounts the repository's own default branch.
+            repository["checkout"] = {"type": "branch", "name": request.base_branch}
         if token:
             repository["authorization_token"] = token
+        self._create_attempts.setdefault(request.message_uuid, datetime.now(UTC))
+        self.budget.spend()
         try:
             value = await call_json(
                 "create session",
@@ -167,6 +244,7 @@ class ManagedAgentsProvider(AgentProvider):
                     initial_events=[user_message(request.content)],
                     metadata={"webedt_message_uuid": request.message_uuid},
                 ),
+                self._note_reply,
             )
         except UpstreamError as exc:
             if exc.kind == "http" and exc.status in (400, 403, 404, 422):
@@ -182,26 +260,49 @@ class ManagedAgentsProvider(AgentProvider):
         return self._session(value)
 
     async def find_created(self, token: str, request: CreateRequest) -> RemoteSession | None:
-        # Sessions carry the uuid of their first prompt in their metadata.
-        page = await call_json(
-            "list sessions", lambda: self.client.beta.sessions.with_raw_response.list(limit=FIND_CREATED_LOOKBACK)
-        )
-        for value in page.get("data") or []:
-            metadata = value.get("metadata") if isinstance(value, dict) else None
-            if isinstance(metadata, dict) and metadata.get("webedt_message_uuid") == request.message_uuid:
-                return self._session(value)
+        """The session made for this prompt: sessions carry the uuid of their first prompt in
+        their metadata; only this deployment's agent's sessions created since shortly before the
+        attempt are read (the whole workspace may hold thousands)."""
+        agent_id = (await self.deployment_resources()).agent_id
+        attempted = self._create_attempts.get(request.message_uuid)
+        since = (attempted - FIND_CREATED_SLACK) if attempted else datetime.now(UTC) - FIND_CREATED_UNKNOWN
+        kwargs: dict[str, Any] = {"agent_id": agent_id, "created_at_gte": since.isoformat(), "limit": FIND_CREATED_PAGE}
+        for _ in range(FIND_CREATED_PAGES):
+            await self.budget.take()
+            page = await call_json(
+                "list sessions", lambda: self.client.beta.sessions.with_raw_response.list(**kwargs), self._note_reply
+            )
+            for value in page.get("data") or []:
+                metadata = value.get("metadata") if isinstance(value, dict) else None
+                if isinstance(metadata, dict) and metadata.get("webedt_message_uuid") == request.message_uuid:
+                    return self._session(value)
+            if not page.get("next_page"):
+                break
+            kwargs["page"] = page["next_page"]
         return None
 
+    async def _retrieve(self, remote_id: str) -> dict[str, Any]:
+        await self.budget.take()
+        return await call_json(
+            "get session", lambda: self.client.beta.sessions.with_raw_response.retrieve(remote_id), self._note_reply
+        )
+
     async def get(self, token: str, remote_id: str) -> RemoteSession:
-        value = await call_json("get session", lambda: self.client.beta.sessions.with_raw_response.retrieve(remote_id))
-        return self._session(value)
+        return self._session(await self._retrieve(remote_id))
+
+    async def turn_usage(self, token: str, remote_id: str) -> TurnUsage | None:
+        """The session's cumulative usage and list cost, read from the session object (what
+        Anthropic bills); call it after a turn ended. None when upstream reports no usage."""
+        return turn_usage_of(await self._retrieve(remote_id))
 
     async def _page(self, remote_id: str, since: str | None, page: str | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
+        if since:
+            # On every page: a page cursor is not promised to carry the filters it was made with.
+            kwargs["created_at_gte"] = since
         if page:
             kwargs["page"] = page
-        elif since:
-            kwargs["created_at_gte"] = since
+        await self.budget.take()
         value = await call_json(
             "get events", lambda: self.client.beta.sessions.events.with_raw_response.list(remote_id, **kwargs)
         )
@@ -227,20 +328,22 @@ class ManagedAgentsProvider(AgentProvider):
         seen_at_since: set[str] = set(state.get("ids") or [])
         events: list[dict[str, Any]] = []
         page: str | None = None
+        page_since = since  # the filter the pages of this read share
         complete = False
         for _ in range(MAX_PAGES_PER_POLL):
-            value = await self._page(remote_id, since if page is None else None, page)
+            value = await self._page(remote_id, page_since, page)
             for event in value["data"]:
-                if not isinstance(event, dict) or not event.get("id"):
+                if not isinstance(event, dict):
                     continue
                 processed_at = event.get("processed_at")
                 if not processed_at:
                     continue  # queued, not processed yet: it comes again once it is
-                if event["id"] in seen_at_since or _earlier(processed_at, since):
+                key = upstream_key(event)  # an interrupt echo may have an empty id
+                if key in seen_at_since or _earlier(processed_at, since):
                     continue  # read before (the list starts at `since`, inclusive)
                 if processed_at != since:
                     since, seen_at_since = processed_at, set()
-                seen_at_since.add(event["id"])
+                seen_at_since.add(key)
                 events.append(translator.translate(event))
             page = value.get("next_page")
             if not page:
@@ -250,15 +353,54 @@ class ManagedAgentsProvider(AgentProvider):
         next_cursor = orjson.dumps(
             {"since": since, "ids": sorted(seen_at_since), "translation": translator.state}
         ).decode()
+        await self.after_turn_end(remote_id, events)
         return EventBatch(events, next_cursor, complete)
 
+    async def after_turn_end(self, remote_id: str, events: list[dict[str, Any]]) -> None:
+        """What the end of a turn needs from upstream, on the last `result` among `events`:
+        the session's cumulative usage and list cost (read from the session object, which is
+        what Anthropic bills, not from a `session.usage` snapshot that may be a turn behind),
+        and, for a turn stopped for a confirmation, an interrupt so the session does not wait."""
+        result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+        if result is None:
+            return
+        managed = result.get("managed") or {}
+        stop = managed.get("stop_reason") if isinstance(managed, dict) else None
+        if isinstance(stop, dict) and stop.get("type") == "requires_action":
+            await self._release(remote_id, str(result.get("uuid")))
+        try:
+            usage = await self.turn_usage("", remote_id)
+        except UpstreamError as exc:
+            # The snapshot's cost stays; the next turn's end reads the totals again.
+            log.info("could not read the usage of session %s: %s", remote_id, exc.message)
+            return
+        if usage is None:
+            return
+        result["session_usage"] = usage.as_json()
+        if usage.cost_usd is not None:
+            result["total_cost_usd"] = usage.cost_usd
+
+    async def _release(self, remote_id: str, event_key: str) -> None:
+        """Interrupt a session that stopped for a tool confirmation or a custom tool result
+        (requires_action): WebEDT gives neither, and the session would wait for ever, holding
+        the next prompt. The run ends with an error saying so (translate.STOP_MESSAGES)."""
+        if event_key in self._released:
+            return
+        self._released.add(event_key)
+        try:
+            await self.interrupt("", remote_id)
+        except UpstreamError as exc:
+            log.warning("could not interrupt session %s waiting for a confirmation: %s", remote_id, exc.message)
+
     async def send(self, token: str, remote_id: str, content: str | list[dict[str, Any]], message_uuid: str) -> None:
+        self.budget.spend()
         await call(
             "send message",
             lambda: self.client.beta.sessions.events.with_raw_response.send(remote_id, events=[user_message(content)]),
         )
 
     async def interrupt(self, token: str, remote_id: str) -> None:
+        self.budget.spend()
         await call(
             "interrupt session",
             lambda: self.client.beta.sessions.events.with_raw_response.send(
@@ -277,7 +419,7 @@ class ManagedAgentsProvider(AgentProvider):
         await call("rename session", lambda: self.client.beta.sessions.with_raw_response.update(remote_id, title=title))
 
     def web_url(self, remote_id: str) -> str:
-        return CONSOLE_URL + remote_id
+        return CONSOLE_URL.format(workspace=self.workspace, id=remote_id)
 
     def cost(self, end_event: dict[str, Any]) -> str | None:
         return format_cost(end_event.get("total_cost_usd"))

@@ -12,7 +12,7 @@ from anthropic import AsyncStream
 
 from services.agents.backend import PushChannel, PushItem, RemoteState, UpstreamError
 from services.agents.managed_agents.client import call, upstream_error
-from services.agents.managed_agents.translate import Translator
+from services.agents.managed_agents.translate import Translator, upstream_key
 
 if TYPE_CHECKING:
     from services.agents.managed_agents.provider import ManagedAgentsProvider
@@ -39,6 +39,7 @@ class ManagedPushChannel(PushChannel):
 
     async def open(self) -> None:
         client = self.provider.client
+        await self.provider.budget.take()
         stream: AsyncStream[Any] = await call(
             "open event stream",
             lambda: client.beta.sessions.events.stream(self.remote_id, timeout=STREAM_READ_TIMEOUT_SECONDS),
@@ -53,20 +54,25 @@ class ManagedPushChannel(PushChannel):
             raise
 
     def _take(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        event_id = event.get("id")
-        if not isinstance(event_id, str) or not event_id or event_id in self.seen:
+        key = upstream_key(event)  # an interrupt echo may carry an empty id
+        if key in self.seen:
             return None
-        self.seen.add(event_id)
+        self.seen.add(key)
         translated = self.translator.translate(event)
         self.pending.append(translated)
         return translated
 
+    async def _next_pending(self) -> PushItem:
+        event = self.pending.popleft()
+        if event["type"] == "result":
+            await self.provider.after_turn_end(self.remote_id, [event])
+        status = RemoteState.RUNNING if event["managed"].get("type") == "session.status_running" else None
+        return PushItem(event=event, status=status)
+
     async def receive(self) -> PushItem | None:
         while True:
             if self.pending:
-                event = self.pending.popleft()
-                status = RemoteState.RUNNING if event["managed"].get("type") == "session.status_running" else None
-                return PushItem(event=event, status=status)
+                return await self._next_pending()
             if self._closed or self._events is None:
                 return None
             try:

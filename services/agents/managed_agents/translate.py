@@ -16,9 +16,12 @@ whole history gives the same events again, which is what an adopting replica doe
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 # Upstream tool names are lower case; the website knows Claude Code's names.
 TOOL_NAMES = {
@@ -61,6 +64,16 @@ def _empty_turn() -> dict[str, Any]:
         "interrupted": False,
         "error": None,
     }
+
+
+def upstream_key(event: dict[str, Any]) -> str:
+    """The event's upstream id, or (an interrupt echo may carry an empty id) a digest of the whole
+    event, `processed_at` included, so it is stored once and never confused with another."""
+    event_id = event.get("id")
+    if isinstance(event_id, str) and event_id:
+        return event_id
+    digest = hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return f"managed-digest:{digest}"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -133,10 +146,13 @@ class Translator:
             dict(state["turn"]) if state and isinstance(state.get("turn"), dict) else _empty_turn()
         )
         self.cost: float | None = state.get("cost") if state else None
+        # The last turn stopped for a confirmation (requires_action), which the provider answers
+        # with an interrupt: the idle that interrupt brings ends no turn of the person's.
+        self.waiting: bool = bool(state.get("waiting")) if state else False
 
     @property
     def state(self) -> dict[str, Any]:
-        return {"turn": self.turn, "cost": self.cost}
+        return {"turn": self.turn, "cost": self.cost, "waiting": self.waiting}
 
     def translate(self, event: dict[str, Any]) -> dict[str, Any]:
         kind = event.get("type")
@@ -144,13 +160,14 @@ class Translator:
         translated = handler(event) if handler is not None else None
         if translated is None:
             translated = {"type": "system", "subtype": "managed_event", "managed_type": kind}
-        translated["uuid"] = str(event.get("id") or "")
+        translated["uuid"] = upstream_key(event)
         translated["managed"] = event
         return translated
 
     # ---- the conversation ----------------------------------------------------------------------
 
     def _user_message(self, event: dict[str, Any]) -> dict[str, Any]:
+        self.waiting = False
         if not self.turn["open"]:
             self.turn = _empty_turn()
             self.turn["open"] = True
@@ -230,15 +247,20 @@ class Translator:
         error = event.get("error")
         message = error_text(error)
         self.turn["error"] = message
-        kind = error.get("type") if isinstance(error, dict) else None
-        # A repository that cannot be mounted leaves the agent working on nothing: end the run.
-        if retry_status(error) == "terminal" or (isinstance(kind, str) and kind.startswith("repository_")):
+        # Only a terminal error ends the turn here. A `retrying` one (every `repository_*` error
+        # is: the session goes on without the repository) is shown, and the turn ends with its
+        # own `session.status_idle`, whose answer the person must see.
+        if retry_status(error) == "terminal":
             return self._result(event, f"Managed Agents session error: {message}")
-        return {"type": "system", "subtype": "managed_error", "error": message}
+        return {"type": "system", "subtype": "managed_error", "error": message, "retry_status": retry_status(error)}
 
     def _session_status_idle(self, event: dict[str, Any]) -> dict[str, Any]:
         reason = event.get("stop_reason")
         reason_type = reason.get("type") if isinstance(reason, dict) else None
+        if self.waiting and not self.turn["open"]:
+            self.waiting = False
+            return {"type": "system", "subtype": "status", "status": "idle"}
+        self.waiting = reason_type == "requires_action"
         if reason_type in (None, "end_turn"):
             return self._result(event, None)
         message = STOP_MESSAGES.get(reason_type, f"The agent stopped ({reason_type})")
