@@ -16,9 +16,9 @@ import anthropic
 import httpx
 import pytest
 
-from services.agents.backend import CreateRequest, UpstreamError
+from services.agents.backend import CreateRequest, TurnUsage, UpstreamError
 from services.agents.managed_agents.client import RequestBudget
-from services.agents.managed_agents.provider import ManagedAgentsProvider, TurnUsage
+from services.agents.managed_agents.provider import ManagedAgentsProvider
 from services.agents.managed_agents.resources import SYSTEM_PROMPT, confirmation_risk
 from tests.fakes.claude import REPO, post_sse, run_to_end, stored, types, wait_status
 from tests.fakes.managed_agents import (
@@ -118,11 +118,11 @@ async def test_the_cost_and_tokens_come_from_the_session_object_after_each_turn(
         "cache_read_input_tokens": 5,
         "cache_creation_input_tokens": 7,
     }
-    usage = await provider(env).turn_usage("", done["remoteSessionId"])
+    usage = await provider(env).turn_usage("", done["remoteSessionId"], {})
     assert usage == TurnUsage(0.25, 100, 20, 5, 7)
     # Absent until cost tracking is available: no cost, tokens all the same.
     env.fake.cost_tracking = False
-    usage = await provider(env).turn_usage("", done["remoteSessionId"])
+    usage = await provider(env).turn_usage("", done["remoteSessionId"], {})
     assert usage is not None and usage.cost_usd is None and usage.input_tokens == 100
 
 
@@ -326,7 +326,6 @@ async def test_session_status_terminated_is_stored(env: Env, http: httpx.AsyncCl
     assert translated[-1]["type"] == "system" and translated[-1]["status"] == "terminated"
 
 
-@pytest.mark.xfail(reason="needs the issue-19 turn rule in the driver", strict=False)
 async def test_a_follow_up_queued_into_a_merged_turn_ends_its_run(env: Env, http: httpx.AsyncClient) -> None:
     env.fake.merge_queued = True
     env.fake.hold = asyncio.Event()
@@ -349,7 +348,6 @@ async def test_a_follow_up_queued_into_a_merged_turn_ends_its_run(env: Env, http
     assert [e["managed"]["type"] for e in upstream_of(events)][-1] == "session.status_idle"
 
 
-@pytest.mark.xfail(reason="needs the issue-19 turn rule in the driver", strict=False)
 async def test_after_an_abort_the_next_prompt_shows_its_own_answer(env: Env, http: httpx.AsyncClient) -> None:
     env.fake.hold = asyncio.Event()
     env.fake.hold_at = 4
@@ -366,3 +364,17 @@ async def test_after_an_abort_the_next_prompt_shows_its_own_answer(env: Env, htt
     events = await stored(http, session_id)
     results = [e["eventData"] for e in events if e["eventData"]["type"] == "result"]
     assert results[-1]["result"] == "Done: The real question"
+
+
+async def test_a_new_chat_from_execute_remote_starts_on_the_repository_default_branch(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    """execute-remote's new sessions show baseBranch "main" (the contract), but the person chose
+    no branch: the remote session is created without a checkout, so upstream mounts the
+    repository's own default branch (never a forced `main`)."""
+    frames = await run_to_end(http, {"userRequest": "Default branch please", "github": REPO})
+    done = frames[-1].json()
+    session = env.fake.sessions[done["remoteSessionId"]]
+    assert "checkout" not in session.body["resources"][0]
+    row = (await http.get(f"/api/sessions/{done['websiteSessionId']}")).json()["session"]
+    assert row["baseBranch"] == "main"

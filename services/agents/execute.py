@@ -275,7 +275,7 @@ async def _start_new_session(
             repository_name=name,
             branch=branch,
             run_owner=runs.owner,
-            run_state=RunState(baseline_event_id=0, environment_id=environment_id).to_json(),
+            run_state=RunState(baseline_event_id=0, environment_id=environment_id, default_branch=True).to_json(),
         )
         await queries.messages.insert_prompt(
             conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=str(uuid.uuid4())

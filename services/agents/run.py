@@ -361,7 +361,7 @@ class Run:
             branch_prefix=row["branch"] or "claude/session",
             model=self.ctx.config.claude_default_model,
             message_uuid=first["upstream_uuid"],
-            base_branch=row["base_branch"],
+            base_branch=None if state.default_branch else row["base_branch"],
         )
         remote = None
         if self.create_attempted:

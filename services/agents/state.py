@@ -18,8 +18,11 @@ class RunState:
     create_attempted: bool = False
     # The person interrupted the current turn: an idle remote session ends the run.
     interrupted: bool = False
-    # Prompts delivered in this run; each ends with one `result`.
+    # Prompts delivered in this run.
     turns_delivered: int = 0
+    # The person chose no base branch (execute-remote's new sessions show "main" as the contract
+    # says): the remote session starts on the repository's own default branch.
+    default_branch: bool = False
 
     @classmethod
     def read(cls, value: Any) -> RunState:
@@ -34,6 +37,7 @@ class RunState:
             create_attempted=stored.get("create_attempted") is True,
             interrupted=stored.get("interrupted") is True,
             turns_delivered=turns if isinstance(turns, int) and not isinstance(turns, bool) else 0,
+            default_branch=stored.get("default_branch") is True,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +35,7 @@ from services.agents.backend import (
     PushChannel,
     RemoteSession,
     RemoteState,
+    TurnUsage,
     UpstreamError,
     format_cost,
 )
@@ -74,27 +74,6 @@ FIND_CREATED_UNKNOWN = timedelta(hours=24)
 # The session status as the run driver knows it. An idle or rescheduling session is left to
 # the events: the end of a turn is the `session.status_idle` event, never a GET's status.
 STATES = {"running": RemoteState.RUNNING, "rescheduling": RemoteState.RUNNING, "terminated": RemoteState.FAILED}
-
-
-@dataclass(frozen=True)
-class TurnUsage:
-    """What a session has used so far, as upstream bills it (the session object's cumulative
-    `usage`): its list cost in US dollars (None until upstream tracks cost for it) and tokens."""
-
-    cost_usd: float | None
-    input_tokens: int
-    output_tokens: int
-    cache_read_tokens: int
-    cache_creation_tokens: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "cost_usd": self.cost_usd,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_read_input_tokens": self.cache_read_tokens,
-            "cache_creation_input_tokens": self.cache_creation_tokens,
-        }
 
 
 def _count(value: Any) -> int:
@@ -290,9 +269,20 @@ class ManagedAgentsProvider(AgentProvider):
     async def get(self, token: str, remote_id: str) -> RemoteSession:
         return self._session(await self._retrieve(remote_id))
 
-    async def turn_usage(self, token: str, remote_id: str) -> TurnUsage | None:
+    async def turn_usage(self, token: str, remote_id: str, end_event: dict[str, Any]) -> TurnUsage | None:
         """The session's cumulative usage and list cost, read from the session object (what
-        Anthropic bills); call it after a turn ended. None when upstream reports no usage."""
+        Anthropic bills) when the turn's result was stored, else read now. None when upstream
+        reports no usage."""
+        stored = end_event.get("session_usage")
+        if isinstance(stored, dict):
+            cost = stored.get("cost_usd")
+            return TurnUsage(
+                cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+                input_tokens=_count(stored.get("input_tokens")),
+                output_tokens=_count(stored.get("output_tokens")),
+                cache_read_tokens=_count(stored.get("cache_read_input_tokens")),
+                cache_creation_tokens=_count(stored.get("cache_creation_input_tokens")),
+            )
         return turn_usage_of(await self._retrieve(remote_id))
 
     async def _page(self, remote_id: str, since: str | None, page: str | None) -> dict[str, Any]:
@@ -369,14 +359,21 @@ class ManagedAgentsProvider(AgentProvider):
         if isinstance(stop, dict) and stop.get("type") == "requires_action":
             await self._release(remote_id, str(result.get("uuid")))
         try:
-            usage = await self.turn_usage("", remote_id)
+            usage = turn_usage_of(await self._retrieve(remote_id))
         except UpstreamError as exc:
             # The snapshot's cost stays; the next turn's end reads the totals again.
             log.info("could not read the usage of session %s: %s", remote_id, exc.message)
             return
         if usage is None:
             return
-        result["session_usage"] = usage.as_json()
+        # Stored with Claude Code's usage names, as the website knows them.
+        result["session_usage"] = {
+            "cost_usd": usage.cost_usd,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_input_tokens": usage.cache_read_tokens,
+            "cache_creation_input_tokens": usage.cache_creation_tokens,
+        }
         if usage.cost_usd is not None:
             result["total_cost_usd"] = usage.cost_usd
 
