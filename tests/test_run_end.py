@@ -29,6 +29,7 @@ from tests.fakes.claude import (
     REPO,
     FakeClaude,
     FakeSession,
+    Fault,
     claude_env,
     connect_claude,
     new_uuid,
@@ -206,10 +207,10 @@ async def assert_run_ended_with_its_whole_history(http: httpx.AsyncClient, ran: 
     shown = upstream_uuids_of_frames(ran.frames)
     # The viewer's stream ends with `completed`: what it was shown before is what was stored
     # before the run ended. The result must be among it.
+    assert_whole_history(shown, ran.remote, "the viewer's stream, up to `completed`")
     results = [e["uuid"] for e in ran.remote.events if e["type"] == "result"]
     ended_after_result = bool(results) and results[-1] in shown
     assert ended_after_result, "the run ended `completed` before its `result` was stored"
-    assert_whole_history(shown, ran.remote, "the viewer's stream, up to `completed`")
     log = await settled_log(http, ran.session_id, ran.remote)
     assert_whole_history(upstream_uuids_of_log(log), ran.remote, "the stored log")
     ids = [e["id"] for e in log]
@@ -299,21 +300,24 @@ async def test_retry_after_is_honoured_for_polls(env: Env, http: httpx.AsyncClie
     fake = env.fake
     fake.refuse_upgrade = 403
     fake.hold_at = 8  # the run is mid-way while the upstream refuses
-    events_fault = fake.fail(status=429, retry_after=2, method="GET", path=r"^/v1/sessions/[^/]+/events$")
-    status_fault = fake.fail(status=503, retry_after=2, method="GET", path=r"^/v1/sessions/[^/]+$")
+    faults: list[Fault] = []
+
+    def refuse_polls(session: FakeSession) -> None:
+        path = f"^/v1/sessions/{session.id}"
+        faults.append(fake.fail(status=429, retry_after=2, method="GET", path=path + "/events$"))
+        faults.append(fake.fail(status=503, retry_after=2, method="GET", path=path + "$"))
+
+    fake.on_create = refuse_polls
 
     async def refused_then_asked_again(stream: SSEStream, session_id: str, remote: FakeSession) -> None:
         def asked_again() -> bool:
-            return all(
-                fault.answered and next_same_request(fake, fault.answered[0])[1] is not None
-                for fault in (events_fault, status_fault)
-            )
+            return all(fault.answered and next_same_request(fake, fault.answered[0])[1] for fault in faults)
 
         await eventually(asked_again, timeout=20, what="each refused request to be sent again")
         fake.hold_at = None
 
     ran = await run(http, fake, "Rate limited", during=refused_then_asked_again)
-    for fault in (events_fault, status_fault):
+    for fault in faults:
         refused, again = next_same_request(fake, fault.answered[0])
         assert again is not None
         waited = again["at"] - refused["at"]
@@ -326,8 +330,12 @@ async def test_retry_after_is_honoured_for_reconnects(env: Env, http: httpx.Asyn
     upgrade waits the two seconds (the run polls meanwhile)."""
     fake = env.fake
     fake.hold_at = 8
-    fake.fail(status=429, retry_after=2, path=r"/subscribe$")
-    fake.fail(status=503, retry_after=2, path=r"/subscribe$")
+
+    def refuse_upgrades(session: FakeSession) -> None:
+        fake.fail(status=429, retry_after=2, path=f"/ws/{session.id}/subscribe$")
+        fake.fail(status=503, retry_after=2, path=f"/ws/{session.id}/subscribe$")
+
+    fake.on_create = refuse_upgrades
 
     async def third_upgrade(stream: SSEStream, session_id: str, remote: FakeSession) -> None:
         await eventually(lambda: len(fake.upgrades(remote.id)) >= 3, timeout=20, what="a third upgrade")

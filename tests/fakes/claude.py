@@ -44,6 +44,8 @@ Knobs of an upstream that misbehaves as real networks and real APIs do (issue 19
 - `fail(..., retry_after=s)`: the fault's answer carries `Retry-After: s`; the arrival time of each
   request it answered is in `fault.answered`. A fault whose `path` matches the subscribe path
   answers the WebSocket upgrade too (faults without a `path` apply to REST only).
+- `on_create(session)`: called as a session is created, before the reply; a test installs faults
+  for that session's own paths there (so that no other session's late request takes them).
 Records: every API request and upgrade has its arrival time (`at`, time.monotonic()) and its
 remote session (`session_id`); `upgrades(id)` and `gets(id)` list them per session;
 `delivered_by[uuid]` says how an event first left the fake ("push" on a socket, "list" in a REST
@@ -245,6 +247,7 @@ class FakeClaude(LoopbackServer):
         self.status_ahead_events = 3
         self.list_lags_status = False
         self.delivered_by: dict[str, str] = {}
+        self.on_create: Callable[[FakeSession], None] | None = None
         # The push channel.
         self.release_every: float | None = None
         self.refuse_upgrade: int | None = None
@@ -300,6 +303,7 @@ class FakeClaude(LoopbackServer):
         self.stalls_left = 0
         self.silent_sockets = 0
         self.close_after_frames = None
+        self.on_create = None
 
     def delay_frame(self, number: int, seconds: float) -> None:
         """The `number`-th event frame sent from now on (1 = the next) waits `seconds` first."""
@@ -515,6 +519,8 @@ class FakeClaude(LoopbackServer):
         session = self._new_session(
             title, environment_id, repo_url, git_info["repo"], git_info["branches"][0], context.get("model", "")
         )
+        if self.on_create is not None:
+            self.on_create(session)
         self._append(
             session, {"type": "user", "uuid": data["uuid"], "session_id": session.id, "message": data["message"]}
         )
