@@ -405,11 +405,11 @@ async def test_the_socket_opens_as_the_remote_session_exists(database_url: str) 
             ran = await run(http, fake, "Push from the start")
             await assert_run_ended_with_its_whole_history(http, ran)
         remote = ran.remote
-        first_upgrade = fake.upgrades(remote.id)[0]["at"] - remote.created_at_mono
-        assert first_upgrade < 5.0, f"the socket opened {first_upgrade:.1f} s after the session, one poll interval"
         turn = remote.events[1:]  # after the echo of the prompt
         ways = [fake.delivered_by.get(e["uuid"]) for e in turn[:3]]
         assert ways == ["push"] * 3, f"the first events of the turn came by {ways}"
+        first_upgrade = fake.upgrades(remote.id)[0]["at"] - remote.created_at_mono
+        assert first_upgrade < 5.0, f"the socket opened {first_upgrade:.1f} s after the session, one poll interval"
 
 
 # ---- a failed write is not marked seen --------------------------------------------------------------
