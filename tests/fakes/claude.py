@@ -24,6 +24,34 @@ sending so many event frames), `close_on_open` (every socket closes as soon as i
 `heartbeats` (a non-JSON frame before each event frame),
 `delay_frame(n, seconds)` (the n-th event frame sent waits, the later ones queue behind it),
 `control_answer` ("success", "error", or None for never) for `control_request` interrupts.
+
+Knobs of an upstream that misbehaves as real networks and real APIs do (issue 19):
+- `turn_delay`: a turn's first event is released no sooner than that many seconds after its
+  prompt (Claude Code's container takes a while to start), so a server that opens the socket at
+  once sees the turn pushed from its first event.
+- `status_ahead_seconds` (with `status_ahead_events`, default 3): once a turn has only that many
+  events left, the session's status moves to `end_status` at once (the `session_status` frame and
+  GET /v1/sessions/{id} say so) while those last events, the `result` among them, reach the
+  sockets only that many seconds later. `list_lags_status`: False (default) lists them over REST
+  as soon as the status says the turn ended (they were appended upstream, the socket lags); True
+  lists them only when they are pushed (the event store lags the status as well).
+- `stall_after_frames` with `stalls_left`: that many sockets from now on stop sending frames
+  (events, statuses, control answers) after sending so many event frames; the connection stays
+  up, pings are answered, keep-alives read, and the session goes on (events appended and listed
+  by REST). `silent_sockets`: that many sockets from now on are accepted and never send a frame.
+- `close_after_frames`: every socket closes right after sending that many event frames (a
+  flapping socket, without limit).
+- `fail(..., retry_after=s)`: the fault's answer carries `Retry-After: s`; the arrival time of each
+  request it answered is in `fault.answered`. A fault whose `path` matches the subscribe path
+  answers the WebSocket upgrade too (faults without a `path` apply to REST only).
+- `on_create(session)`: called as a session is created, before the reply; a test installs faults
+  for that session's own paths there (so that no other session's late request takes them).
+Records: every API request and upgrade has its arrival time (`at`, time.monotonic()) and its
+remote session (`session_id`); `upgrades(id)` and `gets(id)` list them per session;
+`delivered_by[uuid]` says how an event first left the fake ("push" on a socket, "list" in a REST
+page); `FakeSession.created_at_mono` is when the session was created. `settled(session)` is True
+once the turn has released everything (nothing pending, no delayed tail on its way).
+A TCP black hole between the server and the fake is `tests/fakes/proxy.py`.
 """
 
 from __future__ import annotations
@@ -71,6 +99,8 @@ class Fault:
     count: float = 1  # how many requests it applies to (float("inf") for all)
     method: str | None = None
     path: re.Pattern[str] | None = None
+    retry_after: float | None = None  # seconds, sent as `Retry-After` with a status answer
+    answered: list[float] = field(default_factory=list)  # time.monotonic() of each request answered
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (self.path is None or bool(self.path.search(path)))
@@ -96,6 +126,11 @@ class FakeSession:
     interrupts: int = 0
     archived: bool = False
     socket_interrupts: int = 0
+    created_at_mono: float = field(default_factory=time.monotonic)
+    # No event of the current turn is released before this time.monotonic() (`turn_delay`).
+    starts_at: float = 0.0
+    # Tail events set aside by `status_ahead_seconds` that have not reached the sockets yet.
+    tail_in_flight: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -207,6 +242,12 @@ class FakeClaude(LoopbackServer):
         self.interrupt_result = False
         self.turn_factory: Callable[[FakeSession, str], list[dict[str, Any]]] = default_turn
         self._api_count = itertools.count(1)
+        self.turn_delay = 0.0
+        self.status_ahead_seconds: float | None = None
+        self.status_ahead_events = 3
+        self.list_lags_status = False
+        self.delivered_by: dict[str, str] = {}
+        self.on_create: Callable[[FakeSession], None] | None = None
         # The push channel.
         self.release_every: float | None = None
         self.refuse_upgrade: int | None = None
@@ -216,6 +257,10 @@ class FakeClaude(LoopbackServer):
         self.close_on_open = False
         self.frame_delays: dict[int, float] = {}
         self.control_answer: str | None = "success"
+        self.stall_after_frames: int | None = None
+        self.stalls_left = 0
+        self.silent_sockets = 0
+        self.close_after_frames: int | None = None
         self.subscribers: dict[str, list[FakeSubscriber]] = {}
         self.subscribe_requests: list[dict[str, Any]] = []
         self.socket_messages: list[dict[str, Any]] = []
@@ -250,6 +295,15 @@ class FakeClaude(LoopbackServer):
         self.close_on_open = False
         self.frame_delays = {}
         self.control_answer = "success"
+        self.turn_delay = 0.0
+        self.status_ahead_seconds = None
+        self.status_ahead_events = 3
+        self.list_lags_status = False
+        self.stall_after_frames = None
+        self.stalls_left = 0
+        self.silent_sockets = 0
+        self.close_after_frames = None
+        self.on_create = None
 
     def delay_frame(self, number: int, seconds: float) -> None:
         """The `number`-th event frame sent from now on (1 = the next) waits `seconds` first."""
@@ -274,10 +328,23 @@ class FakeClaude(LoopbackServer):
         count: float = 1,
         method: str | None = None,
         path: str | None = None,
+        retry_after: float | None = None,
     ) -> Fault:
-        fault = Fault(kind, status, seconds, count, method, re.compile(path) if path else None)
+        fault = Fault(kind, status, seconds, count, method, re.compile(path) if path else None, retry_after)
         self.faults.append(fault)
         return fault
+
+    def upgrades(self, session_id: str) -> list[dict[str, Any]]:
+        """The WebSocket upgrade requests for one remote session, refused ones included."""
+        return [r for r in self.subscribe_requests if r["session_id"] == session_id]
+
+    def gets(self, session_id: str) -> list[dict[str, Any]]:
+        """The REST GETs of one remote session (its status and its events)."""
+        return [r for r in self.requests if r["method"] == "GET" and r["session_id"] == session_id]
+
+    def settled(self, session: FakeSession) -> bool:
+        """Whether the session's turn has released all it has (nothing pending or on its way)."""
+        return not session.pending and session.tail_in_flight == 0
 
     def seed_session(self, environment_id: str = FAKE_ENVIRONMENT, title: str = "Earlier session") -> FakeSession:
         """A finished session made elsewhere (claude.ai), for environment detection."""
@@ -323,15 +390,42 @@ class FakeClaude(LoopbackServer):
                 if self._by_clock(session):
                     self._release(session)
 
-    def _append(self, session: FakeSession, event: dict[str, Any]) -> None:
-        """Append an event to a session's list and push it to the session's subscribers."""
+    def _append(self, session: FakeSession, event: dict[str, Any], push: bool = True) -> None:
+        """Append an event to a session's list and push it to the session's subscribers (later,
+        with `_push`, when `push` is False)."""
         if self.release_every:
             event["created_at"] = now_iso()
         session.events.append(event)
         self.released_at[event["uuid"]] = time.monotonic()
+        if push:
+            self._push(session, event)
+
+    def _push(self, session: FakeSession, event: dict[str, Any]) -> None:
+        wrapped = session.events.index(event) % 2 == 1
         for subscriber in self.subscribers.get(session.id, []):
-            wrapped = len(session.events) % 2 == 0
             subscriber.push({"type": "event", "data": event} if wrapped else event, event["uuid"])
+
+    def _hold_back_tail(self, session: FakeSession) -> None:
+        """`status_ahead_seconds`: the status says the turn ended; its last events follow later."""
+        assert self.status_ahead_seconds is not None
+        tail, session.pending = session.pending, []
+        session.tail_in_flight = len(tail)
+        if not self.list_lags_status:
+            for event in tail:
+                self._append(session, event, push=False)  # listed now, pushed later
+        self._set_status(session, self.end_status)
+        lags = self.list_lags_status
+
+        def deliver() -> None:
+            for event in tail:
+                if lags:
+                    self._append(session, event)
+                else:
+                    self._push(session, event)
+            session.tail_in_flight = 0
+            session.updated_at = now_iso()
+
+        asyncio.get_running_loop().call_later(self.status_ahead_seconds, deliver)
 
     def _set_status(self, session: FakeSession, status: str) -> None:
         if status != session.status:
@@ -373,6 +467,7 @@ class FakeClaude(LoopbackServer):
             session.updated_at = now_iso()
             return
         session.pending = self.turn_factory(session, prompt_text(content))
+        session.starts_at = time.monotonic() + self.turn_delay
         session.idle_reads_left = self.idle_polls_before_start
         self._set_status(session, "idle" if session.idle_reads_left > 0 else "running")
         session.updated_at = now_iso()
@@ -390,11 +485,18 @@ class FakeClaude(LoopbackServer):
             self._release(session, self.events_per_read)
 
     def _release(self, session: FakeSession, count: int = 1) -> None:
-        if session.idle_reads_left > 0:
+        if session.idle_reads_left > 0 or time.monotonic() < session.starts_at:
             return
         for _ in range(count):
             if not session.pending or (self.hold_at is not None and len(session.events) >= self.hold_at):
                 break
+            if (
+                self.status_ahead_seconds
+                and session.status == "running"
+                and len(session.pending) <= self.status_ahead_events
+            ):
+                self._hold_back_tail(session)
+                return
             self._append(session, session.pending.pop(0))
             session.updated_at = now_iso()
         if not session.pending and session.status == "running":
@@ -417,6 +519,8 @@ class FakeClaude(LoopbackServer):
         session = self._new_session(
             title, environment_id, repo_url, git_info["repo"], git_info["branches"][0], context.get("model", "")
         )
+        if self.on_create is not None:
+            self.on_create(session)
         self._append(
             session, {"type": "user", "uuid": data["uuid"], "session_id": session.id, "message": data["message"]}
         )
@@ -450,6 +554,8 @@ class FakeClaude(LoopbackServer):
                     break
         size = limit or self.page_size
         page = session.events[start : start + size]
+        for event in page:
+            self.delivered_by.setdefault(event["uuid"], "list")
         return {
             "data": page,
             "has_more": start + size < len(session.events),
@@ -487,6 +593,8 @@ class FakeSubscriber(tornado.websocket.WebSocketHandler):
         self.queue: asyncio.Queue[tuple[dict[str, Any], str | None]] = asyncio.Queue()
         self.event_frames = 0
         self.sender: asyncio.Task[None] | None = None
+        # Event frames after which this socket sends nothing more (`stall_after_frames`).
+        self.stall_at: int | None = None
 
     def check_origin(self, origin: str) -> bool:
         return True
@@ -498,9 +606,23 @@ class FakeSubscriber(tornado.websocket.WebSocketHandler):
                 "path": self.request.path,
                 "query": {k: self.get_query_argument(k) for k in self.request.query_arguments},
                 "headers": {k.lower(): v for k, v in self.request.headers.items()},
+                "at": time.monotonic(),
+                "session_id": session_id,
             }
         )
         try:
+            for fault in fake.faults:
+                if (
+                    fault.kind == "status"
+                    and fault.path is not None
+                    and fault.count > 0
+                    and fault.matches("GET", self.request.path)
+                ):
+                    fault.count -= 1
+                    fault.answered.append(fake.subscribe_requests[-1]["at"])
+                    if fault.retry_after is not None:
+                        self.set_header("Retry-After", f"{fault.retry_after:g}")
+                    raise FakeError(fault.status, "overloaded_error", "Upgrade refused for now")
             if fake.refuse_upgrade is not None:
                 raise FakeError(fake.refuse_upgrade, "permission_error", "WebSocket not allowed here")
             check_headers(fake, self.request.headers)
@@ -514,6 +636,13 @@ class FakeSubscriber(tornado.websocket.WebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.session_id = args[0]
+        fake = self.fake
+        if fake.silent_sockets > 0:
+            fake.silent_sockets -= 1
+            self.stall_at = 0
+        elif fake.stall_after_frames is not None and fake.stalls_left > 0:
+            fake.stalls_left -= 1
+            self.stall_at = fake.stall_after_frames
         self.fake.subscribers.setdefault(self.session_id, []).append(self)
         self.sender = asyncio.create_task(self._send_frames())
         if self.fake.close_on_open:
@@ -526,6 +655,8 @@ class FakeSubscriber(tornado.websocket.WebSocketHandler):
         fake = self.fake
         while True:
             frame, event_uuid = await self.queue.get()
+            if self.stall_at is not None and self.event_frames >= self.stall_at:
+                continue  # stalled: the connection stays up, nothing more is sent on it
             try:
                 if event_uuid is not None:
                     fake.event_frames_sent += 1
@@ -535,11 +666,15 @@ class FakeSubscriber(tornado.websocket.WebSocketHandler):
                     if fake.heartbeats:
                         await self.write_message("ping")
                     fake.sent_at.setdefault(event_uuid, time.monotonic())
+                    fake.delivered_by.setdefault(event_uuid, "push")
                 await self.write_message(orjson.dumps(frame).decode())
             except tornado.websocket.WebSocketClosedError:
                 return
             if event_uuid is not None:
                 self.event_frames += 1
+                if fake.close_after_frames is not None and self.event_frames >= fake.close_after_frames:
+                    self.close(1011, "flapping: closed by the fake")
+                    return
                 if (
                     fake.drop_after_frames is not None
                     and self.event_frames >= fake.drop_after_frames
@@ -583,12 +718,15 @@ class FakeClaudeHandler(AnthropicFakeHandler):
     async def handle(self) -> None:
         fake = self.fake
         method, path = self.request.method or "GET", self.request.path
+        session_match = re.match(r"/v1/sessions/([^/]+)", path)
         record = {
             "method": method,
             "path": path,
             "query": {k: self.get_query_argument(k) for k in self.request.query_arguments},
             "headers": {k.lower(): v for k, v in self.request.headers.items()},
             "body": None,
+            "at": time.monotonic(),
+            "session_id": session_match.group(1) if session_match else None,
         }
         with contextlib.suppress(orjson.JSONDecodeError):
             record["body"] = orjson.loads(self.request.body) if self.request.body else None
@@ -606,6 +744,7 @@ class FakeClaudeHandler(AnthropicFakeHandler):
             for fault in fake.faults:
                 if fault.count > 0 and fault.matches(method, path):
                     fault.count -= 1
+                    fault.answered.append(record["at"])
                     if fault.kind == "slow":
                         await asyncio.sleep(fault.seconds)
                         break
@@ -614,7 +753,10 @@ class FakeClaudeHandler(AnthropicFakeHandler):
                         self.set_header("Content-Type", "text/html")
                         self.finish(b"<html><body>upstream proxy hiccup</body></html>")
                         return
-                    raise FakeError(fault.status, "api_error", "Internal server error")
+                    if fault.retry_after is not None:
+                        self.set_header("Retry-After", f"{fault.retry_after:g}")
+                    kind = {429: "rate_limit_error", 503: "overloaded_error"}.get(fault.status, "api_error")
+                    raise FakeError(fault.status, kind, "Internal server error")
             if fake.flaky_every and count % fake.flaky_every == 0:
                 raise FakeError(503, "overloaded_error", "Overloaded")
             self._check_headers()
