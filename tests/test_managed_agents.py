@@ -142,15 +142,10 @@ async def test_a_run_is_stored_and_streamed_in_the_claude_code_vocabulary(env: E
     session = (await http.get(f"/api/sessions/{session_id}")).json()["session"]
     assert session["provider"] == "managed-agents"
     assert session["status"] == "completed"
-    # The repository is mounted on its base branch; without a GitHub connection there is no token.
+    # The repository is mounted on its own default branch (the person chose none: no checkout,
+    # never a forced `main`); without a GitHub connection there is no token.
     created = env.fake.sessions[done["remoteSessionId"]].body
-    assert created["resources"] == [
-        {
-            "type": "github_repository",
-            "url": "https://github.com/octo/widgets",
-            "checkout": {"type": "branch", "name": "main"},
-        }
-    ]
+    assert created["resources"] == [{"type": "github_repository", "url": "https://github.com/octo/widgets"}]
     assert created["agent"] == env.fake.agents[-1]["id"] or created["agent"].startswith("agent_")
     # The SDK authenticated its own way and sent the beta header.
     call = next(c for c in env.fake.calls if c["path"] == "/v1/sessions" and c["method"] == "POST")

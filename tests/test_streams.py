@@ -895,7 +895,9 @@ async def test_history_and_replay_serve_the_same_json_as_before(
     page = (await client.get(f"/api/sessions/{session_id}/events", params={"limit": 100})).content
     assert pairs(page)[1][1][0] == ("events", expected)
 
-    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+    # An explicit position (0: everything): right after a whole-history fetch, a stream without
+    # one would start after what was fetched (issue 25).
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream", last_event_id=0) as stream:
         replayed = stored_events(await stream.until("completed"))
     old_frames = [frame_parts(event_frame(r["id"], r["event_data"], iso(r["timestamp"]))) for r in rows]
     assert [(e.event, int(e.id), pairs(e.data)) for e in replayed] == old_frames
