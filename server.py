@@ -200,7 +200,7 @@ def command_db(config: Config, args: argparse.Namespace) -> int:
 
 def command_import_original(config: Config, dsn: str, args: argparse.Namespace) -> int:
     """Import the original server's database; the report on stdout, progress on stderr."""
-    from services import importer
+    import importer
     from services.secrets import SecretBox
 
     box = SecretBox(config.encryption_key or config.session_secret)
