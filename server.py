@@ -65,7 +65,7 @@ async def open_context(config: Config) -> AppContext:
 
 
 async def start_background(ctx: AppContext) -> None:
-    """Start the long-lived services that later capabilities add (hub, run driver, sync)."""
+    """Start the long-lived services: the event hub, the run driver, the sync and the orphan cleanup."""
     ctx.gauges.register("webedt_db_pool_connections", "Connections open in the pool", ctx.pool.get_size)
     ctx.gauges.register("webedt_db_pool_idle_connections", "Idle connections in the pool", ctx.pool.get_idle_size)
     hub = ctx.hub = Hub(ctx)
