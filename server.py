@@ -226,6 +226,15 @@ def command_import_original(config: Config, dsn: str, args: argparse.Namespace) 
     return 0
 
 
+def command_config_docs() -> int:
+    """Regenerate the settings' documentation from the Config fields (needs no configuration)."""
+    from services import config_docs
+
+    changed = config_docs.write()
+    print(f"rewrote {', '.join(changed)}" if changed else "README.md and .env.example are up to date")
+    return 0
+
+
 def command_admin(config: Config, args: argparse.Namespace) -> int:
     from services import admin_cli
 
@@ -261,6 +270,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     new = db_commands.add_parser("new", help="create the next numbered migration file")
     new.add_argument("name", nargs="+")
 
+    config_parser = commands.add_parser("config", help="the settings' documentation")
+    config_commands = config_parser.add_subparsers(dest="config_command", required=True)
+    config_commands.add_parser("docs", help="rewrite the README's configuration table and .env.example")
+
     admin = commands.add_parser("admin", help="manage users")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     create = admin_commands.add_parser("create-user", help="create a user; the password is read from stdin")
@@ -277,6 +290,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "config":
+        return command_config_docs()
     try:
         config = load_config()
     except ConfigError as exc:
