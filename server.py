@@ -65,7 +65,7 @@ async def open_context(config: Config) -> AppContext:
 
 
 async def start_background(ctx: AppContext) -> None:
-    """Start the long-lived services that later capabilities add (hub, run driver, sync)."""
+    """Start the long-lived services: the event hub, the run driver, the sync and the orphan cleanup."""
     ctx.gauges.register("webedt_db_pool_connections", "Connections open in the pool", ctx.pool.get_size)
     ctx.gauges.register("webedt_db_pool_idle_connections", "Idle connections in the pool", ctx.pool.get_idle_size)
     hub = ctx.hub = Hub(ctx)
@@ -200,7 +200,7 @@ def command_db(config: Config, args: argparse.Namespace) -> int:
 
 def command_import_original(config: Config, dsn: str, args: argparse.Namespace) -> int:
     """Import the original server's database; the report on stdout, progress on stderr."""
-    from services import importer
+    import importer
     from services.secrets import SecretBox
 
     box = SecretBox(config.encryption_key or config.session_secret)
@@ -223,6 +223,15 @@ def command_import_original(config: Config, dsn: str, args: argparse.Namespace) 
         print(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
     else:
         print(report.as_text())
+    return 0
+
+
+def command_config_docs() -> int:
+    """Regenerate the settings' documentation from the Config fields (needs no configuration)."""
+    from services import config_docs
+
+    changed = config_docs.write()
+    print(f"rewrote {', '.join(changed)}" if changed else "README.md and .env.example are up to date")
     return 0
 
 
@@ -261,6 +270,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     new = db_commands.add_parser("new", help="create the next numbered migration file")
     new.add_argument("name", nargs="+")
 
+    config_parser = commands.add_parser("config", help="the settings' documentation")
+    config_commands = config_parser.add_subparsers(dest="config_command", required=True)
+    config_commands.add_parser("docs", help="rewrite the README's configuration table and .env.example")
+
     admin = commands.add_parser("admin", help="manage users")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     create = admin_commands.add_parser("create-user", help="create a user; the password is read from stdin")
@@ -277,6 +290,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "config":
+        return command_config_docs()
     try:
         config = load_config()
     except ConfigError as exc:

@@ -1,5 +1,5 @@
 -- Chat sessions (table `chat_sessions`): the session list and trash, the background sync and
--- orphan cleanup, and the Claude runs whose lease and state live on the session row.
+-- orphan cleanup, and the runs (of every agent backend) whose lease and state live on the session row.
 
 -- name: get_owned_session(id, user_id)^
 -- A chat session by id or session path, only when it belongs to user_id (trash included).
@@ -28,7 +28,7 @@ WHERE user_id = :user_id AND session_path = :session_path;
 -- A page of the caller's sessions outside the trash, newest first; the cursor is the last row seen.
 -- The list route is the heaviest read, so the query returns the page as the comma-separated
 -- SessionRow objects of the JSON array, exactly as services.chat_sessions.session_json would
--- make them (same keys; timestamps as services.users.iso writes them), with whether there is
+-- make them (same keys; timestamps as services.clock.iso writes them), with whether there is
 -- more, the cursor position of the last session shown, and the live total.
 WITH page AS (
     SELECT c.*, row_number() OVER (ORDER BY c.created_at DESC, c.id DESC) AS n

@@ -1,4 +1,5 @@
-"""Chat sessions: ownership lookups and the SessionRow JSON shape (CONTRACT.md 0, 1.6)."""
+"""Chat sessions: ownership lookups and the SessionRow JSON shape (CONTRACT.md 0: the
+camelCase keys of a chat_sessions row; 1.6: the sessions routes)."""
 
 from __future__ import annotations
 

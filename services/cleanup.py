@@ -1,5 +1,8 @@
 """Orphan cleanup: running sessions whose driver is gone (CONTRACT.md 6.2, without defects 11, 12).
 
+The original's cleanup failed finished runs whose `completed` was never stored (defect 11) and
+judged by `created_at` rather than activity, soft-deleted rows included (defect 12).
+
 A run's driver renews `worker_last_activity` (its lease heartbeat) every few seconds on whichever
 replica drives it, so a running session whose heartbeat is older than
 `ORPHAN_SESSION_TIMEOUT_MINUTES` has no driver anywhere. For each such session (never a pending

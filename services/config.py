@@ -19,7 +19,6 @@ from services.addresses import DEFAULT_TRUSTED_PROXIES, Network, parse_networks
 from services.agents import registry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# AGENT_BACKEND values and the `chat_sessions.provider` name each one gives new sessions.
 
 
 # An IPv4 or IPv6 address (without brackets) or a host name, as Tornado's listen() takes it.
@@ -30,93 +29,309 @@ class ConfigError(Exception):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
-def _at_least(default: float, minimum: float) -> Any:
-    """A number setting: its default, and the smallest value the variable may hold (else 0)."""
-    return field(default=default, metadata={"minimum": minimum})
+def setting(
+    default: Any,
+    help: str,
+    *,
+    section: str | None = None,
+    minimum: float | None = None,
+    url: bool = False,
+    secret: bool = False,
+    fill_in: bool = False,
+    also: tuple[str, ...] = (),
+    default_text: str | None = None,
+) -> Any:
+    """A Config field with its documentation, the one place a setting is described.
 
-
-def _web_url(default: str) -> Any:
-    """A setting that must be an http:// or https:// URL."""
-    return field(default=default, metadata={"url": True})
+    `help` is the text of the README's configuration table and of `.env.example` (both generated
+    from it: `server.py config docs`). `section` starts a group of settings (the fields after it
+    belong to it until the next). `minimum`: the smallest value a number may hold (else 0); `url`:
+    it must be an http(s) URL; `secret`: never in a repr, marked `[secret]` in `.env.example`;
+    `fill_in`: shown there uncommented, as a value to set; `also`: other variables read for it;
+    `default_text`: the README's words for a default that is not a plain value.
+    """
+    metadata: dict[str, Any] = {"help": help, "secret": secret, "fill_in": fill_in, "also": also}
+    if section is not None:
+        metadata["section"] = section
+    if minimum is not None:
+        metadata["minimum"] = minimum
+    if url:
+        metadata["url"] = True
+    if default_text is not None:
+        metadata["default_text"] = default_text
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting the server reads, with its default. Field names follow the environment
-    variables; load_config reads each by its type (bool, int, float, Path, text) unless it has
-    rules of its own there."""
+    """Every setting the server reads, with its default and its help. Field names follow the
+    environment variables; load_config reads each by its type (bool, int, float, Path, text)
+    unless it has rules of its own there. To add a setting: add its field here with `setting()`
+    and its help, then run `.venv/bin/python server.py config docs` (README table, `.env.example`)."""
 
-    port: int = 3001
-    host: str = "0.0.0.0"
-    node_env: str = "development"
-    allowed_origins: tuple[str, ...] = ("http://localhost:5173", "http://localhost:3000")
-    session_secret: str = ""
-    encryption_key: str = ""
-    database_url: str = ""
-    embedded_postgres_dir: Path = PROJECT_ROOT / ".data" / "postgres"
-    db_pool_min: int = _at_least(2, 1)
-    db_pool_max: int = _at_least(10, 1)
+    session_secret: str = setting(
+        "",
+        "Signs OAuth state and the `login_device` cookie, and derives the credential encryption key "
+        "unless `ENCRYPTION_KEY` is set; 16 or more characters; required when `NODE_ENV=production` "
+        "(development: generated once into `.data/session_secret`, so logins survive restarts).",
+        section="Secrets",
+        secret=True,
+        fill_in=True,
+        default_text="generated into `.data/session_secret` in development",
+    )
+    encryption_key: str = setting(
+        "",
+        "Key material for encrypting stored Claude and GitHub credentials; empty: derived from "
+        "`SESSION_SECRET` (set it, so that rotating that one keeps stored tokens readable).",
+        secret=True,
+    )
+    database_url: str = setting(
+        "",
+        "`postgresql://user:password@host:5432/db`; required in production; empty in development: "
+        "an embedded PostgreSQL (`EMBEDDED_POSTGRES_DIR`).",
+        secret=True,
+        fill_in=True,
+        default_text="embedded PostgreSQL",
+    )
+    github_client_secret: str = setting(
+        "", "GitHub OAuth app client secret; empty: connecting GitHub is not configured.", secret=True
+    )
+    node_env: str = setting(
+        "development",
+        "`development`, `production` or `test`; `production` makes cookies `Secure`, logs JSON, and "
+        "requires `DATABASE_URL` and `SESSION_SECRET`.",
+        section="Server",
+    )
+    port: int = setting(
+        3001,
+        "Listen port (the Docker image sets 3001); `API_PORT`, when set, wins over `PORT` "
+        "(compatibility with the server this one replaces).",
+        also=("API_PORT",),
+    )
+    host: str = setting(
+        "0.0.0.0", "Listen address: an IP address (`0.0.0.0` every IPv4 address, `::` every address) or a host name."
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        ("http://localhost:5173", "http://localhost:3000"),
+        "Comma-separated origins for CORS (with credentials), the Origin check on state-changing "
+        "requests, and OAuth return pages; the default in production is `https://webedt.etdofresh.com`.",
+        default_text="`http://localhost:5173,http://localhost:3000` (production: `https://webedt.etdofresh.com`)",
+    )
+    log_level: str = setting("INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`.")
+    access_log_slow_seconds: float = setting(
+        1.0,
+        "A successful request at least this slow still gets its access line at INFO; quicker ones "
+        "are DEBUG (see Architecture, Logs).",
+    )
+    shutdown_grace_seconds: float = setting(
+        300.0,
+        "After SIGTERM, how long open streams are still fed (from the shared log, while other "
+        "replicas drive the runs) until their runs end; what is still open then is closed. The "
+        "orchestrator's `stop_grace_period` must be longer.",
+    )
+    trusted_proxies: tuple[Network, ...] = setting(
+        parse_networks(DEFAULT_TRUSTED_PROXIES),
+        "Comma-separated addresses or CIDR ranges of the proxies (the website facade, Traefik) whose "
+        "`X-Forwarded-For` / `X-Real-Ip` are believed (default: loopback and private ranges); the "
+        "client is the address the nearest trusted proxy saw.",
+    )
+    header_timeout_seconds: float = setting(
+        10.0,
+        "Time a request has to send its line and headers, counted from a new connection or from the "
+        "first byte of a kept-alive connection's next request; then the connection is closed.",
+        minimum=0.1,
+    )
+    keepalive_timeout_seconds: float = setting(
+        120.0,
+        "How long an idle kept-alive connection stays open between requests; keep it above the "
+        "proxy's own idle timeout for backend connections (Traefik: 90 s), or the proxy may reuse a "
+        "connection just as it closes.",
+        minimum=0.1,
+    )
+    body_timeout_seconds: float = setting(
+        30.0,
+        "Time a request has to send its body; then the connection is closed. Open streams are not affected.",
+        minimum=0.1,
+    )
+    embedded_postgres_dir: Path = setting(
+        PROJECT_ROOT / ".data" / "postgres",
+        "Data folder of the embedded PostgreSQL used when `DATABASE_URL` is empty (relative: inside the project).",
+        section="Database",
+    )
+    db_pool_min: int = setting(2, "Smallest number of pooled (asyncpg) connections per process.", minimum=1)
+    db_pool_max: int = setting(
+        10,
+        "Largest number of pooled connections per process (times the replica count, it must stay "
+        "under PostgreSQL's `max_connections`).",
+        minimum=1,
+    )
     # Bounds on waiting for the database (services/db.create_pool): for a row another connection
     # holds, for a connection of the pool, and how long a connection of ours may sit in an open
     # transaction before PostgreSQL ends it (a frozen process then lets its rows go).
-    db_lock_timeout_seconds: float = _at_least(2.0, 0.05)
-    db_acquire_timeout_seconds: float = _at_least(5.0, 0.05)
-    db_idle_transaction_timeout_seconds: float = _at_least(10.0, 1.0)
-    claude_environment_id: str = ""
-    claude_api_base_url: str = _web_url("https://api.anthropic.com")
-    claude_default_model: str = "claude-opus-4-5-20251101"
-    claude_oauth_token_url: str = _web_url("https://console.anthropic.com/v1/oauth/token")
-    claude_poll_interval_ms: int = _at_least(2000, 10)
-    claude_upstream_push: str = "auto"
-    claude_organization_uuid: str = ""
-    claude_request_timeout_seconds: float = _at_least(30.0, 0.1)
-    claude_retry_window_seconds: float = _at_least(300.0, 0.1)
-    run_adopt_interval_seconds: float = _at_least(1.0, 0.1)
-    run_idle_grace_seconds: float = _at_least(60.0, 0.1)
-    run_lease_seconds: float = _at_least(30.0, 1.0)
-    claude_sync_enabled: bool = True
-    # Which backend new chat sessions run on: "remote-sessions" (Claude Remote Sessions with each
-    # person's Claude OAuth token) or "managed-agents" (Anthropic's Managed Agents API, paid by
-    # the deployment's ANTHROPIC_API_KEY). A session keeps the backend it started on.
-    agent_backend: str = "remote-sessions"
-    anthropic_api_key: str = field(default="", repr=False)  # a secret: never in a repr or a log
-    managed_agents_api_base_url: str = _web_url("https://api.anthropic.com")
-    managed_agents_agent_id: str = ""
-    managed_agents_environment_id: str = ""
-    # Upstream requests a minute this process may spend on polling Managed Agents sessions (the
-    # organization's documented limit is 600 for all replicas together).
-    managed_agents_requests_per_minute: int = _at_least(300, 1)
-    claude_sync_interval_ms: int = _at_least(300_000, 1000)
-    claude_sync_limit: int = _at_least(50, 1)
-    orphan_session_timeout_minutes: int = _at_least(30, 1)
-    orphan_cleanup_interval_minutes: int = _at_least(5, 1)
-    github_client_id: str = ""
-    github_client_secret: str = ""
-    github_api_url: str = _web_url("https://api.github.com")
-    github_oauth_url: str = _web_url("https://github.com")
-    github_repos_max: int = _at_least(1000, 1)
-    workspace_dir: Path = Path("/workspace")
-    stream_lifetime_seconds: float = 0.0  # 0: no cap
-    sse_heartbeat_seconds: float = _at_least(15.0, 0.05)
-    shutdown_grace_seconds: float = 300.0
-    bcrypt_rounds: int = _at_least(12, 4)
-    login_max_failures_per_email: int = _at_least(5, 1)
-    login_max_failures_per_ip: int = _at_least(20, 1)
-    login_failure_window_seconds: int = _at_least(900, 1)
-    register_max_per_ip: int = _at_least(10, 1)
-    register_window_seconds: int = _at_least(3600, 1)
-    # How long a process may answer from its remembered login-session lookup (services/login_cache.py); 0: never.
-    login_cache_seconds: float = 5.0
-    log_level: str = "INFO"
-    # A request at least this slow has its access line at INFO even when it succeeded.
-    access_log_slow_seconds: float = 1.0
-    trusted_proxies: tuple[Network, ...] = parse_networks(DEFAULT_TRUSTED_PROXIES)
-    header_timeout_seconds: float = _at_least(10.0, 0.1)
-    keepalive_timeout_seconds: float = _at_least(120.0, 0.1)
-    body_timeout_seconds: float = _at_least(30.0, 0.1)
-    build_commit_sha: str = "unknown"
-    build_timestamp: str = "unknown"
-    build_image_tag: str = "unknown"
+    db_lock_timeout_seconds: float = setting(
+        2.0,
+        "Longest wait for a row or lock another connection holds (PostgreSQL `lock_timeout` of every "
+        "pool connection, such as a stalled replica's transaction), and for a request's turn at a "
+        'session row in this process; past it a 503 with `Retry-After` (see "Stalls and outages").',
+        minimum=0.05,
+    )
+    db_acquire_timeout_seconds: float = setting(
+        5.0, "Longest wait for a free pool connection; past it a 503.", minimum=0.05
+    )
+    db_idle_transaction_timeout_seconds: float = setting(
+        10.0,
+        "PostgreSQL ends a connection of this server that sits that long in an open transaction "
+        "(`idle_in_transaction_session_timeout`), so a frozen replica lets its rows go; a Claude token "
+        "refresh and the creation of the Managed Agents resources, which hold a row across an "
+        "upstream call, get `CLAUDE_REQUEST_TIMEOUT_SECONDS` + 10 s instead.",
+        minimum=1.0,
+    )
+    # Which backend new chat sessions run on; a session keeps the backend it started on.
+    agent_backend: str = setting(
+        "remote-sessions",
+        "How new chat sessions run: `remote-sessions` (Claude Remote Sessions, each person's Claude "
+        "login) or `managed-agents` (Anthropic's Managed Agents API, paid by the deployment's "
+        '`ANTHROPIC_API_KEY`); see "Choosing the agent backend".',
+        section="Agent backend",
+    )
+    anthropic_api_key: str = setting(
+        "",
+        "Anthropic API key that pays for Managed Agents runs; required with "
+        "`AGENT_BACKEND=managed-agents`, and kept set while older Managed Agents sessions should still work.",
+        secret=True,
+    )
+    managed_agents_api_base_url: str = setting("https://api.anthropic.com", "Managed Agents API base URL.", url=True)
+    managed_agents_agent_id: str = setting(
+        "",
+        "An existing Managed Agents agent to use; empty: the server creates one, once for the "
+        "deployment, and stores its id (table `managed_agents_resources`).",
+    )
+    managed_agents_environment_id: str = setting(
+        "",
+        "An existing Managed Agents environment to use; empty: created once for the deployment, like the agent.",
+    )
+    managed_agents_requests_per_minute: int = setting(
+        300,
+        "Upstream requests a minute one process may spend polling Managed Agents sessions (the "
+        "organization's documented limit, 600, is shared by all replicas: give each replica its share).",
+        minimum=1,
+    )
+    run_adopt_interval_seconds: float = setting(
+        1.0,
+        "How often each replica checks, with one query, for running sessions whose driver has died "
+        "(its liveness lock in PostgreSQL is free) and carries them on.",
+        section="Runs (every backend)",
+        minimum=0.1,
+    )
+    run_idle_grace_seconds: float = setting(
+        60.0,
+        "How long a remote session may stay idle without the turn end that answers the run's last "
+        "prompt before the run ends `completed` anyway (an upstream that never sends that end must "
+        "not keep a run open for ever).",
+        minimum=0.1,
+    )
+    run_lease_seconds: float = setting(
+        30.0,
+        "Heartbeat lease of a run; decides only for drivers without a liveness lock (a server of an "
+        "older version during a rolling update, the orphan cleanup's brief claims).",
+        minimum=1.0,
+    )
+    claude_request_timeout_seconds: float = setting(30.0, "Timeout of one upstream request.", minimum=0.1)
+    claude_retry_window_seconds: float = setting(
+        300.0, "How long a run retries upstream failures before it ends with an error.", minimum=0.1
+    )
+    orphan_session_timeout_minutes: int = setting(
+        30, "When a run without a live driver counts as orphaned (minutes without its heartbeat).", minimum=1
+    )
+    orphan_cleanup_interval_minutes: int = setting(5, "How often the orphan cleanup looks, in minutes.", minimum=1)
+    claude_environment_id: str = setting(
+        "",
+        "Claude environment of new remote sessions; empty: taken from the user's most recent remote session.",
+        section="Claude Remote Sessions",
+    )
+    claude_api_base_url: str = setting("https://api.anthropic.com", "Claude Remote Sessions API base URL.", url=True)
+    claude_default_model: str = setting("claude-opus-4-5-20251101", "Model of new remote sessions.")
+    claude_oauth_token_url: str = setting(
+        "https://console.anthropic.com/v1/oauth/token",
+        "Claude OAuth token endpoint, where people's Claude credentials are refreshed.",
+        url=True,
+    )
+    claude_poll_interval_ms: int = setting(
+        2000, "How often a run polls upstream for events when it has no live event socket.", minimum=10
+    )
+    claude_upstream_push: str = setting(
+        "auto",
+        "`auto`: the driving replica follows each run over Claude's subscribe WebSocket, polling only "
+        "while it is down; `off`: polling only.",
+    )
+    claude_organization_uuid: str = setting(
+        "",
+        "Claude organization, sent as `x-organization-uuid` and as `?organization_uuid=` on the event "
+        "WebSocket; optional.",
+    )
+    claude_sync_enabled: bool = setting(
+        True, "Background import of remote sessions started elsewhere (claude.ai): `true` or `false`."
+    )
+    claude_sync_interval_ms: int = setting(300_000, "Milliseconds between two sync cycles.", minimum=1000)
+    claude_sync_limit: int = setting(50, "Remote sessions listed per user per sync cycle.", minimum=1)
+    github_client_id: str = setting(
+        "", "GitHub OAuth app client id (public; the secret is `GITHUB_CLIENT_SECRET`).", section="GitHub"
+    )
+    github_api_url: str = setting("https://api.github.com", "GitHub REST API base URL.", url=True)
+    github_oauth_url: str = setting(
+        "https://github.com", "GitHub web URL of the OAuth authorize and token pages.", url=True
+    )
+    github_repos_max: int = setting(1000, "Most repositories listed for one person.", minimum=1)
+    workspace_dir: Path = setting(
+        Path("/workspace"),
+        "Git working copies, `<user id>/<session path>` (scratch: may vanish when a container is "
+        "replaced; before migration 0005 `<session path>`, old folders can be deleted).",
+        section="Files",
+    )
+    stream_lifetime_seconds: float = setting(
+        0.0,
+        "`0`: no cap (the website's chat page never reconnects a stream); a positive value closes "
+        "every SSE stream after that long, for clients that reconnect with `Last-Event-ID`.",
+        section="Streams",
+    )
+    sse_heartbeat_seconds: float = setting(15.0, "Heartbeat comment interval on every stream.", minimum=0.05)
+    bcrypt_rounds: int = setting(
+        12,
+        "bcrypt cost factor of new password hashes (4 or more; tests use 4).",
+        section="Passwords and logins",
+        minimum=4,
+    )
+    login_max_failures_per_email: int = setting(
+        5,
+        "Failed logins per e-mail address within the window; past them login answers 429 with "
+        "`Retry-After` (a browser that logged in to the account before is counted on its own, see Security notes).",
+        minimum=1,
+    )
+    login_max_failures_per_ip: int = setting(
+        20, "Failed logins per client address within the window; past them login answers 429.", minimum=1
+    )
+    login_failure_window_seconds: int = setting(900, "Length of the failed-login window, in seconds.", minimum=1)
+    register_max_per_ip: int = setting(
+        10,
+        "Registration attempts per client address within the registration window; past them "
+        "register answers 429 with `Retry-After`.",
+        minimum=1,
+    )
+    register_window_seconds: int = setting(3600, "Length of the registration window, in seconds.", minimum=1)
+    login_cache_seconds: float = setting(
+        5.0,
+        "How long a process answers from its remembered login-session lookup (login session and user "
+        "row) without asking PostgreSQL; `0`: never remember. A logout, a password change, a deletion, "
+        "an admin flag or any other change to a person or their login sessions drops their entries "
+        "on every replica at once (see Security notes).",
+    )
+    build_commit_sha: str = setting(
+        "unknown",
+        "Commit the image was built from; reported by `/health`.",
+        section="Build information (set by the Docker build arguments)",
+    )
+    build_timestamp: str = setting("unknown", "When the image was built (UTC, ISO 8601); reported by `/health`.")
+    build_image_tag: str = setting("unknown", "Tag the image was pushed as; reported by `/health`.")
 
     @property
     def production(self) -> bool:

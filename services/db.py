@@ -145,9 +145,10 @@ def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args:
         logger.error(message, *args, exc_info=exc)
 
 
-def load_queries() -> Any:
-    """All named queries; one namespace per file in `queries/` (`queries.users.get_user_by_id`)."""
-    namespaces = {path.stem: aiosql.from_path(path, "asyncpg") for path in sorted(QUERIES_DIR.glob("*.sql"))}
+def load_queries(directory: Path = QUERIES_DIR) -> Any:
+    """All named queries of `directory` (default `queries/`); one namespace per file
+    (`queries.users.get_user_by_id`)."""
+    namespaces = {path.stem: aiosql.from_path(path, "asyncpg") for path in sorted(directory.glob("*.sql"))}
     return SimpleNamespace(**namespaces)
 
 

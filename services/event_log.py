@@ -160,7 +160,8 @@ def page_arguments(after: str | None, limit: str | None) -> tuple[int, int]:
 
 
 def event_json(chat_session_id: str, row: asyncpg.Record) -> dict[str, Any]:
-    """A stored event (a row of `read_texts_after`) as the events list shows it (CONTRACT.md 1.3);
+    """A stored event (a row of `read_texts_after`) as the events list shows it (CONTRACT.md 1.3,
+    `GET /api/sessions/:id/events`);
     its data is embedded as stored (the same JSON, PostgreSQL's spacing)."""
     return {
         "id": row["id"],

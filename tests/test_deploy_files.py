@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from services import config_docs
 from services.config import Config, load_config
 from tests.helpers import PROJECT_ROOT, TestServer, free_port
 
@@ -222,11 +223,64 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
     }
     for entry in (".env", ".venv", ".data", ".git"):
         assert entry in ignored
-    for needed in ("server.py", "handlers", "services", "queries", "migrations", "requirements.txt"):
+    for needed in ("server.py", "handlers", "services", "importer", "queries", "migrations", "requirements.txt"):
         assert needed not in ignored
 
 
 # ---- .env.example -------------------------------------------------------------------------------
+
+
+REGENERATE = "run `.venv/bin/python server.py config docs` after changing a setting in services/config.py"
+
+
+def test_readme_configuration_table_is_generated_from_the_config_fields() -> None:
+    """Like Datasette's test_settings_are_documented: the table is the fields' help, rendered."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert config_docs.readme_table() in readme, REGENERATE
+    for spec in dataclasses.fields(Config):
+        assert f"| `{spec.name.upper()}`" in config_docs.readme_table(), spec.name
+
+
+def test_env_example_is_generated_from_the_config_fields() -> None:
+    assert (PROJECT_ROOT / ".env.example").read_text() == config_docs.env_example(), REGENERATE
+
+
+def test_every_setting_has_its_help_and_a_group() -> None:
+    specs = [spec for _title, group in config_docs.sections() for spec in group]
+    assert [spec.name for spec in specs] == [spec.name for spec in dataclasses.fields(Config)]
+    for spec in specs:
+        assert spec.metadata["help"].strip(), f"Config.{spec.name}: say what it does in setting(default, help)"
+    assert "section" in dataclasses.fields(Config)[0].metadata  # the first field opens a group
+
+
+def test_config_docs_command_rewrites_a_stale_table_and_env_example(tmp_path: Path) -> None:
+    """What `server.py config docs` does, on copies: a hand-written row and an edited .env.example
+    are replaced by the generated text; the README around the markers is kept."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    end = readme.index(config_docs.README_END)
+    stale = readme[:end] + "| `NEW_SETTING` | `1` | written by hand |\n" + readme[end:]
+    (tmp_path / "README.md").write_text(stale)
+    (tmp_path / ".env.example").write_text("# PORT=1\n")
+    assert config_docs.write(tmp_path) == ["README.md", ".env.example"]
+    assert (tmp_path / "README.md").read_text() == readme
+    assert (tmp_path / ".env.example").read_text() == config_docs.env_example()
+    assert config_docs.write(tmp_path) == []
+
+
+def test_config_docs_command_runs_without_a_configuration(tmp_path: Path) -> None:
+    """It needs no valid settings: a production environment without secrets may run it."""
+    env = {**os.environ, "NODE_ENV": "production", "DATABASE_URL": "", "SESSION_SECRET": ""}
+    result = subprocess.run(
+        [sys.executable, "server.py", "config", "docs"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
 
 
 def test_env_example_lists_every_variable_load_config_reads() -> None:

@@ -19,7 +19,8 @@ import httpx
 import orjson
 import pytest
 
-from services import importer, migrations
+import importer
+from services import migrations
 from services.db import init_connection
 from services.secrets import SecretBox
 from tests import original_data

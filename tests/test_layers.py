@@ -1,6 +1,8 @@
 """The house's layering rules, checked from the imports in the code (no module is imported here).
 
 - services never import handlers;
+- the runtime (`services/`, `handlers/`) never imports the importer (`importer/`, used only by
+  `server.py db import-original`), and the importer never imports handlers;
 - the agent backends (`services/agents/<backend>/`) never import each other;
 - the generic agent modules (`services/agents/*.py`) import no backend: they reach one only
   through `registry.py`'s "module:Class" rows;
@@ -66,6 +68,18 @@ def test_services_never_import_handlers() -> None:
     offenders = {
         name: sorted(i for i in _imports(path, runtime_only=False) if i.split(".")[0] == "handlers")
         for name, path in _modules("services").items()
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_runtime_never_imports_the_importer() -> None:
+    offenders = {
+        name: sorted(i for i in _imports(path, runtime_only=False) if i.split(".")[0] == "importer")
+        for name, path in {**_modules("services"), **_modules("handlers")}.items()
+    }
+    offenders |= {
+        name: sorted(i for i in _imports(path, runtime_only=False) if i.split(".")[0] == "handlers")
+        for name, path in _modules("importer").items()
     }
     assert {name: found for name, found in offenders.items() if found} == {}
 

@@ -91,7 +91,7 @@ def excerpt(text: str) -> str:
 
 
 class RemoteState:
-    """Normalised remote session states (CONTRACT.md 5.4)."""
+    """Normalised remote session states (CONTRACT.md 5.4, `session_status` values and mapping)."""
 
     RUNNING = "running"
     IDLE = "idle"

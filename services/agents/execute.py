@@ -70,7 +70,7 @@ def _repo_url_of(github: Any) -> str | None:
         try:
             github = orjson.loads(github)
         except orjson.JSONDecodeError:
-            return None  # unparseable JSON counts as absent (CONTRACT.md 1.2)
+            return None  # unparseable JSON counts as absent (CONTRACT.md 1.2, the `github` form field)
     if isinstance(github, dict) and isinstance(github.get("repoUrl"), str) and github["repoUrl"].strip():
         return github["repoUrl"].strip()
     return None
@@ -142,8 +142,9 @@ def serialize_prompt(prompt: str | list[dict[str, Any]]) -> tuple[str, list[dict
 
 
 def input_preview(text: str) -> dict[str, Any]:
-    """execute-remote's stored `input_preview` (CONTRACT.md 4.2). A server event: it has no uuid
-    (CONTRACT.md 9), so the upstream echo of the prompt is stored as an event of its own."""
+    """execute-remote's stored `input_preview` (CONTRACT.md 4.2). A server event: it has no
+    uuid (CONTRACT.md 4.2: events without one are always stored), so the upstream echo of the
+    prompt is stored as an event of its own."""
     truncated = len(text) > PREVIEW_CHARS
     preview = text[:PREVIEW_CHARS] + (f"... ({len(text)} characters in total)" if truncated else "")
     return {

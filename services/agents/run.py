@@ -9,13 +9,14 @@ module then does the rest in a task of its own:
 2. every `CLAUDE_POLL_INTERVAL_MS` reads the remote status and the events after its cursor,
    appends new ones to the event log (the upstream `uuid` makes repeats harmless), detects the
    branch, and delivers prompts waiting in the outbox (follow-ups sent from any replica); while
-   the backend's push channel is live (`services/claude/follow.py`) the events come over it and
+   the backend's push channel is live (`services/agents/follow.py`) the events come over it and
    the status is read only every 30 s and when the channel shows something ended;
 3. ends the run once every prompt it delivered has had its `result` (Claude Code queues a prompt
    sent mid-turn and answers it as a turn of its own, so a run that delivered two prompts waits
    for two results), or the remote session is completed, failed, or idle after having worked
-   (CONTRACT.md 5.6 without defects 13 and 15): one transaction stores the final status, cost,
-   branch and completedAt (and, for a failure, ONE `error` event).
+   (CONTRACT.md 5.6, polling and completion, without defects 13 and 15: no 10-minute cap on a
+   run, and no end before the first poll has seen the new turn): one transaction stores the
+   final status, cost, branch and completedAt (and, for a failure, ONE `error` event).
 
 Upstream 5xx, timeouts and malformed replies are retried with exponential backoff; once they have
 lasted `CLAUDE_RETRY_WINDOW_SECONDS` the run ends in error.
@@ -246,7 +247,7 @@ class Run:
                     )
         return len(inserted)
 
-    # ---- following over the push channel (services/claude/follow.py) ------------------------------
+    # ---- following over the push channel (services/agents/follow.py) ------------------------------
 
     def _start_following(self) -> None:
         if self.follower is None and self.remote_id is not None:
@@ -487,7 +488,7 @@ class Run:
         return None, max(delay, retry_after or 0.0)
 
     async def finish(self, outcome: Outcome) -> bool:
-        """End the run (services/claude/ending.py), only while this replica still holds it.
+        """End the run (services/agents/ending.py), only while this replica still holds it.
 
         False (the run goes on) when a prompt arrived just now: a follow-up recorded before the
         row was locked must be delivered, not dropped."""

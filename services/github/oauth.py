@@ -1,4 +1,5 @@
-"""The GitHub OAuth web flow (CONTRACT.md 7.1, with defect 9.4 #25 fixed).
+"""The GitHub OAuth web flow (CONTRACT.md 7.1, with defect 9.4 #25 fixed: the
+original's `state` was unsigned and never checked).
 
 `state` = a Tornado signed value (timestamped, HMAC-SHA256) of a JSON payload, under a key
 derived from SESSION_SECRET, so every replica can verify a state minted by another. Only its nonce is stored,

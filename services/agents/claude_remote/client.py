@@ -232,7 +232,8 @@ class ClaudeRemoteClient:
         )
 
     async def detect_environment(self, token: str) -> str | None:
-        """The environment of the user's most recent remote session, or None (CONTRACT.md 1.2 step 5)."""
+        """The environment of the user's most recent remote session, or None (CONTRACT.md 1.2 step 5, when
+        CLAUDE_ENVIRONMENT_ID is unset)."""
         try:
             page = await self.list_sessions(token, limit=1)
         except UpstreamError as exc:

@@ -1,4 +1,5 @@
-"""Sync of Claude Remote sessions into chat sessions (CONTRACT.md 6.1, without its hazards 9.3).
+"""Sync of Claude Remote sessions into chat sessions (CONTRACT.md 6.1, without its hazards 9.3:
+redundant-session clean-up, guessed links, per-user full downloads).
 
 Sessions people start elsewhere (claude.ai) are imported with their events, on an interval for
 everyone with Claude credentials (`CLAUDE_SYNC_*`) and on demand (`POST /api/sessions/sync`).

@@ -1,4 +1,5 @@
-"""Managed Agents events in the Claude Code vocabulary the website renders (CONTRACT.md 5.5).
+"""Managed Agents events in the Claude Code vocabulary the website renders (CONTRACT.md 5.5, the
+events that come back and the fields the website reads).
 
 Each upstream event becomes one stored event whose `uuid` is the upstream event id and which keeps
 the upstream event untouched under `managed`: `agent.message` and `agent.tool_use` become

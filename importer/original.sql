@@ -1,4 +1,5 @@
--- Reads of the ORIGINAL server's database (CONTRACT.md 3), for `server.py db import-original`.
+-- Reads of the ORIGINAL server's database (its tables as CONTRACT.md section 3 "Database schema" describes
+-- them), for `server.py db import-original`.
 -- The connection is read-only (default_transaction_read_only) and in UTC. Timestamps are cast
 -- through `timestamp` and read as UTC, so a column the original keeps as `timestamp without time
 -- zone` (or as ISO text) arrives as an instant; JSON columns are cast to jsonb for the same reason.

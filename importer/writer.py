@@ -1,48 +1,28 @@
-"""`server.py db import-original`: move a running WebEDT installation in from the original server.
-
-Reads the original's PostgreSQL (CONTRACT.md 3) over a read-only connection, inside one
-REPEATABLE READ snapshot, and writes people, login sessions, credentials, chat sessions, messages
-and events into this server's database:
-
-- People keep their id, e-mail (trimmed and lower-cased as registration stores it), bcrypt hash
-  (the old password logs in; services/auth upgrades the hash on first login; any other hash is
-  replaced by NO_PASSWORD and the person reported), settings, admin flag and creation time. Of
-  e-mails equal in that form the oldest person is kept and the others are reported. Claude and GitHub tokens are
-  encrypted on the way in (services/secrets), never logged or printed.
-- Login sessions: the original's session id is the cookie token, stored as its SHA-256 like
-  every token here, with its expiry (`infinity`: this server's session lifetime); expired ones
-  are left out. Rows whose id is empty are never read, only counted and reported.
-- Each chat session is imported with its new messages and events in ONE transaction together
-  with its bookkeeping row (`import_original`), so a killed import never leaves a session half
-  imported, and the next run continues after the last session committed. Events get new ids
-  from this server's sequence in the original's order; the first of each upstream uuid within a
-  session is kept, repeats are left out and counted.
-
-A second run brings only what is new: people and sessions not seen before, and messages and
-events after each session's watermarks. A row the original changed since the last import is
-updated here only if nobody changed it here meanwhile (fingerprints); otherwise, like an id or
-e-mail that already belongs to something else here, it is reported as a conflict and left alone.
-Memory stays bounded: every table is read in keyset batches and written with batched inserts.
-"""
+"""The writer: people, login sessions, chat sessions with their messages and events, from an
+open connection to the original into an open connection to this server's database."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-import sys
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import asyncpg
 import orjson
 
-from services import locks, migrations
+from importer.report import REPORT_LIST_MAX, Progress, Report
+from importer.source import (
+    KNOWN_NOT_CARRIED,
+    REQUIRED_COLUMNS,
+    batches,
+    first_line,
+    import_queries,
+    session_rows,
+)
 from services.auth import BCRYPT_MAX_COST, SESSION_LIFETIME, checkable_hash, email_key, hash_token, normalize_email
 from services.chat_sessions import RESERVED_SESSION_IDS
-from services.db import init_connection, queries
+from services.db import queries
 from services.errors import ServiceError
 from services.secrets import SecretBox
 
@@ -51,35 +31,7 @@ LOGIN_SESSION_BATCH = 2000
 CHAT_SESSION_BATCH = 200
 MESSAGE_BATCH = 200  # messages may carry base64 images
 EVENT_BATCH = 2000
-REPORT_LIST_MAX = 200  # entries listed per kind in the report; the totals count them all
 
-# The tables and columns of the original this import reads; anything else it does not carry.
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "users": (
-        "id", "email", "display_name", "password_hash", "github_id", "github_access_token", "claude_auth",
-        "preferred_provider", "image_resize_max_dimension", "voice_command_keywords",
-        "stop_listening_after_submit", "default_landing_page", "preferred_model", "chat_verbosity_level",
-        "is_admin", "created_at",
-    ),
-    "sessions": ("id", "user_id", "expires_at"),
-    "chat_sessions": (
-        "id", "user_id", "session_path", "repository_owner", "repository_name", "user_request", "status",
-        "repository_url", "base_branch", "branch", "provider", "provider_session_id", "remote_session_id",
-        "remote_web_url", "total_cost", "issue_number", "auto_commit", "locked", "created_at", "completed_at",
-        "deleted_at", "worker_last_activity",
-    ),
-    "messages": ("id", "chat_session_id", "type", "content", "images", "timestamp"),
-    "events": ("id", "chat_session_id", "event_data", "timestamp"),
-}  # fmt: skip
-# The original's other tables (CONTRACT.md 3.2), which this server does not have.
-KNOWN_NOT_CARRIED = (
-    "live_chat_messages",
-    "workspace_presence",
-    "workspace_events",
-    "orchestrator_jobs",
-    "orchestrator_cycles",
-    "orchestrator_tasks",
-)
 USER_FIELDS = REQUIRED_COLUMNS["users"][1:]
 # What a later run compares: the chat session as imported. `worker_last_activity` is left out
 # because this server's run driver writes it as a lease heartbeat.
@@ -91,155 +43,6 @@ SERVABLE_ID = re.compile(r"[A-Za-z0-9._~-]{1,300}")
 # Stored instead of a password hash bcrypt cannot check (a plaintext or argon2 password): never
 # a match, and no plaintext password lands here. An admin can set a new password.
 NO_PASSWORD = "!"
-
-
-# A database connection lost mid-way (the import stops; the next run continues).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
-)
-
-
-class ImportRefused(Exception):
-    """Nothing can be imported: the --from database is unreachable or not the original's, or
-    another import is running."""
-
-
-@dataclass
-class TableCounts:
-    """What happened to the rows of one table of the original."""
-
-    total: int = 0
-    read: int = 0
-    imported: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-    def add(self, key: str, amount: int = 1) -> None:
-        self.extra[key] = self.extra.get(key, 0) + amount
-
-    def as_json(self) -> dict[str, int]:
-        return {
-            "total": self.total,
-            "read": self.read,
-            "imported": self.imported,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            **self.extra,
-        }
-
-
-@dataclass
-class Report:
-    """The final report: counts per table, tables not carried, conflicts and skipped rows."""
-
-    dry_run: bool
-    tables: dict[str, TableCounts] = field(default_factory=lambda: {name: TableCounts() for name in REQUIRED_COLUMNS})
-    not_carried: dict[str, int] = field(default_factory=dict)
-    other_tables: dict[str, int] = field(default_factory=dict)  # unknown to the contract; estimated rows
-    conflicts: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    conflict_count: int = 0
-    skipped_count: int = 0
-    email_variants: list[dict[str, Any]] = field(default_factory=list)
-    cannot_log_in: list[dict[str, str]] = field(default_factory=list)
-    cannot_log_in_count: int = 0
-    seconds: float = 0.0
-
-    def conflict(self, table: str, row_id: str, reason: str) -> None:
-        self.conflict_count += 1
-        if len(self.conflicts) < REPORT_LIST_MAX:
-            self.conflicts.append({"table": table, "id": row_id, "reason": reason})
-
-    def skip(self, table: str, row_id: str, reason: str) -> None:
-        self.skipped_count += 1
-        if len(self.skipped) < REPORT_LIST_MAX:
-            self.skipped.append({"table": table, "id": row_id, "reason": reason})
-
-    def no_login(self, user_id: str, reason: str) -> None:
-        """A person carried who cannot log in with a password here."""
-        self.cannot_log_in_count += 1
-        if len(self.cannot_log_in) < REPORT_LIST_MAX:
-            self.cannot_log_in.append({"id": user_id, "reason": reason})
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "dryRun": self.dry_run,
-            "seconds": round(self.seconds, 3),
-            "tables": {name: counts.as_json() for name, counts in self.tables.items()},
-            "tablesNotCarried": self.not_carried,
-            "otherTablesNotCarried": self.other_tables,
-            "emailCaseVariants": self.email_variants,
-            "cannotLogInCount": self.cannot_log_in_count,
-            "cannotLogIn": self.cannot_log_in,
-            "conflictCount": self.conflict_count,
-            "conflicts": self.conflicts,
-            "skippedCount": self.skipped_count,
-            "skipped": self.skipped,
-        }
-
-    def as_text(self) -> str:
-        lines = [
-            "Import from the original" + (" (dry run: nothing was written)" if self.dry_run else ""),
-            f"{'table':<15}{'total':>10}{'imported':>10}{'updated':>9}{'unchanged':>11}{'skipped':>9}  other",
-        ]
-        for name, c in self.tables.items():
-            other = ", ".join(f"{key} {value}" for key, value in c.extra.items())
-            lines.append(
-                f"{name:<15}{c.total:>10}{c.imported:>10}{c.updated:>9}{c.unchanged:>11}{c.skipped:>9}  {other}"
-            )
-        if self.not_carried:
-            lines.append(
-                "tables not carried: " + ", ".join(f"{name} ({rows} rows)" for name, rows in self.not_carried.items())
-            )
-        if self.other_tables:
-            lines.append(
-                "other tables not carried: "
-                + ", ".join(f"{name} (about {rows} rows)" for name, rows in self.other_tables.items())
-            )
-        for variant in self.email_variants:
-            lines.append(
-                f"e-mail case variants of {variant['email']}: kept {variant['kept']}, left out "
-                + ", ".join(variant["leftOut"])
-            )
-        for title, entries, count in (
-            ("conflicts", self.conflicts, self.conflict_count),
-            ("skipped", self.skipped, self.skipped_count),
-            ("people who cannot log in with a password", self.cannot_log_in, self.cannot_log_in_count),
-        ):
-            lines.append(f"{title}: {count}" + (f" (first {len(entries)} listed)" if count > len(entries) else ""))
-            lines.extend(f"  {e.get('table', 'users')} {e['id']}: {e['reason']}" for e in entries)
-        lines.append(f"took {self.seconds:.1f} s")
-        return "\n".join(lines)
-
-
-class Progress:
-    """One progress line per table on stderr: rows done / total and rows per second."""
-
-    def __init__(self, table: str, total: int, every_seconds: float, stream: TextIO) -> None:
-        self.table, self.total, self.every, self.stream = table, total, every_seconds, stream
-        self.done = 0
-        self.started = self.last = time.monotonic()
-
-    def tick(self, rows: int) -> None:
-        self.done += rows
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            self._write(now)
-
-    def finish(self) -> None:
-        self._write(time.monotonic())
-
-    def _write(self, now: float) -> None:
-        rate = self.done / max(now - self.started, 1e-6)
-        print(f"{self.table}: {self.done}/{self.total} rows ({rate:,.0f} rows/s)", file=self.stream, flush=True)
 
 
 def fingerprint(values: dict[str, Any]) -> str:
@@ -256,74 +59,6 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else exc.__class__.__name__)[:300]
-
-
-async def connect_source(url: str) -> asyncpg.Connection:
-    """A read-only, UTC connection to the original; ImportRefused when it cannot be opened."""
-    try:
-        conn = await asyncpg.connect(
-            url,
-            timeout=10,
-            server_settings={
-                "default_transaction_read_only": "on",
-                "timezone": "UTC",
-                "application_name": "webedt-import-original",
-            },
-        )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-        raise ImportRefused(f"cannot connect to the original database: {first_line(exc)}") from None
-    await init_connection(conn)
-    return conn
-
-
-async def check_source_schema(source: asyncpg.Connection) -> list[str]:
-    """The original's other tables; ImportRefused when a table or column this import reads is missing."""
-    present: dict[str, set[str]] = {}
-    async for row in queries.original.list_schema_columns(source):
-        present.setdefault(row["table_name"], set()).add(row["column_name"])
-    missing = [
-        f"{table}.{column}"
-        for table, columns in REQUIRED_COLUMNS.items()
-        for column in columns
-        if column not in present.get(table, set())
-    ]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ImportRefused(f"the --from database does not have the original's schema (missing {shown})")
-    if "uuid" in present.get("events", set()) and "schema_migrations" in present:
-        raise ImportRefused("the --from database is one of this server's, not the original's")
-    tables = [r["table_name"] async for r in queries.original.list_schema_tables(source)]
-    return [t for t in tables if t not in REQUIRED_COLUMNS]
-
-
-async def _batches(
-    read: Callable[..., AsyncIterator[asyncpg.Record]], conn: asyncpg.Connection, limit: int, **kwargs: Any
-) -> AsyncIterator[list[asyncpg.Record]]:
-    """Keyset batches of a read query ordered by `id`."""
-    after: Any = kwargs.pop("after_id")
-    while True:
-        rows = [r async for r in read(conn, after_id=after, limit=limit, **kwargs)]
-        if not rows:
-            return
-        yield rows
-        if len(rows) < limit:
-            return
-        after = rows[-1]["id"]
-
-
-async def _session_rows(
-    open_cursor: Callable[..., Any], conn: asyncpg.Connection, size: int, chat_session_id: str, after_id: int
-) -> AsyncIterator[list[asyncpg.Record]]:
-    """One chat session's rows after `after_id`, in id order, `size` at a time from a cursor."""
-    async with open_cursor(conn, chat_session_id=chat_session_id, after_id=after_id) as factory:
-        cursor = await factory
-        while rows := await cursor.fetch(size):
-            yield rows
 
 
 class Importer:
@@ -349,12 +84,14 @@ class Importer:
 
     async def run(self, other_tables: list[str]) -> None:
         for table in REQUIRED_COLUMNS:
-            self.report.tables[table].total = await getattr(queries.original, f"count_original_{table}")(self.source)
+            self.report.tables[table].total = await getattr(import_queries.original, f"count_original_{table}")(
+                self.source
+            )
         known = [name for name in other_tables if name in KNOWN_NOT_CARRIED]
         self.report.not_carried = {
-            name: await getattr(queries.original, f"count_original_{name}")(self.source) for name in known
+            name: await getattr(import_queries.original, f"count_original_{name}")(self.source) for name in known
         }
-        async for empty in queries.original.count_original_empty_ids(self.source):
+        async for empty in import_queries.original.count_original_empty_ids(self.source):
             # Keyset reading starts after '' and never sees these rows (nor can this server serve them).
             table, rows = empty["table_name"], empty["row_count"]
             if rows:
@@ -362,7 +99,8 @@ class Importer:
                 self.report.skip(table, "''", f"{rows} row(s) whose id is empty; not carried")
         unknown = [name for name in other_tables if name not in KNOWN_NOT_CARRIED]
         self.report.other_tables = {
-            r["name"]: r["row_count"] async for r in queries.original.estimate_row_counts(self.source, names=unknown)
+            r["name"]: r["row_count"]
+            async for r in import_queries.original.estimate_row_counts(self.source, names=unknown)
         }
         await self.import_users()
         await self.import_login_sessions()
@@ -426,7 +164,7 @@ class Importer:
         # Grouped by this server's e-mail key, computed here: PostgreSQL's lower() disagrees with
         # it on some letters. One id and e-mail per person of the original is held meanwhile.
         groups: dict[str, list[str]] = {}
-        async for person in queries.original.list_original_user_emails(self.source):
+        async for person in import_queries.original.list_original_user_emails(self.source):
             groups.setdefault(email_key(person["email"]), []).append(person["id"])
         left_out: dict[str, str] = {}
         for key, (kept, *others) in groups.items():
@@ -436,18 +174,22 @@ class Importer:
             if len(report.email_variants) < REPORT_LIST_MAX:
                 report.email_variants.append({"email": key, "kept": kept, "leftOut": others})
         del groups
-        self.imported_users = {r["id"] async for r in queries.import_original.list_imported_user_ids(self.target)}
+        self.imported_users = {
+            r["id"] async for r in import_queries.import_original.list_imported_user_ids(self.target)
+        }
         progress = self.progress("users")
-        async for rows in _batches(queries.original.read_original_users, self.source, USER_BATCH, after_id=""):
+        async for rows in batches(import_queries.original.read_original_users, self.source, USER_BATCH, after_id=""):
             counts.read += len(rows)
             ids = [r["id"] for r in rows]
             stored = {
                 r["original_id"]: r
-                async for r in queries.import_original.get_import_progress(self.target, kind="user", original_ids=ids)
+                async for r in import_queries.import_original.get_import_progress(
+                    self.target, kind="user", original_ids=ids
+                )
             }
             ours_by_id: dict[str, asyncpg.Record] = {}
             ours_by_email: dict[str, asyncpg.Record] = {}
-            async for r in queries.import_original.find_users_by_ids_or_emails(
+            async for r in import_queries.import_original.find_users_by_ids_or_emails(
                 self.target, ids=ids, email_keys=[email_key(r["email"]) for r in rows]
             ):
                 ours_by_id[r["id"]] = r
@@ -497,7 +239,7 @@ class Importer:
                 counts.add("conflicts")
                 report.conflict("users", user_id, "its new e-mail already belongs to another person here")
                 return
-            await queries.import_original.update_original_user(self.target, id=user_id, **self.encrypted(values))
+            await import_queries.import_original.update_original_user(self.target, id=user_id, **self.encrypted(values))
             counts.updated += 1
         else:
             if ours is not None:
@@ -509,9 +251,9 @@ class Importer:
                 counts.add("conflicts")
                 report.conflict("users", user_id, f"e-mail {values['email']} already belongs to another person here")
                 return
-            await queries.import_original.insert_original_user(self.target, id=user_id, **self.encrypted(values))
+            await import_queries.import_original.insert_original_user(self.target, id=user_id, **self.encrypted(values))
             counts.imported += 1
-        await queries.import_original.save_import_progress(
+        await import_queries.import_original.save_import_progress(
             self.target, kind="user", original_id=user_id, fingerprint=new_print, last_message_id=0, last_event_id=0
         )
         self.imported_users.add(user_id)
@@ -521,8 +263,8 @@ class Importer:
     async def import_login_sessions(self) -> None:
         counts = self.report.tables["sessions"]
         progress = self.progress("sessions")
-        async for rows in _batches(
-            queries.original.read_original_login_sessions, self.source, LOGIN_SESSION_BATCH, after_id=""
+        async for rows in batches(
+            import_queries.original.read_original_login_sessions, self.source, LOGIN_SESSION_BATCH, after_id=""
         ):
             counts.read += len(rows)
             ids, user_ids, expiries = [], [], []
@@ -553,7 +295,7 @@ class Importer:
         counts = self.report.tables["sessions"]
         known = {
             r["original_id"]
-            async for r in queries.import_original.get_import_progress(
+            async for r in import_queries.import_original.get_import_progress(
                 self.target, kind="login_session", original_ids=ids
             )
         }
@@ -561,14 +303,14 @@ class Importer:
         seen = [(i, e) for i, _u, e in zip(ids, user_ids, expiries, strict=True) if i in known]
         async with self.target.transaction():
             if new:
-                inserted = await queries.import_original.insert_original_login_sessions(
+                inserted = await import_queries.import_original.insert_original_login_sessions(
                     self.target, ids=[n[0] for n in new], user_ids=[n[1] for n in new], expires_ats=[n[2] for n in new]
                 )
                 counts.imported += inserted
                 if len(new) > inserted:
                     counts.add("alreadyHere", len(new) - inserted)
             if seen:
-                extended = await queries.import_original.extend_original_login_sessions(
+                extended = await import_queries.import_original.extend_original_login_sessions(
                     self.target, ids=[s[0] for s in seen], expires_ats=[s[1] for s in seen]
                 )
                 counts.updated += extended
@@ -589,13 +331,13 @@ class Importer:
         counts = self.report.tables["chat_sessions"]
         progress = self.progress("chat_sessions")
         self.message_progress, self.event_progress = self.progress("messages"), self.progress("events")
-        async for rows in _batches(
-            queries.original.read_original_chat_sessions, self.source, CHAT_SESSION_BATCH, after_id=""
+        async for rows in batches(
+            import_queries.original.read_original_chat_sessions, self.source, CHAT_SESSION_BATCH, after_id=""
         ):
             counts.read += len(rows)
             stored = {
                 r["original_id"]: r
-                async for r in queries.import_original.get_import_progress(
+                async for r in import_queries.import_original.get_import_progress(
                     self.target, kind="chat_session", original_ids=[r["id"] for r in rows]
                 )
             }
@@ -666,7 +408,7 @@ class Importer:
                 report.tables["chat_sessions"].add("conflicts")
                 report.conflict("chat_sessions", session_id, "a chat session with this id already exists here")
                 return "conflict"
-            await queries.import_original.insert_original_chat_session(
+            await import_queries.import_original.insert_original_chat_session(
                 self.target, id=session_id, worker_last_activity=_utc(row["worker_last_activity"]), **values
             )
             outcome = "imported"
@@ -685,7 +427,7 @@ class Importer:
             new_print = stored["fingerprint"]
             outcome = "unchanged"  # its new messages and events still come in
         else:
-            await queries.import_original.update_original_chat_session(self.target, id=session_id, **values)
+            await import_queries.import_original.update_original_chat_session(self.target, id=session_id, **values)
             outcome = "updated"
         last_message = stored["last_message_id"] if stored else 0
         last_event = stored["last_event_id"] if stored else 0
@@ -697,7 +439,7 @@ class Importer:
             await queries.events.notify_session_status(self.target, chat_session_id=session_id)
         if tallies["events"] - tallies["repeats"] > events_before:
             await queries.events.notify_events(self.target, chat_session_id=session_id)
-        await queries.import_original.save_import_progress(
+        await import_queries.import_original.save_import_progress(
             self.target,
             kind="chat_session",
             original_id=session_id,
@@ -708,8 +450,8 @@ class Importer:
         return outcome
 
     async def _copy_messages(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
-        async for rows in _session_rows(
-            queries.original.read_original_messages_cursor, self.source, MESSAGE_BATCH, session_id, after
+        async for rows in session_rows(
+            import_queries.original.read_original_messages_cursor, self.source, MESSAGE_BATCH, session_id, after
         ):
             types = []
             for r in rows:
@@ -718,7 +460,7 @@ class Importer:
                 else:
                     types.append("system")
                     tallies["messagesMappedToSystem"] += 1
-            await queries.import_original.insert_original_messages(
+            await import_queries.import_original.insert_original_messages(
                 self.target,
                 chat_session_id=session_id,
                 types=types,
@@ -732,10 +474,10 @@ class Importer:
         return after
 
     async def _copy_events(self, session_id: str, after: int, tallies: dict[str, int]) -> int:
-        async for rows in _session_rows(
-            queries.original.read_original_events_cursor, self.source, EVENT_BATCH, session_id, after
+        async for rows in session_rows(
+            import_queries.original.read_original_events_cursor, self.source, EVENT_BATCH, session_id, after
         ):
-            stored = await queries.import_original.insert_original_events(
+            stored = await import_queries.import_original.insert_original_events(
                 self.target,
                 chat_session_id=session_id,
                 uuids=[r["uuid"] for r in rows],
@@ -758,50 +500,3 @@ def _unique_reason(exc: asyncpg.UniqueViolationError) -> str:
     if "remote_session" in constraint:
         return "its remote session is already linked to another chat session of the same person here"
     return f"refused by this server's database: {first_line(exc)}"
-
-
-async def run(
-    target_dsn: str,
-    source_url: str,
-    box: SecretBox,
-    *,
-    dry_run: bool = False,
-    progress_seconds: float = 1.0,
-    stream: TextIO = sys.stderr,
-) -> Report:
-    """Import from `source_url` into `target_dsn` (migrated first) and return the report.
-
-    ImportRefused before anything is written when the source cannot be read. A dry run does the
-    whole import in one transaction and rolls it back.
-    """
-    started = time.monotonic()
-    source = await connect_source(source_url)
-    try:
-        other_tables = await check_source_schema(source)
-        await migrations.migrate(target_dsn)
-        target = await asyncpg.connect(target_dsn, server_settings={"timezone": "UTC"})
-        try:
-            await init_connection(target)
-            if not await queries.database.try_advisory_lock(target, key=locks.IMPORT_ORIGINAL):
-                raise ImportRefused("another import into this database is running")
-            try:
-                report = Report(dry_run=dry_run)
-                async with source.transaction(isolation="repeatable_read", readonly=True):
-                    importer = Importer(source, target, box, report, progress_seconds, stream)
-                    if dry_run:
-                        transaction = target.transaction()
-                        await transaction.start()
-                        try:
-                            await importer.run(other_tables)
-                        finally:
-                            await transaction.rollback()
-                    else:
-                        await importer.run(other_tables)
-            finally:
-                await queries.database.release_advisory_lock(target, key=locks.IMPORT_ORIGINAL)
-        finally:
-            await target.close()
-    finally:
-        await source.close()
-    report.seconds = time.monotonic() - started
-    return report
