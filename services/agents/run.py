@@ -96,6 +96,8 @@ class Run:
         # upstream that answers now and then keeps the run going, one that stays broken ends it.
         self.failing_since: dict[str, float] = {}
         self.backoff = driver.poll_seconds
+        # Until when upstream asked us to send nothing (`Retry-After`): every path waits for it.
+        self.quiet_until = 0.0
         # Events are stored by one coroutine at a time (the poll, or the push follower).
         self.store_lock = asyncio.Lock()
         self.follower: PushFollower | None = None
@@ -279,12 +281,19 @@ class Run:
         stored = 0
         async with self.store_lock:
             while True:
+                await self._respect_retry_after()
                 batch = await self.provider.events_after(token, self.remote_id, self.cursor)
                 stored += await self._store(batch.events, "poll")
                 self.cursor = batch.cursor
                 if batch.complete:
                     self.caught_up = True
                     return stored
+
+    async def _respect_retry_after(self) -> None:
+        """Wait out a `Retry-After` another path (a poll, the channel) was told."""
+        wait = self.quiet_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def take(self, item: PushItem) -> None:
         if item.event is not None:
@@ -472,6 +481,8 @@ class Run:
             return None, 0
         if not exc.retryable:
             return Outcome("error", exc.message), 0
+        if exc.retry_after:
+            self.quiet_until = max(self.quiet_until, time.monotonic() + exc.retry_after)
         return self._retry(exc.operation, exc.message, exc.retry_after)
 
     def _retry(self, operation: str, message: str, retry_after: float | None = None) -> tuple[Outcome | None, float]:
