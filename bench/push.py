@@ -364,8 +364,8 @@ async def main() -> int:
         f"`CLAUDE_POLL_INTERVAL_MS={POLL_MS}`; the fake Claude releases one event every "
         f"{EVENT_INTERVAL * 1000:.0f} ms "
         f"({events} events per run plus a result). Load average (1 min) {load_before:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end, on a machine shared with other work: figures under load. "
-        "Latency is from the fake sending an event (on the "
+        f"{os.getloadavg()[0]:.1f} at the end, on a machine shared with other engineers' test runs: "
+        "figures under load. Latency is from the fake sending an event (on the "
         "socket; with `off`, when it appeared upstream) to a viewer of "
         "`/api/sessions/:id/events/stream` reading it, over every (viewer, event) pair.",
         "",
