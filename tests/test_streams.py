@@ -819,7 +819,7 @@ async def test_session_list_reconnect_gets_what_it_missed(
         assert (await stream.next()).event == "deleted"
 
 
-# ---- stored events served as their stored text (services/hub.stored_event_frame) -----------------
+# ---- stored events served as their stored text (services/sse.stored_event_frame) -----------------
 
 # Events whose encoding could differ between PostgreSQL's text and orjson: escapes, non-ASCII,
 # numbers, key order, empty objects, a `type` that names no SSE event, keys a replay adds.
@@ -849,7 +849,7 @@ def pairs(data: bytes | str) -> Any:
 
 
 def frame_parts(frame: bytes) -> tuple[str, int, Any]:
-    """(event name, id, data) of one SSE frame as services/hub.event_frame writes it."""
+    """(event name, id, data) of one SSE frame as services/sse.event_frame writes it."""
     fields = dict(line.split(": ", 1) for line in frame.decode().strip("\n").split("\n"))
     return fields.get("event", "message"), int(fields["id"]), pairs(fields["data"])
 
@@ -884,7 +884,7 @@ async def test_history_and_replay_serve_the_same_json_as_before(
     server: TestServer, client: httpx.AsyncClient, user: dict
 ) -> None:
     from services.clock import iso
-    from services.hub import event_frame
+    from services.sse import event_frame
 
     session_id, rows = await tricky_session(server, user["id"], "completed")
     expected = [pairs(orjson.dumps(old_history_event(session_id, row))) for row in rows]
@@ -895,7 +895,9 @@ async def test_history_and_replay_serve_the_same_json_as_before(
     page = (await client.get(f"/api/sessions/{session_id}/events", params={"limit": 100})).content
     assert pairs(page)[1][1][0] == ("events", expected)
 
-    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+    # `Last-Event-ID: 0`: everything replayed (without a position, right after the whole-history
+    # fetch above, the stream would start after what that fetch returned).
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream", last_event_id=0) as stream:
         replayed = stored_events(await stream.until("completed"))
     old_frames = [frame_parts(event_frame(r["id"], r["event_data"], iso(r["timestamp"]))) for r in rows]
     assert [(e.event, int(e.id), pairs(e.data)) for e in replayed] == old_frames
@@ -906,7 +908,7 @@ async def test_history_and_replay_serve_the_same_json_as_before(
 async def test_live_frames_serve_the_same_json_as_before(
     server: TestServer, client: httpx.AsyncClient, user: dict
 ) -> None:
-    from services.hub import event_frame
+    from services.sse import event_frame
 
     session_id = await new_session(server, user["id"], status="running")
     first = await append(server, session_id, 1)
