@@ -16,7 +16,8 @@
   heartbeat).
 - `follow_session()` and `follow_session_list()` write what a subscription of
   services/subscriber.py yields (which holds the no-gap, no-duplicate rule), calling the routes'
-  hooks at its marks.
+  hooks at its marks; while the subscription waits idle, the hub writes live frames here itself
+  (`write_live`), flushing them one flush at a time as well.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class SSEHandler(APIHandler):
         self.replay: Replay | None = None
         self._subscription: SessionSubscription | ListSubscription | None = None
         self._pending_flush: asyncio.Future[None] | None = None
+        # Frames the hub wrote (write_live) not flushed yet, those in the flush under way, and
+        # whether a callback on the pending flush will flush the rest.
+        self._unflushed = 0
+        self._flushing = 0
+        self._live_chained = False
         self._last_write = 0.0
         self._deadline = 0.0
         # One timer per stream drives both the heartbeat and the lifetime cap.
@@ -166,8 +172,55 @@ class SSEHandler(APIHandler):
         if self._subscription is not None:
             self._subscription.close(StopReason.CLIENT_GONE)
 
-    def _drop_connection(self) -> None:
-        """The hub dropped this stream (its queue overflowed): cut the connection so that even a
+    # ---- live frames written by the hub (services/subscriber.LiveSink) --------------------------
+
+    def write_live(self, chunk: bytes, frames: int, now: float, limit: int) -> bool:
+        """The hub's direct write of live frames (only while the subscription waits idle, so
+        nothing of this stream's own is being written): written and flushed now, or after the
+        flush under way. False, writing nothing, when more than `limit` frames so written would
+        be waiting for their flush (a client that stopped reading)."""
+        if self.client_gone or self._finished:
+            return True
+        if self._unflushed + frames > limit:
+            return False
+        self.write(chunk)
+        self._last_write = now
+        self._unflushed += frames
+        pending = self._pending_flush
+        if pending is None or pending.done():
+            self._flush_live()
+        elif not self._live_chained:
+            self._live_chained = True
+            pending.add_done_callback(self._live_flushed)
+        return True
+
+    def _flush_live(self) -> None:
+        self._flushing = self._unflushed
+        self._live_chained = True
+        future = self.flush()
+        self._pending_flush = future
+        future.add_done_callback(self._live_flushed)
+
+    def _live_flushed(self, future: asyncio.Future[None]) -> None:
+        """A flush under way when live frames came ended: count what it carried, flush the rest."""
+        self._live_chained = False
+        if self._pending_flush is future:
+            self._pending_flush = None
+        if future.cancelled() or future.exception() is not None:
+            self._client_went_away()
+            return
+        self._unflushed -= self._flushing
+        self._flushing = 0
+        if self._unflushed > 0 and not self.client_gone and not self._finished:
+            pending = self._pending_flush
+            if pending is None or pending.done():
+                self._flush_live()
+            else:
+                self._live_chained = True
+                pending.add_done_callback(self._live_flushed)
+
+    def dropped(self) -> None:
+        """The hub dropped this stream (too far behind): cut the connection so that even a
         flush stuck on a client that stopped reading ends; the client reconnects with its last id.
 
         The socket (IOStream) is closed, not the HTTP connection: closing the HTTP1Connection
@@ -292,7 +345,7 @@ class SSEHandler(APIHandler):
         if reason is not None:
             subscription.close()
             return reason
-        subscription.on_drop(self._drop_connection)
+        subscription.attach(self)
         self._subscription = subscription
         frames = subscription.frames(after_id)
         try:

@@ -12,9 +12,11 @@ pool release runs `UNLISTEN *`) on four channels:
 
 A notification only marks a topic dirty. The topic's worker then reads the new rows after the
 topic's cursor, once per process per wake-up however many subscribers there are, encodes each
-event once into its SSE frame, and appends the shared bytes to every subscriber's bounded
-queue. A subscriber whose queue overflows is dropped (its stream ends; the client reconnects
-with Last-Event-ID and loses nothing), so a slow reader never slows the others.
+event once into its SSE frame, and hands the shared bytes to every subscriber: written straight
+to a live stream that waits idle, else appended to its bounded queue (services/subscriber.py).
+A subscriber too far behind (its queue, or its frames not yet flushed, over the limit) is
+dropped (its stream ends; the client reconnects with Last-Event-ID and loses nothing), so a
+slow reader never slows the others.
 
 Ordering: a subscriber registers first and then replays from the table. Rows the hub had read
 before the registration are in that replay; rows it reads afterwards reach the queue; the
@@ -353,7 +355,7 @@ class Hub:
                 self.frames_encoded += len(frames)
                 if not rewound:
                     topic.cursor = rows[-1]["id"]
-                self._dispatch(list(topic.subscribers), frames)
+                self._dispatch_frames(list(topic.subscribers), frames)
             if not rewound and len(rows) < READ_BATCH:
                 break
         if status_wanted and len(topic):
@@ -369,7 +371,7 @@ class Hub:
                 if group:
                     frame = EventFrame(row["id"], announcement_frame(row, session_list.frame_data(row)))
                     self.frames_encoded += 1
-                    self._dispatch(list(group), [frame])
+                    self._dispatch_frames(list(group), [frame])
             if topic.cursor != start:
                 continue  # rewound by a late subscriber while reading: read the gap again
             if rows:
@@ -377,13 +379,21 @@ class Hub:
             if len(rows) < READ_BATCH:
                 break
 
+    def _dispatch_frames(self, subscribers: list[Subscriber], frames: list[EventFrame]) -> None:
+        """New frames to every subscriber (one joined chunk, shared by the direct writes)."""
+        joined = frames[0].data if len(frames) == 1 else b"".join(frame.data for frame in frames)
+        now = asyncio.get_running_loop().time()
+        self._drop([sub for sub in subscribers if not sub.deliver(frames, joined, now)])
+
     def _dispatch(self, subscribers: list[Subscriber], items: list[Any]) -> None:
-        overflowed = [sub for sub in subscribers if not sub.push(items)]
+        self._drop([sub for sub in subscribers if not sub.push(items)])
+
+    def _drop(self, overflowed: list[Subscriber]) -> None:
         for sub in overflowed:
-            log.info("dropping a subscriber of %s: its queue is full", sub.key or "the session list")
+            log.info("dropping a subscriber of %s: it is too far behind", sub.key or "the session list")
             self._remove(sub, StopReason.OVERFLOW)
-            if sub.on_drop is not None:
-                sub.on_drop()
+            if sub.sink is not None:
+                sub.sink.dropped()
 
     # ---- the LISTEN connection ------------------------------------------------------------------
 

@@ -10,6 +10,14 @@ while the replay runs is either in the replay or in the queue (appends to one se
 visible in id order, see services/event_log.py), and skipping ids at or below the last one sent
 means nothing is sent twice.
 
+**Live frames go straight to the stream.** While a live stream's coroutine waits with an empty
+queue, the hub writes new frames itself to the stream's `LiveSink` (the SSE handler), under the
+same rule (ids above the last one sent), without waking the coroutine: one shared chunk per
+batch, written to each stream in turn (a thousand viewers are a thousand socket writes, not a
+thousand coroutine wake-ups). Everything else (a replay still running, frames queued while the
+coroutine writes, a status change) goes through the queue, in order: once anything is queued,
+the hub queues behind it until the coroutine has emptied the queue and waits again.
+
 A subscription ends (`StopReason`) when its stream closes it (`close(reason)`: the client went
 away, the stream's lifetime is over), when the hub drops it (its queue overflowed), when the hub
 stops (draining), or, for a session followed `until_run_ends`, when the session is not or no
@@ -22,9 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from services import event_log, session_list
 from services.clock import now_iso
@@ -74,11 +82,25 @@ class StatusChange:
         self.status = status
 
 
-class Subscriber:
-    """One stream's place in the hub: a bounded queue and the coroutine waiting on it. The hub
-    keeps it in its topic; only the stream's subscription (below) reads it or takes it out."""
+class LiveSink(Protocol):
+    """Where the hub writes a live stream's frames directly (the SSE handler)."""
 
-    __slots__ = ("items", "key", "limit", "needs_seed", "on_drop", "reason", "user_id", "waiter")
+    def write_live(self, chunk: bytes, frames: int, now: float, limit: int) -> bool:
+        """Write and start flushing `chunk` (`frames` frames); False, writing nothing, when the
+        frames so written and not flushed yet would then be more than `limit` (overflow)."""
+        ...
+
+    def dropped(self) -> None:
+        """The hub dropped the stream (too far behind): cut its connection."""
+        ...
+
+
+class Subscriber:
+    """One stream's place in the hub: a bounded queue, the coroutine waiting on it, the last id
+    sent and where live frames go. The hub keeps it in its topic; only the stream's subscription
+    (below) reads it or takes it out."""
+
+    __slots__ = ("items", "key", "last_id", "limit", "needs_seed", "reason", "sink", "user_id", "waiter")
 
     def __init__(self, key: str, user_id: str | None, limit: int, needs_seed: bool) -> None:
         self.key = key
@@ -87,14 +109,32 @@ class Subscriber:
         self.needs_seed = needs_seed
         self.items: list[EventFrame | StatusChange] = []
         self.waiter: asyncio.Future[None] | None = None
+        self.last_id = 0  # the newest id sent to the stream
         # Why the subscription ended, or None while it lasts.
         self.reason: StopReason | None = None
-        # Called once when the hub drops this subscriber for overflow (the handler closes its socket).
-        self.on_drop: Callable[[], None] | None = None
+        # The stream's writer: takes live frames while `waiter` is pending; told when dropped.
+        self.sink: LiveSink | None = None
 
     @property
     def closed(self) -> bool:
         return self.reason is not None
+
+    def deliver(self, frames: list[EventFrame], joined: bytes, now: float) -> bool:
+        """New frames (`joined`: their bytes, shared by every subscriber of the batch): written
+        straight to the sink while the coroutine waits idle, else queued. False on overflow."""
+        waiter = self.waiter
+        if self.sink is None or waiter is None or waiter.done() or self.reason is not None:
+            return self.push(frames)
+        last_id = self.last_id
+        if frames[0].id > last_id:
+            chunk, count = joined, len(frames)
+        else:
+            fresh = [frame.data for frame in frames if frame.id > last_id]
+            if not fresh:
+                return True
+            chunk, count = b"".join(fresh), len(fresh)
+        self.last_id = frames[-1].id
+        return self.sink.write_live(chunk, count, now, self.limit)
 
     def push(self, items: list[Any]) -> bool:
         """Queue shared items; False when that would overflow the queue."""
@@ -150,14 +190,22 @@ class _Subscription:
     One async generator per stream, with no generator or coroutine nested in it while it waits:
     a process holds thousands of idle streams, and each suspended frame costs memory."""
 
-    __slots__ = ("ctx", "last_id", "reason", "replaying", "sub")
+    __slots__ = ("ctx", "reason", "replaying", "sub")
 
     def __init__(self, ctx: AppContext, sub: Subscriber) -> None:
         self.ctx = ctx
         self.sub = sub
-        self.last_id = 0  # the newest id yielded
         self.replaying = True  # until a replay read comes back short
         self.reason: StopReason | None = None
+
+    @property
+    def last_id(self) -> int:
+        """The newest id sent (kept on the hub's subscriber, which writes live frames too)."""
+        return self.sub.last_id
+
+    @last_id.setter
+    def last_id(self, value: int) -> None:
+        self.sub.last_id = value
 
     def close(self, reason: StopReason = StopReason.FINISHED) -> None:
         """Leave the hub (idempotent); a waiting `frames()` wakes and ends with `reason`. The one
@@ -167,9 +215,10 @@ class _Subscription:
         else:
             self.sub.close(reason)
 
-    def on_drop(self, callback: Callable[[], None]) -> None:
-        """Called if the hub drops this subscription because its queue overflowed."""
-        self.sub.on_drop = callback
+    def attach(self, sink: LiveSink) -> None:
+        """The stream that writes this subscription: the hub writes live frames to it directly
+        while `frames()` waits idle, and tells it when it drops the subscription (overflow)."""
+        self.sub.sink = sink
 
     async def frames(self, after_id: int) -> AsyncGenerator[bytes | Mark, None]:
         """Encoded frames (a batch per item) and the marks between them; when it ends, `reason`
@@ -194,7 +243,8 @@ class _Subscription:
                     if chunk:
                         yield chunk
                     continue
-                # Waiting inline (not in Subscriber.wait) keeps an idle stream's frames few.
+                # Waiting inline (not in Subscriber.wait) keeps an idle stream's frames few. While
+                # it waits with an empty queue, the hub writes live frames to the sink itself.
                 sub.waiter = loop.create_future()
                 try:
                     await sub.waiter

@@ -704,6 +704,30 @@ async def test_an_overflowing_subscriber_is_dropped_and_loses_nothing(
         assert ids_of(await stream.until("completed")) == ids[2:]
 
 
+async def test_live_frames_reach_an_idle_stream_without_waking_it(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    """The hub writes a live stream's frames itself (services/subscriber.py): the stream's
+    coroutine, waiting idle, is never woken for them, and each arrives once, in order."""
+    session_id = await new_session(server, user["id"], status="running")
+    hub = server.ctx.hub
+    first = await append(server, session_id, 1)
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        assert int((await stream.next()).id) == first[0]
+        await wait_for(lambda: session_id in hub._sessions)
+        (subscriber,) = hub._sessions[session_id].subscribers
+        await wait_for(lambda: subscriber.waiter is not None)
+        waiter = subscriber.waiter
+        ids: list[int] = []
+        for n in range(3):
+            ids += await append(server, session_id, 2, start=2 * n)
+        assert [int((await stream.next()).id) for _ in ids] == ids
+        assert subscriber.waiter is waiter and not waiter.done()  # never woken
+        assert subscriber.items == []
+        await set_status(server, session_id, "completed")
+        assert ids_of(await stream.until("completed")) == []
+
+
 async def test_a_stream_dropped_for_overflow_ends_and_resumes(
     server: TestServer, client: httpx.AsyncClient, user: dict
 ) -> None:
