@@ -174,7 +174,7 @@ class Bench:
         database = await fresh_database(self.workdir, "webedt_bench")
         self.pg, self.database_url, self.pg_version = database.server, database.url, database.version
         self.pool = await db.create_pool(self.database_url, 2, 4)
-        self.ctx = SimpleNamespace(pool=self.pool)
+        self.ctx = SimpleNamespace(pool=self.pool, row_turns=db.RowTurns())
 
     def spawn(self) -> Replica:
         replica = spawn_replica(test_env(self.database_url), self.workdir)
