@@ -130,7 +130,8 @@ async def main() -> int:
                     tree.fan.setdefault(count, []).append(result)
                     print(
                         f"round {number + 1} {tree.name:<7} {count:>5} viewers  p50 {result['p50_ms']:6.1f} ms"
-                        f"  p99 {result['p99_ms']:6.1f} ms  max {result['max_ms']:6.1f} ms",
+                        f"  p99 {result['p99_ms']:6.1f} ms  max {result['max_ms']:6.1f} ms"
+                        f"  server CPU {result['server_cpu_ms_per_event']:6.1f} ms/event",
                         flush=True,
                     )
             if args.memory:
@@ -160,8 +161,8 @@ async def main() -> int:
         " each to every viewer of one session; latency from just before `event_log.append` to the client"
         " reading the frame. Medians over the rounds (range in brackets).",
         "",
-        "| tree | viewers | p50 ms | p99 ms | max ms | last viewer p50 ms |",
-        "|---|---|---|---|---|---|",
+        "| tree | viewers | p50 ms | p99 ms | max ms | last viewer p50 ms | server CPU ms per event |",
+        "|---|---|---|---|---|---|---|",
     ]
     for count in viewers:
         for tree in trees:
@@ -170,6 +171,7 @@ async def main() -> int:
                 f"| {tree.name} ({'this checkout' if tree.root == PROJECT_ROOT else tree.root}) | {count:,} |"
                 f" {spread([r['p50_ms'] for r in runs])} | {spread([r['p99_ms'] for r in runs])} |"
                 f" {spread([r['max_ms'] for r in runs])} | {spread([r['last_viewer_p50_ms'] for r in runs])} |"
+                f" {spread([r['server_cpu_ms_per_event'] for r in runs])} |"
             )
     if args.memory:
         lines += ["", "| tree | memory of one more idle stream (3,000 + 4,000), KiB |", "|---|---|"]
