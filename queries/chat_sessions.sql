@@ -24,34 +24,47 @@ RETURNING *;
 SELECT id, repository_owner, repository_name, branch, deleted_at FROM chat_sessions
 WHERE user_id = :user_id AND session_path = :session_path;
 
--- name: list_live_sessions(user_id, before_created_at, before_id, limit, offset)
--- A page of the caller's sessions outside the trash, newest first, plus one row to tell whether
--- there is more; the cursor is the last row seen. The list route is the heaviest read: the
--- columns come as the SessionRow keys of services.chat_sessions.session_json, in its order, with
--- the timestamps as services.clock.iso writes them, so the reply is each row as it is (plus
--- `created_at` last, for the next cursor). Plain rows: building the JSON here (row_to_json per
--- row) cost PostgreSQL three times as much CPU as the rows themselves.
-SELECT id, user_id AS "userId", session_path AS "sessionPath",
-       repository_owner AS "repositoryOwner", repository_name AS "repositoryName",
-       user_request AS "userRequest", status, repository_url AS "repositoryUrl",
-       base_branch AS "baseBranch", branch, provider,
-       provider_session_id AS "providerSessionId", remote_session_id AS "remoteSessionId",
-       remote_web_url AS "remoteWebUrl", total_cost AS "totalCost",
-       issue_number AS "issueNumber", auto_commit AS "autoCommit", locked,
-       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "createdAt",
-       to_char(completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "completedAt",
-       to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "deletedAt",
-       to_char(worker_last_activity AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "workerLastActivity",
-       created_at
-FROM chat_sessions
-WHERE user_id = :user_id AND deleted_at IS NULL
-  AND (:before_created_at::timestamptz IS NULL OR (created_at, id) < (:before_created_at, :before_id))
-ORDER BY created_at DESC, id DESC
-LIMIT :limit + 1 OFFSET :offset;
-
--- name: count_live_sessions(user_id)$
--- Only when a page cannot tell its total (services/sessions.list_sessions).
-SELECT count(*) FROM chat_sessions WHERE user_id = :user_id AND deleted_at IS NULL;
+-- name: list_live_sessions(user_id, before_created_at, before_id, limit, offset)^
+-- A page of the caller's sessions outside the trash, newest first; the cursor is the last row seen.
+-- The list route is the heaviest read, so the query returns the page as the comma-separated
+-- SessionRow objects of the JSON array, exactly as services.chat_sessions.session_json would
+-- make them (same keys; timestamps as services.users.iso writes them), with whether there is
+-- more, the cursor position of the last session shown, and the live total.
+WITH page AS (
+    SELECT c.*, row_number() OVER (ORDER BY c.created_at DESC, c.id DESC) AS n
+    FROM (
+        SELECT * FROM chat_sessions
+        WHERE user_id = :user_id AND deleted_at IS NULL
+          AND (:before_created_at::timestamptz IS NULL OR (created_at, id) < (:before_created_at, :before_id))
+        ORDER BY created_at DESC, id DESC
+        LIMIT :limit + 1 OFFSET :offset
+    ) c
+)
+SELECT coalesce(string_agg((
+           SELECT row_to_json(r) FROM (
+               SELECT p.id, p.user_id AS "userId", p.session_path AS "sessionPath",
+                      p.repository_owner AS "repositoryOwner", p.repository_name AS "repositoryName",
+                      p.user_request AS "userRequest", p.status, p.repository_url AS "repositoryUrl",
+                      p.base_branch AS "baseBranch", p.branch, p.provider,
+                      p.provider_session_id AS "providerSessionId", p.remote_session_id AS "remoteSessionId",
+                      p.remote_web_url AS "remoteWebUrl", p.total_cost AS "totalCost",
+                      p.issue_number AS "issueNumber", p.auto_commit AS "autoCommit", p.locked,
+                      to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "createdAt",
+                      to_char(p.completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "completedAt",
+                      to_char(p.deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "deletedAt",
+                      to_char(p.worker_last_activity AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+                          AS "workerLastActivity"
+           ) r)::text, ',' ORDER BY p.n) FILTER (WHERE p.n <= :limit), '') AS sessions_json,
+       count(*) > :limit AS has_more,
+       max(p.created_at) FILTER (WHERE p.n = :limit) AS last_created_at,
+       max(p.id) FILTER (WHERE p.n = :limit) AS last_id,
+       -- Counted only when the page cannot tell: a first page (no cursor) holding the last session
+       -- has offset + its rows (an InitPlan runs only if its value is used).
+       CASE WHEN :before_created_at::timestamptz IS NULL AND count(*) <= :limit AND (count(*) > 0 OR :offset = 0)
+            THEN :offset + count(*)
+            ELSE (SELECT count(*) FROM chat_sessions WHERE user_id = :user_id AND deleted_at IS NULL)
+       END AS total
+FROM page p;
 
 -- name: list_deleted_sessions(user_id, limit, offset)
 SELECT * FROM chat_sessions

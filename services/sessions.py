@@ -12,7 +12,6 @@ import asyncio
 import base64
 import logging
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -167,10 +166,6 @@ async def create_code_session(ctx: AppContext, user_id: str, body: dict[str, Any
     return session_json(row)
 
 
-# The keys of a SessionRow (services.chat_sessions.session_json), in the list query's column order.
-LIST_KEYS = tuple(session_json(defaultdict(lambda: None)))
-
-
 def _encode_cursor(created_at: datetime, session_id: str) -> str:
     raw = orjson.dumps([created_at.isoformat(), session_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -192,31 +187,23 @@ async def list_sessions(ctx: AppContext, user_id: str, page: Page, cursor: str |
     skip or repeat sessions when new ones are created meanwhile.
     """
     before_created, before_id = _decode_cursor(cursor) if cursor else (None, "")
-    rows = [
-        r
-        async for r in queries.chat_sessions.list_live_sessions(
-            ctx.pool,
-            user_id=user_id,
-            before_created_at=before_created,
-            before_id=before_id,
-            limit=page.limit,
-            offset=page.offset,
-        )
-    ]
-    has_more = len(rows) > page.limit
-    shown = rows[: page.limit]
-    if cursor is None and not has_more and (shown or page.offset == 0):
-        total = page.offset + len(shown)  # this page holds the last session: no count needed
-    else:
-        total = await queries.chat_sessions.count_live_sessions(ctx.pool, user_id=user_id)
+    found = await queries.chat_sessions.list_live_sessions(
+        ctx.pool,
+        user_id=user_id,
+        before_created_at=before_created,
+        before_id=before_id,
+        limit=page.limit,
+        offset=page.offset,
+    )
+    has_more = bool(found["has_more"])
     return {
-        # The query's columns are the SessionRow keys in order (`created_at`, last, is left out by
-        # zip): a dict per row is all that is built here.
-        "sessions": [dict(zip(LIST_KEYS, row, strict=False)) for row in shown],
+        # The query made the SessionRow objects: building them in Python cost this process twice
+        # as much as the rest of the request.
+        "sessions": orjson.Fragment("[" + found["sessions_json"] + "]"),
         # With a cursor the offset does not apply, so `hasMore` is the query's own.
-        **page.fields(total, 0),
+        **page.fields(found["total"], 0),
         "hasMore": has_more,
-        "nextCursor": _encode_cursor(shown[-1]["created_at"], shown[-1]["id"]) if has_more else None,
+        "nextCursor": _encode_cursor(found["last_created_at"], found["last_id"]) if has_more else None,
     }
 
 
