@@ -172,7 +172,7 @@ class LoadBench:
 
     async def append_events(self, sessions: list[str], stop: asyncio.Event) -> None:
         """One event every half second to a random session of the streams."""
-        ctx = SimpleNamespace(pool=self.pool)
+        ctx = SimpleNamespace(pool=self.pool, row_turns=db.RowTurns())
         rng = random.Random(3)
         while not stop.is_set():
             session_id = rng.choice(sessions)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import platform
 import re
 import secrets
@@ -134,6 +135,12 @@ async def close_streams(clients: list[StreamClient]) -> None:
 # ---- the environment ----------------------------------------------------------------------------
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -174,7 +181,7 @@ class Bench:
         database = await fresh_database(self.workdir, "webedt_bench")
         self.pg, self.database_url, self.pg_version = database.server, database.url, database.version
         self.pool = await db.create_pool(self.database_url, 2, 4)
-        self.ctx = SimpleNamespace(pool=self.pool)
+        self.ctx = SimpleNamespace(pool=self.pool, row_turns=db.RowTurns())
 
     def spawn(self) -> Replica:
         replica = spawn_replica(test_env(self.database_url), self.workdir)
@@ -237,6 +244,7 @@ class Bench:
                     await asyncio.sleep(0.002)
 
             await delivered((await publish())[0])  # warm-up: every viewer is live now
+            cpu_before = sum(process_cpu_seconds(r.process.pid) for r in replicas)
             samples: list[float] = []
             last_viewer: list[float] = []
             for _ in range(rounds):
@@ -246,6 +254,8 @@ class Bench:
                 samples += times
                 last_viewer.append(max(times))
                 await asyncio.sleep(0.05)
+            # Heartbeats aside (every 15 s), the servers' CPU here is the fan-out's.
+            cpu = sum(process_cpu_seconds(r.process.pid) for r in replicas) - cpu_before
         finally:
             await close_streams(clients)
         samples.sort()
@@ -257,6 +267,7 @@ class Bench:
             "p99_ms": 1000 * samples[min(len(samples) - 1, int(len(samples) * 0.99))],
             "max_ms": 1000 * samples[-1],
             "last_viewer_p50_ms": 1000 * statistics.median(last_viewer),
+            "server_cpu_ms_per_event": 1000 * cpu / rounds,
         }
 
     async def idle_streams(self, replica: Replica, count: int, user_id: str, cookie: str) -> dict:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import tornado.web
 
-from handlers import admin, auth, execute, github, health, metrics, openapi, runs, sessions, streams, user
+from handlers import admin, auth, execute, github, health, metrics, openapi, runs, sessions, stream_routes, user
 from handlers.base import NotFoundHandler, log_request
 from services.context import AppContext
 
 # Each path belongs to one handler class (one module), so the order here changes no answer.
-ROUTE_MODULES = [health, metrics, openapi, auth, user, streams, execute, runs, sessions, admin, github]
+ROUTE_MODULES = [health, metrics, openapi, auth, user, stream_routes, execute, runs, sessions, admin, github]
 
 
 def make_app(ctx: AppContext) -> tornado.web.Application:

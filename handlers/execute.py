@@ -14,13 +14,13 @@ import logging
 from tornado.httputil import HTTPHeaders
 
 from handlers.base import authenticated
-from handlers.stream import SSEHandler
+from handlers.sse_base import SSEHandler
 from services.agents import execute
 from services.errors import ServiceError
+from services.subscriber import ENDS_WITH_COMPLETED, StopReason
 
 log = logging.getLogger("webedt.execute")
 
-ENDS_WITH_COMPLETED = frozenset({"not_running", "run_ended"})
 QUERY_PARAMETERS = ("userRequest", "websiteSessionId", "github", "lastEventId")
 CROSS_SITE = "Cross-site requests cannot start a run"
 NOT_EVENT_SOURCE = "A run can be started by GET only from an EventSource (Accept: text/event-stream)"
@@ -56,7 +56,7 @@ class ExecuteRemoteHandler(SSEHandler):
     async def start_and_stream(self, params: execute.ExecuteParams) -> None:
         plan = await execute.begin(self.ctx, self.user.id, params)
         await self.open_stream()
-        reason = "error"
+        reason = StopReason.ERROR
         try:
             if plan.preview is not None:
                 await self.send("input_preview", plan.preview, plan.preview_id)

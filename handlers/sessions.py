@@ -1,6 +1,6 @@
 """/api/sessions: create, list, read, rename, trash and restore chat sessions (CONTRACT.md 1.6).
 
-The streams (/updates, /:id/events/stream, /:id/stream) live in handlers/streams.py and the run routes
+The streams (/updates, /:id/events/stream, /:id/stream) live in handlers/stream_routes.py and the run routes
 (/:id/send, /:id/interrupt, /:id/abort) in handlers/runs.py. The legacy worker-status callback is
 retired: nothing answers it but the 404 of unknown paths.
 """

@@ -58,7 +58,12 @@ SELECT coalesce(string_agg((
        count(*) > :limit AS has_more,
        max(p.created_at) FILTER (WHERE p.n = :limit) AS last_created_at,
        max(p.id) FILTER (WHERE p.n = :limit) AS last_id,
-       (SELECT count(*) FROM chat_sessions WHERE user_id = :user_id AND deleted_at IS NULL) AS total
+       -- Counted only when the page cannot tell: a first page (no cursor) holding the last session
+       -- has offset + its rows (an InitPlan runs only if its value is used).
+       CASE WHEN :before_created_at::timestamptz IS NULL AND count(*) <= :limit AND (count(*) > 0 OR :offset = 0)
+            THEN :offset + count(*)
+            ELSE (SELECT count(*) FROM chat_sessions WHERE user_id = :user_id AND deleted_at IS NULL)
+       END AS total
 FROM page p;
 
 -- name: list_deleted_sessions(user_id, limit, offset)

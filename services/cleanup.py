@@ -17,6 +17,9 @@ one, never one whose lease is fresh):
 
 Finishing takes the session's lease first with a conditional UPDATE, so a replica that adopted
 the run meanwhile keeps it and the cleanup leaves it alone. One replica leads each cycle.
+
+The same pass deletes what has expired elsewhere: login sessions, positions of fetched histories
+(services/fetched_history.py) and session-list announcements (services/session_list.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from services import fetched_history, locks
+from services import fetched_history, locks, session_list
 from services.agents.backend import UpstreamError
 from services.agents.ending import Outcome, end_run, local_status
 from services.agents.events import fetch_all_events, session_cost, stored_event
@@ -125,6 +128,8 @@ async def run_once(ctx: AppContext) -> dict[str, int] | None:
         # Expired login sessions are refused when presented; this keeps them from piling up.
         await queries.auth_sessions.delete_expired_auth_sessions(ctx.pool)
         await fetched_history.prune(ctx)
+        # Session-list announcements older than an hour are past any reconnect's Last-Event-ID.
+        await session_list.prune(ctx)
         for row in rows:
             try:
                 totals[await handle_orphan(ctx, row)] += 1

@@ -12,9 +12,11 @@ pool release runs `UNLISTEN *`) on four channels:
 
 A notification only marks a topic dirty. The topic's worker then reads the new rows after the
 topic's cursor, once per process per wake-up however many subscribers there are, encodes each
-event once into its SSE frame, and appends the shared bytes to every subscriber's bounded
-queue. A subscriber whose queue overflows is dropped (its stream ends; the client reconnects
-with Last-Event-ID and loses nothing), so a slow reader never slows the others.
+event once into its SSE frame, and hands the shared bytes to every subscriber: written straight
+to a live stream that waits idle, else appended to its bounded queue (services/subscriber.py).
+A subscriber too far behind (its queue, or its frames not yet flushed, over the limit) is
+dropped (its stream ends; the client reconnects with Last-Event-ID and loses nothing), so a
+slow reader never slows the others.
 
 Ordering: a subscriber registers first and then replays from the table. Rows the hub had read
 before the registration are in that replay; rows it reads afterwards reach the queue; the
@@ -34,19 +36,21 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
-import orjson
 
 from services import event_log, login_cache, session_list
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS, database_outage, queries
 from services.logs import detached_context
+from services.sse import announcement_frame, stored_event_frame
+from services.subscriber import EventFrame, StatusChange, StopReason, Subscriber
 
 log = logging.getLogger("webedt.hub")
+
+T = TypeVar("T", bound="_Topic")
 
 # Frames a subscriber may have queued before it is dropped. Generous: a viewer that is this far
 # behind reconnects and replays from the table faster than it would drain the queue.
@@ -54,135 +58,13 @@ DEFAULT_QUEUE_LIMIT = 2000
 READ_BATCH = 500
 PING_INTERVAL_SECONDS = 10.0
 PING_TIMEOUT_SECONDS = 5.0
-PRUNE_INTERVAL_SECONDS = 60.0
 RECONNECT_MAX_DELAY_SECONDS = 5.0
-
-
-# ---- SSE encoding (shared with handlers/stream.py) ----------------------------------------------
-
-
-def event_name(value: Any) -> bytes | None:
-    """An SSE event name from an event's `type`: a non-empty string without line breaks."""
-    if not isinstance(value, str) or not value or "\n" in value or "\r" in value:
-        return None
-    return value.encode()
-
-
-def sse_frame(data: bytes, event: bytes | None = None, event_id: int | None = None) -> bytes:
-    """One SSE frame: optional `id:` and `event:` lines, one `data:` line, a blank line.
-
-    `data` must be single-line JSON (orjson never emits raw line breaks).
-    """
-    head = b""
-    if event_id is not None:
-        head = b"id: %d\n" % event_id
-    if event is not None:
-        head += b"event: " + event + b"\n"
-    return head + b"data: " + data + b"\n\n"
-
-
-def event_frame(event_id: int, event_data: Any, original_timestamp: str | None = None) -> bytes:
-    """The frame of a stored event, named by its `type`, with `id:` = events.id.
-
-    With `original_timestamp` it is a replayed frame: the data gains `_replayed: true` and
-    `_originalTimestamp` (CONTRACT.md 4.1).
-    """
-    payload = event_data
-    if original_timestamp is not None and isinstance(event_data, dict):
-        payload = {**event_data, "_replayed": True, "_originalTimestamp": original_timestamp}
-    name = event_name(event_data.get("type")) if isinstance(event_data, dict) else None
-    return sse_frame(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), name, event_id)
-
-
-_REPLAY_KEYS = (b'"_replayed"', b'"_originalTimestamp"')
-
-
-def stored_event_frame(row: Any, original_timestamp: str | None = None) -> bytes:
-    """`event_frame` of a row of `event_log.read_texts_after`, from its stored JSON text, which is
-    embedded as it is (no decoding and re-encoding: the same JSON, in PostgreSQL's spacing)."""
-    data: bytes = row["event_json"].encode()
-    if original_timestamp is not None and data.startswith(b"{"):
-        if any(key in data for key in _REPLAY_KEYS):
-            # The event has such a key already: the dict merge replaces it in its place.
-            return event_frame(row["id"], orjson.loads(data), original_timestamp)
-        extra = b'"_replayed": true, "_originalTimestamp": ' + orjson.dumps(original_timestamp) + b"}"
-        data = data[:-1] + (extra if data == b"{}" else b", " + extra)
-    name = row["type"]
-    return sse_frame(data, event_name(name) if name is not None else None, row["id"])
-
-
-# ---- queue items and subscribers ----------------------------------------------------------------
-
-
-class EventFrame:
-    """A stored event (or announcement) ready to write: its id and its encoded frame."""
-
-    __slots__ = ("data", "id")
-
-    def __init__(self, event_id: int, data: bytes) -> None:
-        self.id = event_id
-        self.data = data
-
-
-class StatusChange:
-    """The session row changed; `status` is the row's status after the change (None: row gone)."""
-
-    __slots__ = ("status",)
-
-    def __init__(self, status: str | None) -> None:
-        self.status = status
-
-
-class Subscriber:
-    """One stream's place in the hub: a bounded queue and the coroutine waiting on it."""
-
-    __slots__ = ("items", "key", "limit", "needs_seed", "on_drop", "reason", "user_id", "waiter")
-
-    def __init__(self, key: str, user_id: str | None, limit: int, needs_seed: bool) -> None:
-        self.key = key
-        self.user_id = user_id
-        self.limit = limit
-        self.needs_seed = needs_seed
-        self.items: list[EventFrame | StatusChange] = []
-        self.waiter: asyncio.Future[None] | None = None
-        # Why the subscription ended ("client_gone", "overflow", "draining", "lifetime"), or None.
-        self.reason: str | None = None
-        # Called once when the hub drops this subscriber for overflow (the handler closes its socket).
-        self.on_drop: Callable[[], None] | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.reason is not None
-
-    def push(self, items: list[Any]) -> bool:
-        """Queue shared items; False when that would overflow the queue."""
-        if self.reason is not None:
-            return True
-        if len(self.items) + len(items) > self.limit:
-            return False
-        self.items.extend(items)
-        self.wake()
-        return True
-
-    def take(self) -> list[EventFrame | StatusChange]:
-        items, self.items = self.items, []
-        return items
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def close(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        self.wake()
 
 
 class _Topic:
     """Subscribers that read the same rows, the position read so far, and the reading task."""
 
-    __slots__ = ("cursor", "dirty", "key", "status_dirty", "subscribers", "worker")
+    __slots__ = ("cursor", "dirty", "key", "status_dirty", "worker")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -190,13 +72,36 @@ class _Topic:
         self.dirty = False
         self.status_dirty = False
         self.worker: asyncio.Task[None] | None = None
-        # Session topics: a set of subscribers. The session-list topic: user id -> set.
-        self.subscribers: Any = set() if key else {}
 
     def __len__(self) -> int:
-        if isinstance(self.subscribers, set):
-            return len(self.subscribers)
-        return sum(len(group) for group in self.subscribers.values())
+        raise NotImplementedError
+
+
+class _SessionTopic(_Topic):
+    """The streams of one chat session."""
+
+    __slots__ = ("subscribers",)
+
+    def __init__(self, chat_session_id: str) -> None:
+        super().__init__(chat_session_id)
+        self.subscribers: set[Subscriber] = set()
+
+    def __len__(self) -> int:
+        return len(self.subscribers)
+
+
+class _ListTopic(_Topic):
+    """The session-list streams of every person on this process (one table, one cursor), by
+    person: an announcement goes only to its person's streams."""
+
+    __slots__ = ("by_user",)
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.by_user: dict[str, set[Subscriber]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self.by_user.values())
 
 
 # ---- the hub ------------------------------------------------------------------------------------
@@ -216,8 +121,8 @@ class Hub:
         self.queue_limit = queue_limit
         self.ping_interval = ping_interval
         self.stopping = False
-        self._sessions: dict[str, _Topic] = {}
-        self._list = _Topic("")
+        self._sessions: dict[str, _SessionTopic] = {}
+        self._list = _ListTopic()
         self._session_subscribers = 0
         self._list_subscribers = 0
         self._conn: asyncpg.Connection | None = None
@@ -239,22 +144,20 @@ class Hub:
             await asyncio.wait_for(self._connected.wait(), wait_seconds)
 
     def end_list_streams(self) -> None:
-        """End the session-list streams ("draining"): a bare EventSource reconnects them to another
+        """End the session-list streams (draining): a bare EventSource reconnects them to another
         replica. Streams of sessions stay, fed until their runs end or the hub stops."""
-        for group in list(self._list.subscribers.values()):
+        for group in list(self._list.by_user.values()):
             for sub in list(group):
-                self._remove(sub, "draining")
+                self._remove(sub, StopReason.DRAINING)
 
     async def stop(self) -> None:
-        """End every subscription ("draining": the streams close and clients reconnect
+        """End every subscription (draining: the streams close and clients reconnect
         elsewhere), then close the LISTEN connection and stop the readers."""
         self.stopping = True
         for topic in list(self._sessions.values()):
             for sub in list(topic.subscribers):
-                self._remove(sub, "draining")
-        for group in list(self._list.subscribers.values()):
-            for sub in list(group):
-                self._remove(sub, "draining")
+                self._remove(sub, StopReason.DRAINING)
+        self.end_list_streams()
         # Let the woken streams write their last bytes before the listener goes away.
         await asyncio.sleep(0)
         if self._supervisor is not None:
@@ -294,11 +197,11 @@ class Hub:
         from the table, then call `caught_up` with the last id the replay read."""
         if self.stopping:
             sub = Subscriber(chat_session_id, None, 0, needs_seed=False)
-            sub.close("draining")
+            sub.close(StopReason.DRAINING)
             return sub
         topic = self._sessions.get(chat_session_id)
         if topic is None:
-            topic = self._sessions[chat_session_id] = _Topic(chat_session_id)
+            topic = self._sessions[chat_session_id] = _SessionTopic(chat_session_id)
         sub = Subscriber(chat_session_id, None, limit or self.queue_limit, needs_seed=topic.cursor is None)
         topic.subscribers.add(sub)
         self._session_subscribers += 1
@@ -308,9 +211,9 @@ class Hub:
         """Register for a person's session-list announcements (same protocol as above)."""
         sub = Subscriber("", user_id, limit or self.queue_limit, needs_seed=self._list.cursor is None)
         if self.stopping:
-            sub.close("draining")
+            sub.close(StopReason.DRAINING)
             return sub
-        self._list.subscribers.setdefault(user_id, set()).add(sub)
+        self._list.by_user.setdefault(user_id, set()).add(sub)
         self._list_subscribers += 1
         return sub
 
@@ -320,7 +223,7 @@ class Hub:
         if not sub.needs_seed or sub.closed:
             return
         sub.needs_seed = False
-        topic = self._list if sub.user_id is not None else self._sessions.get(sub.key)
+        topic: _Topic | None = self._list if sub.user_id is not None else self._sessions.get(sub.key)
         if topic is None:
             return
         if topic.cursor is None:
@@ -332,21 +235,22 @@ class Hub:
             topic.dirty = True
         self._kick(topic)
 
-    def unsubscribe(self, sub: Subscriber, reason: str = "client_gone") -> None:
-        """Leave the hub (idempotent) and wake the stream's coroutine."""
+    def unsubscribe(self, sub: Subscriber, reason: StopReason = StopReason.CLIENT_GONE) -> None:
+        """Leave the hub (idempotent) and wake the stream's coroutine. Streams leave through their
+        subscription's `close` (services/subscriber.py), which calls this."""
         self._remove(sub, reason)
 
-    def _remove(self, sub: Subscriber, reason: str) -> None:
+    def _remove(self, sub: Subscriber, reason: StopReason) -> None:
         already_closed = sub.closed
         sub.close(reason)
         if sub.user_id is not None:
-            group = self._list.subscribers.get(sub.user_id)
+            group = self._list.by_user.get(sub.user_id)
             if group is not None and sub in group:
                 group.discard(sub)
                 self._list_subscribers -= 1
                 if not group:
-                    del self._list.subscribers[sub.user_id]
-                if not self._list.subscribers:
+                    del self._list.by_user[sub.user_id]
+                if not self._list.by_user:
                     self._list.cursor = None
             return
         topic = self._sessions.get(sub.key)
@@ -355,7 +259,7 @@ class Hub:
             self._session_subscribers -= 1
             if not topic.subscribers:
                 del self._sessions[sub.key]
-        if not already_closed and reason == "overflow":
+        if not already_closed and reason is StopReason.OVERFLOW:
             self.dropped += 1
 
     # ---- notifications --------------------------------------------------------------------------
@@ -389,7 +293,7 @@ class Hub:
             if topic is not None:
                 topic.status_dirty = True
                 self._kick(topic)
-        elif channel == session_list.LIST_CHANNEL and payload in self._list.subscribers:
+        elif channel == session_list.LIST_CHANNEL and payload in self._list.by_user:
             self._list.dirty = True
             self._kick(self._list)
 
@@ -398,7 +302,7 @@ class Hub:
         for topic in self._sessions.values():
             topic.dirty = topic.status_dirty = True
             self._kick(topic)
-        if self._list.subscribers:
+        if self._list.by_user:
             self._list.dirty = True
             self._kick(self._list)
 
@@ -408,14 +312,15 @@ class Hub:
             return
         if not (topic.dirty or topic.status_dirty) or not len(topic):
             return
-        reader = self._read_list if topic is self._list else self._read_session
-        topic.worker = asyncio.create_task(
-            self._run(topic, reader), name=f"hub-read-{topic.key or 'list'}", context=detached_context()
-        )
+        if isinstance(topic, _SessionTopic):
+            work = self._run(topic, self._read_session)
+        else:
+            work = self._run(self._list, self._read_list)
+        topic.worker = asyncio.create_task(work, name=f"hub-read-{topic.key or 'list'}", context=detached_context())
 
     # ---- readers --------------------------------------------------------------------------------
 
-    async def _run(self, topic: _Topic, reader: Callable[[_Topic, bool], Any]) -> None:
+    async def _run(self, topic: T, reader: Callable[[T, bool], Awaitable[None]]) -> None:
         delay = 0.05
         try:
             while (topic.dirty or topic.status_dirty) and len(topic) and not self.stopping:
@@ -439,7 +344,7 @@ class Hub:
         # No await since the loop test: a wake-up that arrived meanwhile is still pending here.
         self._kick(topic)
 
-    async def _read_session(self, topic: _Topic, status_wanted: bool) -> None:
+    async def _read_session(self, topic: _SessionTopic, status_wanted: bool) -> None:
         # Events first: everything committed before the status change is delivered before it.
         while topic.cursor is not None and len(topic):
             start = topic.cursor
@@ -450,24 +355,23 @@ class Hub:
                 self.frames_encoded += len(frames)
                 if not rewound:
                     topic.cursor = rows[-1]["id"]
-                self._dispatch(list(topic.subscribers), frames)
+                self._dispatch_frames(list(topic.subscribers), frames)
             if not rewound and len(rows) < READ_BATCH:
                 break
         if status_wanted and len(topic):
             status = await event_log.session_status(self.ctx, topic.key)
             self._dispatch(list(topic.subscribers), [StatusChange(status)])
 
-    async def _read_list(self, topic: _Topic, _status_wanted: bool) -> None:
-        while topic.cursor is not None and topic.subscribers:
+    async def _read_list(self, topic: _ListTopic, _status_wanted: bool) -> None:
+        while topic.cursor is not None and topic.by_user:
             start = topic.cursor
             rows = await session_list.read_after(self.ctx, start, READ_BATCH)
             for row in rows:
-                group = topic.subscribers.get(row["user_id"])
+                group = topic.by_user.get(row["user_id"])
                 if group:
-                    data = orjson.dumps(session_list.frame_data(row), option=orjson.OPT_NON_STR_KEYS)
-                    frame = EventFrame(row["id"], sse_frame(data, row["kind"].encode(), row["id"]))
+                    frame = EventFrame(row["id"], announcement_frame(row, session_list.frame_data(row)))
                     self.frames_encoded += 1
-                    self._dispatch(list(group), [frame])
+                    self._dispatch_frames(list(group), [frame])
             if topic.cursor != start:
                 continue  # rewound by a late subscriber while reading: read the gap again
             if rows:
@@ -475,13 +379,21 @@ class Hub:
             if len(rows) < READ_BATCH:
                 break
 
+    def _dispatch_frames(self, subscribers: list[Subscriber], frames: list[EventFrame]) -> None:
+        """New frames to every subscriber (one joined chunk, shared by the direct writes)."""
+        joined = frames[0].data if len(frames) == 1 else b"".join(frame.data for frame in frames)
+        now = asyncio.get_running_loop().time()
+        self._drop([sub for sub in subscribers if not sub.deliver(frames, joined, now)])
+
     def _dispatch(self, subscribers: list[Subscriber], items: list[Any]) -> None:
-        overflowed = [sub for sub in subscribers if not sub.push(items)]
+        self._drop([sub for sub in subscribers if not sub.push(items)])
+
+    def _drop(self, overflowed: list[Subscriber]) -> None:
         for sub in overflowed:
-            log.info("dropping a subscriber of %s: its queue is full", sub.key or "the session list")
-            self._remove(sub, "overflow")
-            if sub.on_drop is not None:
-                sub.on_drop()
+            log.info("dropping a subscriber of %s: it is too far behind", sub.key or "the session list")
+            self._remove(sub, StopReason.OVERFLOW)
+            if sub.sink is not None:
+                sub.sink.dropped()
 
     # ---- the LISTEN connection ------------------------------------------------------------------
 
@@ -507,7 +419,6 @@ class Hub:
 
     async def _supervise(self) -> None:
         delay = 0.1
-        last_prune = 0.0
         while not self.stopping:
             try:
                 conn, lost = await self._connect()
@@ -541,9 +452,6 @@ class Hub:
                         # Any of these (InternalClientError too) would otherwise end the
                         # supervisor, and with it every live stream of this replica.
                         break
-                    if time.monotonic() - last_prune > PRUNE_INTERVAL_SECONDS:
-                        last_prune = time.monotonic()
-                        await self._prune()
             finally:
                 self.ctx.login_cache.set_live(False)
                 self._connected.clear()
@@ -553,9 +461,3 @@ class Hub:
                     conn.terminate()
             if not self.stopping:
                 database_outage.failed("hub", "LISTEN connection lost")
-
-    async def _prune(self) -> None:
-        try:
-            await session_list.prune(self.ctx)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.info("pruning session-list announcements failed: %s", exc.__class__.__name__)

@@ -4,7 +4,8 @@ A NOTIFY payload is limited to 8000 bytes and is lost while a replica's LISTEN c
 down, so an announcement is a row in `session_announcements` (migration 0002) and the NOTIFY
 on `webedt_session_list` carries only the user id. Each replica's hub reads new rows once per
 wake-up, catches up from the table after a reconnect, and a viewer that reconnects with
-`Last-Event-ID` (the row id) is sent what it missed. Rows are pruned after an hour.
+`Last-Event-ID` (the row id) is sent what it missed. Rows older than an hour are deleted by the
+orphan cleanup's pass (services/cleanup.py).
 """
 
 from __future__ import annotations

@@ -10,28 +10,155 @@ while the replay runs is either in the replay or in the queue (appends to one se
 visible in id order, see services/event_log.py), and skipping ids at or below the last one sent
 means nothing is sent twice.
 
-A subscription ends when the hub ends it (`reason`: "client_gone", "lifetime", "overflow",
-"draining", set by whoever unsubscribes it), when the hub stops ("draining"), or, for a session
-followed `until_run_ends`, when the session is not or no longer running ("not_running",
-"run_ended": only these two are followed by `completed`). Model: Mercure's LocalSubscriber, whose
-history dispatch and live queue meet in one `Receive()`.
+**Live frames go straight to the stream.** While a live stream's coroutine waits with an empty
+queue, the hub writes new frames itself to the stream's `LiveSink` (the SSE handler), under the
+same rule (ids above the last one sent), without waking the coroutine: one shared chunk per
+batch, written to each stream in turn (a thousand viewers are a thousand socket writes, not a
+thousand coroutine wake-ups). Everything else (a replay still running, frames queued while the
+coroutine writes, a status change) goes through the queue, in order: once anything is queued,
+the hub queues behind it until the coroutine has emptied the queue and waits again.
+
+A subscription ends (`StopReason`) when its stream closes it (`close(reason)`: the client went
+away, the stream's lifetime is over), when the hub drops it (its queue overflowed), when the hub
+stops (draining), or, for a session followed `until_run_ends`, when the session is not or no
+longer running (only these last two are followed by `completed`: `ENDS_WITH_COMPLETED`). Only
+the subscription leaves the hub. Model: Mercure's LocalSubscriber, whose history dispatch and
+live queue meet in one `Receive()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-
-import orjson
+from typing import Any, Protocol
 
 from services import event_log, session_list
 from services.clock import now_iso
 from services.context import AppContext
-from services.hub import EventFrame, StatusChange, Subscriber, sse_frame, stored_event_frame
+from services.sse import announcement_frame, json_frame, stored_event_frame
 
 REPLAY_BATCH = 500
+
+
+class StopReason(enum.StrEnum):
+    """Why a subscription (and the stream writing it) ended."""
+
+    CLIENT_GONE = "client_gone"  # the client hung up
+    LIFETIME = "lifetime"  # STREAM_LIFETIME_SECONDS is over
+    OVERFLOW = "overflow"  # the hub dropped it: its queue was full (the client reconnects)
+    DRAINING = "draining"  # the hub stops (the process ends)
+    FINISHED = "finished"  # the stream's own code left the hub (its writing loop ended)
+    NOT_RUNNING = "not_running"  # followed until its run ends, and the session was not running
+    RUN_ENDED = "run_ended"  # followed until its run ends, and the run ended
+    ERROR = "error"  # the route failed after its headers were sent
+
+
+# The reasons after which a stream sends `completed` (the others end it without, so a client
+# reconnects with its Last-Event-ID).
+ENDS_WITH_COMPLETED = frozenset({StopReason.NOT_RUNNING, StopReason.RUN_ENDED})
+
+
+# ---- what the hub queues, and a stream's place in the hub ----------------------------------------
+
+
+class EventFrame:
+    """A stored event (or announcement) ready to write: its id and its encoded frame."""
+
+    __slots__ = ("data", "id")
+
+    def __init__(self, event_id: int, data: bytes) -> None:
+        self.id = event_id
+        self.data = data
+
+
+class StatusChange:
+    """The session row changed; `status` is the row's status after the change (None: row gone)."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: str | None) -> None:
+        self.status = status
+
+
+class LiveSink(Protocol):
+    """Where the hub writes a live stream's frames directly (the SSE handler)."""
+
+    def write_live(self, chunk: bytes, frames: int, now: float, limit: int) -> bool:
+        """Write and start flushing `chunk` (`frames` frames); False, writing nothing, when the
+        frames so written and not flushed yet would then be more than `limit` (overflow)."""
+        ...
+
+    def dropped(self) -> None:
+        """The hub dropped the stream (too far behind): cut its connection."""
+        ...
+
+
+class Subscriber:
+    """One stream's place in the hub: a bounded queue, the coroutine waiting on it, the last id
+    sent and where live frames go. The hub keeps it in its topic; only the stream's subscription
+    (below) reads it or takes it out."""
+
+    __slots__ = ("items", "key", "last_id", "limit", "needs_seed", "reason", "sink", "user_id", "waiter")
+
+    def __init__(self, key: str, user_id: str | None, limit: int, needs_seed: bool) -> None:
+        self.key = key
+        self.user_id = user_id
+        self.limit = limit
+        self.needs_seed = needs_seed
+        self.items: list[EventFrame | StatusChange] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.last_id = 0  # the newest id sent to the stream
+        # Why the subscription ended, or None while it lasts.
+        self.reason: StopReason | None = None
+        # The stream's writer: takes live frames while `waiter` is pending; told when dropped.
+        self.sink: LiveSink | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.reason is not None
+
+    def deliver(self, frames: list[EventFrame], joined: bytes, now: float) -> bool:
+        """New frames (`joined`: their bytes, shared by every subscriber of the batch): written
+        straight to the sink while the coroutine waits idle, else queued. False on overflow."""
+        waiter = self.waiter
+        if self.sink is None or waiter is None or waiter.done() or self.reason is not None:
+            return self.push(frames)
+        last_id = self.last_id
+        if frames[0].id > last_id:
+            chunk, count = joined, len(frames)
+        else:
+            fresh = [frame.data for frame in frames if frame.id > last_id]
+            if not fresh:
+                return True
+            chunk, count = b"".join(fresh), len(fresh)
+        self.last_id = frames[-1].id
+        return self.sink.write_live(chunk, count, now, self.limit)
+
+    def push(self, items: list[Any]) -> bool:
+        """Queue shared items; False when that would overflow the queue."""
+        if self.reason is not None:
+            return True
+        if len(self.items) + len(items) > self.limit:
+            return False
+        self.items.extend(items)
+        self.wake()
+        return True
+
+    def take(self) -> list[EventFrame | StatusChange]:
+        items, self.items = self.items, []
+        return items
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.wake()
 
 
 class Mark(enum.Enum):
@@ -63,27 +190,35 @@ class _Subscription:
     One async generator per stream, with no generator or coroutine nested in it while it waits:
     a process holds thousands of idle streams, and each suspended frame costs memory."""
 
-    __slots__ = ("ctx", "last_id", "reason", "replaying", "sub")
+    __slots__ = ("ctx", "reason", "replaying", "sub")
 
     def __init__(self, ctx: AppContext, sub: Subscriber) -> None:
         self.ctx = ctx
         self.sub = sub
-        self.last_id = 0  # the newest id yielded
         self.replaying = True  # until a replay read comes back short
-        self.reason: str | None = None
+        self.reason: StopReason | None = None
 
     @property
-    def hub_subscriber(self) -> Subscriber:
-        return self.sub
+    def last_id(self) -> int:
+        """The newest id sent (kept on the hub's subscriber, which writes live frames too)."""
+        return self.sub.last_id
 
-    def close(self) -> None:
-        """Leave the hub without having read (the stream ended before it began)."""
+    @last_id.setter
+    def last_id(self, value: int) -> None:
+        self.sub.last_id = value
+
+    def close(self, reason: StopReason = StopReason.FINISHED) -> None:
+        """Leave the hub (idempotent); a waiting `frames()` wakes and ends with `reason`. The one
+        way out of the hub: streams call it when their client goes or their lifetime is over."""
         if self.ctx.hub is not None:
-            self.ctx.hub.unsubscribe(self.sub, "finished")
+            self.ctx.hub.unsubscribe(self.sub, reason)
+        else:
+            self.sub.close(reason)
 
-    def on_drop(self, callback: Callable[[], None]) -> None:
-        """Called if the hub drops this subscription because its queue overflowed."""
-        self.sub.on_drop = callback
+    def attach(self, sink: LiveSink) -> None:
+        """The stream that writes this subscription: the hub writes live frames to it directly
+        while `frames()` waits idle, and tells it when it drops the subscription (overflow)."""
+        self.sub.sink = sink
 
     async def frames(self, after_id: int) -> AsyncGenerator[bytes | Mark, None]:
         """Encoded frames (a batch per item) and the marks between them; when it ends, `reason`
@@ -108,7 +243,8 @@ class _Subscription:
                     if chunk:
                         yield chunk
                     continue
-                # Waiting inline (not in Subscriber.wait) keeps an idle stream's frames few.
+                # Waiting inline (not in Subscriber.wait) keeps an idle stream's frames few. While
+                # it waits with an empty queue, the hub writes live frames to the sink itself.
                 sub.waiter = loop.create_future()
                 try:
                     await sub.waiter
@@ -131,16 +267,16 @@ class _Subscription:
         return b"".join(parts)
 
     def _leave(self) -> None:
-        if self.ctx.hub is not None:
-            self.ctx.hub.unsubscribe(self.sub, "finished")
+        self.close(StopReason.FINISHED)
         if self.reason is None:
-            self.reason = self.sub.reason if self.sub.reason not in (None, "finished") else "client_gone"
+            reason = self.sub.reason
+            self.reason = reason if reason not in (None, StopReason.FINISHED) else StopReason.CLIENT_GONE
 
     def _stopped(self) -> bool:
         if self.sub.reason is not None:
             self.reason = self.sub.reason
         elif self.ctx.hub is None or self.ctx.hub.stopping:
-            self.reason = "draining"
+            self.reason = StopReason.DRAINING
         return self.reason is not None
 
     # ---- what differs between a session and the session list ------------------------------------
@@ -203,7 +339,7 @@ class SessionSubscription(_Subscription):
             "message": "The requested event is not in this session's history; replaying it from the start",
             "timestamp": now_iso(),
         }
-        return sse_frame(orjson.dumps(data), b"history_reset")
+        return json_frame(data, b"history_reset")
 
     async def _replay_chunk(self) -> bytes:
         ctx, replay = self.ctx, self.replay
@@ -229,14 +365,14 @@ class SessionSubscription(_Subscription):
         assert self.replay is not None
         if self.until_run_ends and self.replay.status != "running":
             self.replay.final_status = self.replay.status
-            self.reason = "not_running"
+            self.reason = StopReason.NOT_RUNNING
             return [Mark.REPLAY_END]
         return [Mark.REPLAY_END, Mark.LIVE]
 
     def _ends_run(self, status: str | None) -> bool:
         if not self.until_run_ends or status == "running":
             return False
-        self.reason = "run_ended"
+        self.reason = StopReason.RUN_ENDED
         if self.replay is not None:
             self.replay.final_status = status
         return True
@@ -271,11 +407,4 @@ class ListSubscription(_Subscription):
         if not rows:
             return b""
         self.position = rows[-1]["id"]
-        return b"".join(
-            sse_frame(
-                orjson.dumps(session_list.frame_data(row), option=orjson.OPT_NON_STR_KEYS),
-                row["kind"].encode(),
-                row["id"],
-            )
-            for row in rows
-        )
+        return b"".join(announcement_frame(row, session_list.frame_data(row)) for row in rows)

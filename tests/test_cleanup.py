@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services import cleanup, event_log, locks
+from services import cleanup, event_log, locks, session_list
 from tests.fakes.claude import FakeClaude, running_fake_claude
 from tests.helpers import TestServer, register, start_app, test_env
 from tests.test_sync import FAR_FUTURE_MS, fresh_database, remote_session, wait_for
@@ -193,3 +193,17 @@ async def test_expired_fetched_positions_are_pruned(setup: Setup) -> None:
         "SELECT chat_session_id FROM fetched_histories WHERE chat_session_id = ANY($1::text[])", sessions
     )
     assert [r["chat_session_id"] for r in left] == [fresh]
+
+
+async def test_old_session_list_announcements_are_pruned(setup: Setup) -> None:
+    ctx, user_id = setup.server.ctx, setup.user["id"]
+    before = await session_list.last_id(ctx)
+    await session_list.announce(ctx, user_id, "updated", {"id": "s-old", "title": "old"})
+    await session_list.announce(ctx, user_id, "updated", {"id": "s-new", "title": "new"})
+    high = await session_list.last_id(ctx)
+    await ctx.pool.execute(
+        "UPDATE session_announcements SET created_at = now() - interval '2 hours' WHERE id = $1", before + 1
+    )
+    await cleanup.run_once(ctx)
+    left = await session_list.read_for_user(ctx, user_id, before, high, 10)
+    assert [r["session"]["id"] for r in left] == ["s-new"]

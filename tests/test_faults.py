@@ -187,7 +187,7 @@ class StreamFollower:
     async def _follow(self) -> None:
         while not self.completed:
             # An explicit position from the start (0: everything), so that this viewer is never
-            # taken for a page that has just fetched the history (handlers/streams.py).
+            # taken for a page that has just fetched the history (handlers/stream_routes.py).
             last = self.ids[-1] if self.ids else 0
             try:
                 client = self.clients[self.current]

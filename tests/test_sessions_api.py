@@ -162,6 +162,11 @@ async def test_list_sessions(server: TestServer, client: httpx.AsyncClient) -> N
     page = (await client.get("/api/sessions", params={"limit": 2, "offset": 2})).json()["data"]
     assert [s["id"] for s in page["sessions"]] == [created[2]["id"], created[1]["id"]]
     assert page["total"] == 5 and page["hasMore"] is True and page["limit"] == 2
+    # The last page tells its total itself; one past the end still counts.
+    last = (await client.get("/api/sessions", params={"limit": 2, "offset": 4})).json()["data"]
+    assert [s["id"] for s in last["sessions"]] == [created[0]["id"]] and last["total"] == 5
+    beyond = (await client.get("/api/sessions", params={"limit": 2, "offset": 9})).json()["data"]
+    assert beyond["sessions"] == [] and beyond["total"] == 5 and beyond["hasMore"] is False
 
     # Cursor pages walk the whole list without gaps or repeats, even when sessions are added.
     seen: list[str] = []

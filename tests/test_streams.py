@@ -704,6 +704,30 @@ async def test_an_overflowing_subscriber_is_dropped_and_loses_nothing(
         assert ids_of(await stream.until("completed")) == ids[2:]
 
 
+async def test_live_frames_reach_an_idle_stream_without_waking_it(
+    server: TestServer, client: httpx.AsyncClient, user: dict
+) -> None:
+    """The hub writes a live stream's frames itself (services/subscriber.py): the stream's
+    coroutine, waiting idle, is never woken for them, and each arrives once, in order."""
+    session_id = await new_session(server, user["id"], status="running")
+    hub = server.ctx.hub
+    first = await append(server, session_id, 1)
+    async with open_sse(client, f"/api/sessions/{session_id}/events/stream") as stream:
+        assert int((await stream.next()).id) == first[0]
+        await wait_for(lambda: session_id in hub._sessions)
+        (subscriber,) = hub._sessions[session_id].subscribers
+        await wait_for(lambda: subscriber.waiter is not None)
+        waiter = subscriber.waiter
+        ids: list[int] = []
+        for n in range(3):
+            ids += await append(server, session_id, 2, start=2 * n)
+        assert [int((await stream.next()).id) for _ in ids] == ids
+        assert subscriber.waiter is waiter and not waiter.done()  # never woken
+        assert subscriber.items == []
+        await set_status(server, session_id, "completed")
+        assert ids_of(await stream.until("completed")) == []
+
+
 async def test_a_stream_dropped_for_overflow_ends_and_resumes(
     server: TestServer, client: httpx.AsyncClient, user: dict
 ) -> None:
@@ -819,7 +843,7 @@ async def test_session_list_reconnect_gets_what_it_missed(
         assert (await stream.next()).event == "deleted"
 
 
-# ---- stored events served as their stored text (services/hub.stored_event_frame) -----------------
+# ---- stored events served as their stored text (services/sse.stored_event_frame) -----------------
 
 # Events whose encoding could differ between PostgreSQL's text and orjson: escapes, non-ASCII,
 # numbers, key order, empty objects, a `type` that names no SSE event, keys a replay adds.
@@ -849,7 +873,7 @@ def pairs(data: bytes | str) -> Any:
 
 
 def frame_parts(frame: bytes) -> tuple[str, int, Any]:
-    """(event name, id, data) of one SSE frame as services/hub.event_frame writes it."""
+    """(event name, id, data) of one SSE frame as services/sse.event_frame writes it."""
     fields = dict(line.split(": ", 1) for line in frame.decode().strip("\n").split("\n"))
     return fields.get("event", "message"), int(fields["id"]), pairs(fields["data"])
 
@@ -884,7 +908,7 @@ async def test_history_and_replay_serve_the_same_json_as_before(
     server: TestServer, client: httpx.AsyncClient, user: dict
 ) -> None:
     from services.clock import iso
-    from services.hub import event_frame
+    from services.sse import event_frame
 
     session_id, rows = await tricky_session(server, user["id"], "completed")
     expected = [pairs(orjson.dumps(old_history_event(session_id, row))) for row in rows]
@@ -908,7 +932,7 @@ async def test_history_and_replay_serve_the_same_json_as_before(
 async def test_live_frames_serve_the_same_json_as_before(
     server: TestServer, client: httpx.AsyncClient, user: dict
 ) -> None:
-    from services.hub import event_frame
+    from services.sse import event_frame
 
     session_id = await new_session(server, user["id"], status="running")
     first = await append(server, session_id, 1)

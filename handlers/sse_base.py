@@ -11,11 +11,13 @@
   then ends without `completed`, and a client that reconnects does so with Last-Event-ID.
 - Draining (SIGTERM) does not end a stream: it is fed from the shared log until its run ends, and
   only the hub's stop, when `SHUTDOWN_GRACE_SECONDS` is over, ends what is still open.
-- A client that goes away is noticed by `on_connection_close`, which takes the stream out of
-  the hub and wakes its coroutine at once (not at the next heartbeat).
+- A client that goes away is noticed by `on_connection_close`, which closes the stream's
+  subscription (taking it out of the hub) and wakes its coroutine at once (not at the next
+  heartbeat).
 - `follow_session()` and `follow_session_list()` write what a subscription of
   services/subscriber.py yields (which holds the no-gap, no-duplicate rule), calling the routes'
-  hooks at its marks.
+  hooks at its marks; while the subscription waits idle, the hub writes live frames here itself
+  (`write_live`), flushing them one flush at a time as well.
 """
 
 from __future__ import annotations
@@ -28,14 +30,13 @@ import random
 from collections.abc import Awaitable
 from typing import Any
 
-import orjson
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from handlers.base import APIHandler
-from services.hub import Subscriber, event_name, sse_frame
 from services.metrics import OPEN_STREAMS
-from services.subscriber import ListSubscription, Mark, Replay, SessionSubscription
+from services.sse import event_name, json_frame
+from services.subscriber import ListSubscription, Mark, Replay, SessionSubscription, StopReason
 
 DEFAULT_RETRY_MS = 3000
 
@@ -49,13 +50,18 @@ class SSEHandler(APIHandler):
         super().initialize()
         self.stream_open = False
         self.client_gone = False
-        self.end_reason: str | None = None
+        self.end_reason: StopReason | None = None
         self._requested_id = 0
         # Whether the client named a position at all (`Last-Event-ID: 0` is one: everything).
         self.position_given = False
         self.replay: Replay | None = None
-        self._subscriber: Subscriber | None = None
+        self._subscription: SessionSubscription | ListSubscription | None = None
         self._pending_flush: asyncio.Future[None] | None = None
+        # Frames the hub wrote (write_live) not flushed yet, those in the flush under way, and
+        # whether a callback on the pending flush will flush the rest.
+        self._unflushed = 0
+        self._flushing = 0
+        self._live_chained = False
         self._last_write = 0.0
         self._deadline = 0.0
         # One timer per stream drives both the heartbeat and the lifetime cap.
@@ -105,7 +111,7 @@ class SSEHandler(APIHandler):
         if self.client_gone or self._finished:
             return False
         name = event_name(event) if event is not None else None
-        self.write(sse_frame(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), name, event_id))
+        self.write(json_frame(data, name, event_id))
         return await self.flush_stream()
 
     async def flush_stream(self) -> bool:
@@ -129,16 +135,16 @@ class SSEHandler(APIHandler):
                 self._pending_flush = None
         return not self.client_gone
 
-    async def close_stream(self, reason: str | None = None) -> None:
-        """End the response. After "draining" or "lifetime" the `retry:` hint spreads the
+    async def close_stream(self, reason: StopReason | None = None) -> None:
+        """End the response. After draining or the lifetime cap the `retry:` hint spreads the
         reconnects (a draining replica's viewers should not all arrive elsewhere at once)."""
         self._stop_timers()
         if self._finished:
             return
         if not self.client_gone and self.stream_open:
-            if reason == "draining":
+            if reason is StopReason.DRAINING:
                 self.write(b"retry: %d\n\n" % random.randint(500, 5000))
-            elif reason == "lifetime":
+            elif reason is StopReason.LIFETIME:
                 self.write(b"retry: %d\n\n" % random.randint(100, 1000))
         with contextlib.suppress(StreamClosedError):
             while self._pending_flush is not None and not self._pending_flush.done():
@@ -155,19 +161,66 @@ class SSEHandler(APIHandler):
         if self.stream_open:
             self.stream_open = False
             OPEN_STREAMS.dec()
-        if self._subscriber is not None and self.ctx.hub is not None:
-            self.ctx.hub.unsubscribe(self._subscriber, "finished")
+        if self._subscription is not None:
+            self._subscription.close(StopReason.FINISHED)
 
     def _client_went_away(self) -> None:
         if self.client_gone:
             return
         self.client_gone = True
         self._stop_timers()
-        if self._subscriber is not None and self.ctx.hub is not None:
-            self.ctx.hub.unsubscribe(self._subscriber, "client_gone")
+        if self._subscription is not None:
+            self._subscription.close(StopReason.CLIENT_GONE)
 
-    def _drop_connection(self) -> None:
-        """The hub dropped this stream (its queue overflowed): cut the connection so that even a
+    # ---- live frames written by the hub (services/subscriber.LiveSink) --------------------------
+
+    def write_live(self, chunk: bytes, frames: int, now: float, limit: int) -> bool:
+        """The hub's direct write of live frames (only while the subscription waits idle, so
+        nothing of this stream's own is being written): written and flushed now, or after the
+        flush under way. False, writing nothing, when more than `limit` frames so written would
+        be waiting for their flush (a client that stopped reading)."""
+        if self.client_gone or self._finished:
+            return True
+        if self._unflushed + frames > limit:
+            return False
+        self.write(chunk)
+        self._last_write = now
+        self._unflushed += frames
+        pending = self._pending_flush
+        if pending is None or pending.done():
+            self._flush_live()
+        elif not self._live_chained:
+            self._live_chained = True
+            pending.add_done_callback(self._live_flushed)
+        return True
+
+    def _flush_live(self) -> None:
+        self._flushing = self._unflushed
+        self._live_chained = True
+        future = self.flush()
+        self._pending_flush = future
+        future.add_done_callback(self._live_flushed)
+
+    def _live_flushed(self, future: asyncio.Future[None]) -> None:
+        """A flush under way when live frames came ended: count what it carried, flush the rest."""
+        self._live_chained = False
+        if self._pending_flush is future:
+            self._pending_flush = None
+        if future.cancelled() or future.exception() is not None:
+            self._client_went_away()
+            return
+        self._unflushed -= self._flushing
+        self._flushing = 0
+        if self._unflushed > 0 and not self.client_gone and not self._finished:
+            pending = self._pending_flush
+            if pending is None or pending.done():
+                self._flush_live()
+            else:
+                self._live_chained = True
+                pending.add_done_callback(self._live_flushed)
+
+    def dropped(self) -> None:
+        """The hub dropped this stream (too far behind): cut the connection so that even a
         flush stuck on a client that stopped reading ends; the client reconnects with its last id.
 
         The socket (IOStream) is closed, not the HTTP connection: closing the HTTP1Connection
@@ -213,9 +266,9 @@ class SSEHandler(APIHandler):
 
     def _lifetime_over(self) -> None:
         if self.end_reason is None:
-            self.end_reason = "lifetime"
-        if self._subscriber is not None and self.ctx.hub is not None:
-            self.ctx.hub.unsubscribe(self._subscriber, "lifetime")
+            self.end_reason = StopReason.LIFETIME
+        if self._subscription is not None:
+            self._subscription.close(StopReason.LIFETIME)
 
     # ---- Last-Event-ID ------------------------------------------------------------------------
 
@@ -252,28 +305,26 @@ class SSEHandler(APIHandler):
 
     # ---- following a session ------------------------------------------------------------------
 
-    def _stop_reason(self, sub: Subscriber | None = None) -> str | None:
+    def _stop_reason(self) -> StopReason | None:
         if self.client_gone:
-            return "client_gone"
-        if sub is not None and sub.reason is not None:
-            return sub.reason
+            return StopReason.CLIENT_GONE
         if self.end_reason is not None:
             return self.end_reason
         # Not `ctx.draining`: a draining process keeps its streams fed until the hub stops.
         if self.ctx.hub is None or self.ctx.hub.stopping:
-            return "draining"
+            return StopReason.DRAINING
         return None
 
     def follow_session(
         self, chat_session_id: str, after_id: int, *, until_run_ends: bool = True, all_live: bool = False
-    ) -> Awaitable[str]:
+    ) -> Awaitable[StopReason]:
         """Write a `SessionSubscription` (services/subscriber.py): the session's events after
         `after_id`, then its live events, with the route's hooks at its marks. Every stored event
         is a frame named by its `type` with `id: <events.id>`. With `until_run_ends` it returns
         once the session is not (or no longer) `running`; with `all_live` nothing is `_replayed`.
 
-        Resolves to why it stopped: "not_running", "run_ended", "client_gone", "lifetime",
-        "draining" or "overflow". Only the first two should be followed by `completed`.
+        Resolves to why it stopped (a `StopReason`); only those in `ENDS_WITH_COMPLETED` should
+        be followed by `completed`.
         """
         return self._write_frames(
             SessionSubscription(self.ctx, chat_session_id, until_run_ends=until_run_ends, all_live=all_live), after_id
@@ -282,20 +333,20 @@ class SSEHandler(APIHandler):
     async def on_list_subscribed(self) -> None:
         """Hook: the session-list subscription is registered; nothing is sent yet."""
 
-    def follow_session_list(self, user_id: str, after_id: int) -> Awaitable[str]:
+    def follow_session_list(self, user_id: str, after_id: int) -> Awaitable[StopReason]:
         """Write a `ListSubscription`: the person's session-list announcements after `after_id`
         still kept (a reconnect with Last-Event-ID), then live ones. Resolves to why it stopped."""
         return self._write_frames(ListSubscription(self.ctx, user_id), after_id)
 
-    async def _write_frames(self, subscription: SessionSubscription | ListSubscription, after_id: int) -> str:
+    async def _write_frames(self, subscription: SessionSubscription | ListSubscription, after_id: int) -> StopReason:
         """The one writing loop: each chunk written and flushed, each mark handed to its hook.
         (Awaited directly by the routes' methods, so an idle stream has one frame fewer.)"""
         reason = self._stop_reason()
         if reason is not None:
             subscription.close()
             return reason
-        subscription.on_drop(self._drop_connection)
-        self._subscriber = subscription.hub_subscriber
+        subscription.attach(self)
+        self._subscription = subscription
         frames = subscription.frames(after_id)
         try:
             async for item in frames:
@@ -304,11 +355,11 @@ class SSEHandler(APIHandler):
                     continue
                 self.write(item)
                 if not await self.flush_stream():
-                    return "client_gone"
+                    return StopReason.CLIENT_GONE
         finally:
             await frames.aclose()
-            self._subscriber = None
-        return self._stop_reason() or subscription.reason or "client_gone"
+            self._subscription = None
+        return self._stop_reason() or subscription.reason or StopReason.CLIENT_GONE
 
     async def _on_mark(self, mark: Mark, subscription: SessionSubscription | ListSubscription) -> None:
         if mark is Mark.SUBSCRIBED:

@@ -15,14 +15,12 @@ from typing import Any
 import asyncpg
 
 from handlers.base import SESSION_ID, authenticated
-from handlers.stream import SSEHandler
+from handlers.sse_base import SSEHandler
 from services import event_log, fetched_history
 from services.clock import iso, now_iso
-from services.subscriber import Replay
+from services.subscriber import ENDS_WITH_COMPLETED, Replay, StopReason
 
 log = logging.getLogger("webedt.streams")
-
-ENDS_WITH_COMPLETED = frozenset({"not_running", "run_ended"})
 
 
 class SessionStreamHandler(SSEHandler):
@@ -54,7 +52,7 @@ class SessionEventsStreamHandler(SessionStreamHandler):
             if fetched is not None:
                 after_id, all_live = fetched, True
         await self.open_stream()
-        reason = "error"
+        reason = StopReason.ERROR
         try:
             reason = await self.follow_session(chat_session_id, after_id, all_live=all_live)
             if reason in ENDS_WITH_COMPLETED and self.replay is not None:
@@ -63,7 +61,7 @@ class SessionEventsStreamHandler(SessionStreamHandler):
                     {
                         "websiteSessionId": chat_session_id,
                         "completed": True,
-                        "replayed": reason == "not_running",
+                        "replayed": reason is StopReason.NOT_RUNNING,
                         "status": self.replay.final_status,
                     },
                 )
@@ -83,7 +81,7 @@ class ResumeHandler(SessionStreamHandler):
         self.session_row = row
         chat_session_id = row["id"]
         await self.open_stream()
-        reason = "error"
+        reason = StopReason.ERROR
         try:
             await self.send(None, submission_preview(row))
             await self.send(None, reconnected(row))
@@ -91,7 +89,11 @@ class ResumeHandler(SessionStreamHandler):
             if reason in ENDS_WITH_COMPLETED:
                 await self.send(
                     "completed",
-                    {"websiteSessionId": chat_session_id, "completed": True, "replayed": reason == "not_running"},
+                    {
+                        "websiteSessionId": chat_session_id,
+                        "completed": True,
+                        "replayed": reason is StopReason.NOT_RUNNING,
+                    },
                 )
         except Exception:
             log.exception("resume of %s failed", chat_session_id, extra=self.log_extra())
@@ -162,7 +164,7 @@ class SessionUpdatesHandler(SSEHandler):
     async def get(self) -> None:
         user_id = self.user.id
         await self.open_stream()
-        reason = "error"
+        reason = StopReason.ERROR
         try:
             reason = await self.follow_session_list(user_id, self.requested_last_event_id())
         except Exception:
