@@ -83,6 +83,11 @@ class Config:
     managed_agents_api_base_url: str = _web_url("https://api.anthropic.com")
     managed_agents_agent_id: str = ""
     managed_agents_environment_id: str = ""
+    # Spending (services/usage.py): every person's monthly budget in US dollars unless an admin
+    # set their own (None: no budget), and whether it also applies to Remote Sessions runs (paid
+    # by each person's own Claude subscription; their usage is recorded either way).
+    usage_monthly_budget_usd: float | None = None
+    usage_budget_remote_sessions: bool = False
     claude_sync_interval_ms: int = _at_least(300_000, 1000)
     claude_sync_limit: int = _at_least(50, 1)
     orphan_session_timeout_minutes: int = _at_least(30, 1)
@@ -287,6 +292,19 @@ def _anthropic_api_key(env: dict[str, str], agent_backend: str) -> str:
     return anthropic_api_key
 
 
+def _budget(env: dict[str, str]) -> float | None:
+    raw = _read(env, "USAGE_MONTHLY_BUDGET_USD")
+    if raw is None:
+        return None
+    try:
+        value = float(raw.removeprefix("$"))
+    except ValueError:
+        raise ConfigError(f"USAGE_MONTHLY_BUDGET_USD must be an amount of US dollars such as 50, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"USAGE_MONTHLY_BUDGET_USD must be an amount from 0 up, got {raw!r}")
+    return value
+
+
 def load_config(env: dict[str, str] | None = None) -> Config:
     """Build the configuration from `env` (default: the process environment after `.env`)."""
     if env is None:
@@ -313,6 +331,7 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         "trusted_proxies": _trusted_proxies(env),
         "agent_backend": agent_backend,
         "anthropic_api_key": _anthropic_api_key(env, agent_backend),
+        "usage_monthly_budget_usd": _budget(env),
     }
     plain = {spec.name: _plain(env, spec) for spec in fields(Config) if spec.name not in own_rules}
     config = Config(**own_rules, **plain)

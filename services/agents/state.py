@@ -20,6 +20,8 @@ class RunState:
     interrupted: bool = False
     # Prompts delivered in this run; each ends with one `result`.
     turns_delivered: int = 0
+    # The admin who started the run while impersonating the session's owner (the usage audit).
+    impersonator_id: str | None = None
 
     @classmethod
     def read(cls, value: Any) -> RunState:
@@ -34,6 +36,7 @@ class RunState:
             create_attempted=stored.get("create_attempted") is True,
             interrupted=stored.get("interrupted") is True,
             turns_delivered=turns if isinstance(turns, int) and not isinstance(turns, bool) else 0,
+            impersonator_id=impersonator if isinstance(impersonator := stored.get("impersonator_id"), str) else None,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -68,6 +68,9 @@ class FakeManagedSession:
     turn: asyncio.Task[None] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     turns: int = 0
+    # The session object's cumulative `usage`, as upstream keeps it: tokens added at each model
+    # request's end, `list_cost` (minor units) from the latest `session.usage` event.
+    usage: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeManagedAgents(LoopbackServer):
@@ -119,6 +122,15 @@ class FakeManagedAgents(LoopbackServer):
             session.status = "idle"
         elif event["type"] == "session.status_terminated":
             session.status = "terminated"
+        elif event["type"] == "span.model_request_end":
+            model_usage = event.get("model_usage") or {}
+            usage = session.usage
+            for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
+                usage[key] = usage.get(key, 0) + model_usage.get(key, 0)
+            creation = usage.setdefault("cache_creation", {"ephemeral_5m_input_tokens": 0})
+            creation["ephemeral_5m_input_tokens"] += model_usage.get("cache_creation_input_tokens", 0)
+        elif event["type"] == "session.usage" and "list_cost" in (event.get("usage") or {}):
+            session.usage["list_cost"] = event["usage"]["list_cost"]
         session.changed.set()
         session.changed = asyncio.Event()
         return event
@@ -148,7 +160,7 @@ class FakeManagedAgents(LoopbackServer):
                 "model_usage": {
                     "input_tokens": 100,
                     "output_tokens": 20,
-                    "cache_creation_input_tokens": 0,
+                    "cache_creation_input_tokens": 3,
                     "cache_read_input_tokens": 5,
                 },
             },
@@ -167,6 +179,14 @@ class FakeManagedAgents(LoopbackServer):
             emitted = self.emit(session, event)
             if event["type"] == "agent.tool_use":
                 last_use = emitted["id"]
+
+    def charge(self, session_id: str, cents: int) -> None:
+        """Spend while the agent works: the session's cumulative cost grows by `cents`, announced
+        by a `session.usage` event as upstream does."""
+        session = self.sessions[session_id]
+        amount = int(session.usage.get("list_cost", {}).get("amount", "0")) + cents
+        cost = {"amount": str(amount), "currency": "USD"}
+        self.emit(session, {"type": "session.usage", "usage": {"list_cost": cost}})
 
     async def interrupt(self, session: FakeManagedSession) -> None:
         if session.turn is not None and not session.turn.done():
@@ -210,7 +230,7 @@ class FakeManagedAgents(LoopbackServer):
             "archived_at": session.archived_at,
             "created_at": self._clock.isoformat(),
             "updated_at": self._clock.isoformat(),
-            "usage": {},
+            "usage": session.usage,
             "stats": {},
             "vault_ids": [],
             "outcome_evaluations": [],

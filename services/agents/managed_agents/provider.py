@@ -33,13 +33,14 @@ from services.agents.backend import (
     PushChannel,
     RemoteSession,
     RemoteState,
+    TurnUsage,
     UpstreamError,
     format_cost,
 )
 from services.agents.managed_agents import resources
 from services.agents.managed_agents.client import call, call_json, make_client
 from services.agents.managed_agents.push import ManagedPushChannel
-from services.agents.managed_agents.translate import TOOL_NAMES, Translator, branch_of, parse_time
+from services.agents.managed_agents.translate import TOOL_NAMES, Translator, branch_of, cost_usd, parse_time
 from services.context import AppContext
 from services.db import UNAVAILABLE_ERRORS
 from services.errors import ServiceError
@@ -84,6 +85,31 @@ def _earlier(processed_at: str, since: str | None) -> bool:
         return False
     at, cursor = parse_time(processed_at), parse_time(since)
     return at is not None and cursor is not None and at < cursor
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def session_usage_of(session: dict[str, Any]) -> TurnUsage | None:
+    """A session object's cumulative `usage` (tokens; `list_cost` in minor units, absent until
+    upstream tracks cost), None when it has none yet."""
+    usage = session.get("usage")
+    if not isinstance(usage, dict) or not usage:
+        return None
+    creation = usage.get("cache_creation")
+    cache_creation = (
+        sum(_count(v) for v in creation.values())
+        if isinstance(creation, dict)
+        else _count(usage.get("cache_creation_input_tokens"))
+    )
+    return TurnUsage(
+        cost_usd=cost_usd(usage.get("list_cost")),
+        input_tokens=_count(usage.get("input_tokens")),
+        output_tokens=_count(usage.get("output_tokens")),
+        cache_read_tokens=_count(usage.get("cache_read_input_tokens")),
+        cache_creation_tokens=cache_creation,
+    )
 
 
 class ManagedAgentsProvider(AgentProvider):
@@ -281,6 +307,21 @@ class ManagedAgentsProvider(AgentProvider):
 
     def cost(self, end_event: dict[str, Any]) -> str | None:
         return format_cost(end_event.get("total_cost_usd"))
+
+    # ---- usage (issue 24): the session object's cumulative `usage`, read by a GET -------------------
+
+    async def turn_usage(self, token: str, remote_id: str, end_event: dict[str, Any]) -> TurnUsage | None:
+        value = await call_json(
+            "get session usage", lambda: self.client.beta.sessions.with_raw_response.retrieve(remote_id)
+        )
+        return session_usage_of(value)
+
+    def session_usage(self, remote: RemoteSession) -> TurnUsage | None:
+        return session_usage_of(remote.raw)
+
+    def reports_usage(self, event: dict[str, Any]) -> bool:
+        managed = event.get("managed")
+        return isinstance(managed, dict) and managed.get("type") == "session.usage"
 
     def end_error(self, end_event: dict[str, Any]) -> str | None:
         error = end_event.get("error")
