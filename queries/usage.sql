@@ -35,9 +35,9 @@ WHERE user_id = :user_id AND recorded_at >= :since AND recorded_at < :until AND 
 
 -- name: list_user_usage_by_provider(user_id, since, until)
 -- A person's totals in [since, until), one row per backend.
-SELECT provider, sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
-       sum(cache_creation_tokens) AS cache_creation_tokens, count(turn_uuid) AS turns
+SELECT provider, sum(cost_usd) AS cost_usd, sum(input_tokens)::bigint AS input_tokens,
+       sum(output_tokens)::bigint AS output_tokens, sum(cache_read_tokens)::bigint AS cache_read_tokens,
+       sum(cache_creation_tokens)::bigint AS cache_creation_tokens, count(turn_uuid) AS turns
 FROM usage_records
 WHERE user_id = :user_id AND recorded_at >= :since AND recorded_at < :until
 GROUP BY provider
@@ -47,16 +47,16 @@ ORDER BY provider;
 -- One page of the people who spent anything in [since, until), with their totals per backend
 -- and their own budget (if an admin set one), sorted by `sort` (cost, tokens, turns, email).
 WITH per_backend AS (
-    SELECT user_id, provider, sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens,
-           sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
-           sum(cache_creation_tokens) AS cache_creation_tokens, count(turn_uuid) AS turns
+    SELECT user_id, provider, sum(cost_usd) AS cost_usd, sum(input_tokens)::bigint AS input_tokens,
+           sum(output_tokens)::bigint AS output_tokens, sum(cache_read_tokens)::bigint AS cache_read_tokens,
+           sum(cache_creation_tokens)::bigint AS cache_creation_tokens, count(turn_uuid) AS turns
     FROM usage_records
     WHERE recorded_at >= :since AND recorded_at < :until
     GROUP BY user_id, provider
 ), people AS (
     SELECT user_id, sum(cost_usd) AS cost_usd,
-           sum(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens) AS tokens,
-           sum(turns) AS turns,
+           sum(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens)::bigint AS tokens,
+           sum(turns)::bigint AS turns,
            jsonb_object_agg(provider, jsonb_build_object(
                'costUsd', cost_usd, 'inputTokens', input_tokens, 'outputTokens', output_tokens,
                'cacheReadTokens', cache_read_tokens, 'cacheCreationTokens', cache_creation_tokens,
