@@ -488,3 +488,30 @@ async def test_usage_while_an_admin_impersonates_is_the_persons_with_the_admin_i
     assert await queries.usage.sum_user_cost(
         managed.server.ctx.pool, user_id=admin_id, since=MONTH.start, until=MONTH.end, providers=["managed-agents"]
     ) == Decimal(0)
+
+
+# ---- settings and months -------------------------------------------------------------------------
+
+
+def test_the_budget_setting_is_an_amount_or_empty() -> None:
+    from services.config import ConfigError, load_config
+
+    base = {"SESSION_SECRET": "x" * 32}
+    assert load_config(base).usage_monthly_budget_usd is None
+    assert load_config({**base, "USAGE_MONTHLY_BUDGET_USD": ""}).usage_monthly_budget_usd is None
+    assert load_config({**base, "USAGE_MONTHLY_BUDGET_USD": "$25.50"}).usage_monthly_budget_usd == 25.5
+    assert load_config({**base, "USAGE_BUDGET_REMOTE_SESSIONS": "true"}).usage_budget_remote_sessions is True
+    for bad in ("ten", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="USAGE_MONTHLY_BUDGET_USD"):
+            load_config({**base, "USAGE_MONTHLY_BUDGET_USD": bad})
+
+
+def test_months_are_calendar_months_in_utc() -> None:
+    december = usage.Month.of(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+    assert (december.key, december.name, december.resets) == ("2026-12", "December", "January 1")
+    assert december.end == datetime(2027, 1, 1, tzinfo=UTC)
+    january = usage.Month.parse("2027-01")
+    assert january.previous() == december and january.start == december.end
+    assert usage.Month.parse("2027-02").previous().key == "2027-01"
+    with pytest.raises(usage.ServiceError, match="YYYY-MM"):
+        usage.Month.parse("January")

@@ -474,15 +474,21 @@ class Run:
 
     async def _record_usage(self, token: str, end: dict[str, Any]) -> None:
         assert self.remote_id is not None
-        await usage.record_turn_end(
-            self.ctx,
-            self.provider,
-            token,
-            session_id=self.session_id,
-            user_id=self.user_id,
-            remote_id=self.remote_id,
-            end_event=end,
-        )
+        try:
+            await usage.record_turn_end(
+                self.ctx,
+                self.provider,
+                token,
+                session_id=self.session_id,
+                user_id=self.user_id,
+                remote_id=self.remote_id,
+                end_event=end,
+            )
+        except UpstreamError as exc:
+            if exc.retryable:
+                raise  # the loop tries again, and records it then
+            # Reading the usage never decides how the run ends.
+            log.warning("usage of session %s could not be read: %s", self.session_id, exc.message)
 
     async def _usage_so_far(self, remote: RemoteSession) -> str | None:
         """Why the run must stop now (its owner's budget is spent), from a status read."""
