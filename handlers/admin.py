@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import APIHandler, admin_required, authenticated
-from services import admin, auth
+from services import admin, auth, usage
 from services.users import user_payload
 
 
@@ -77,6 +77,34 @@ class StatsHandler(APIHandler):
         self.ok(await admin.stats(self.ctx))
 
 
+class UsageHandler(APIHandler):
+    @admin_required
+    async def get(self) -> None:
+        self.ok(
+            await usage.admin_usage(
+                self.ctx,
+                self.get_query_argument("month", None),
+                self.get_query_argument("sort", None),
+                self.get_query_argument("order", None),
+                self.page(default=admin.USERS_PAGE_DEFAULT, maximum=admin.USERS_PAGE_MAX),
+            )
+        )
+
+
+class BudgetHandler(APIHandler):
+    @admin_required
+    async def get(self, user_id: str) -> None:
+        self.ok(await usage.budget_json(self.ctx, user_id))
+
+    @admin_required
+    async def put(self, user_id: str) -> None:
+        self.ok(await usage.set_budget(self.ctx, self.user.id, user_id, self.json_body()))
+
+    @admin_required
+    async def delete(self, user_id: str) -> None:
+        self.ok(await usage.clear_budget(self.ctx, self.user.id, user_id))
+
+
 ROUTES = [
     (r"/api/admin/users", UsersHandler),
     (r"/api/admin/users/([^/]+)", UserHandler),
@@ -85,4 +113,6 @@ ROUTES = [
     (r"/api/admin/impersonation", ImpersonationStatusHandler),
     (r"/api/admin/impersonations", ImpersonationsHandler),
     (r"/api/admin/stats", StatsHandler),
+    (r"/api/admin/usage", UsageHandler),
+    (r"/api/admin/users/([^/]+)/budget", BudgetHandler),
 ]

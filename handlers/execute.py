@@ -54,7 +54,7 @@ class ExecuteRemoteHandler(SSEHandler):
         await self.start_and_stream(execute.parse_params(self.json_body(), self.request.headers.get("Last-Event-ID")))
 
     async def start_and_stream(self, params: execute.ExecuteParams) -> None:
-        plan = await execute.begin(self.ctx, self.user.id, params)
+        plan = await execute.begin(self.ctx, self.user.id, params, impersonator_id=self.user.impersonator_id)
         await self.open_stream()
         reason = StopReason.ERROR
         try:

@@ -11,7 +11,9 @@ class SendHandler(APIHandler):
 
     @authenticated
     async def post(self, session_id: str) -> None:
-        await execute.send_follow_up(self.ctx, self.user.id, session_id, self.json_body())
+        await execute.send_follow_up(
+            self.ctx, self.user.id, session_id, self.json_body(), impersonator_id=self.user.impersonator_id
+        )
         self.write_json({"success": True})
 
 

@@ -75,7 +75,10 @@ class SSEHandler(APIHandler):
         # what a stream needs, not the whole user row or the parsed cookies.
         user = self.current_user
         if user is not None:
-            self.current_user = dataclasses.replace(user, user={"id": user.id, "is_admin": user.is_admin})
+            # The impersonating admin too: execute-remote keeps it for the usage audit, and every
+            # error's log line names it (`log_extra`).
+            kept = {"id": user.id, "is_admin": user.is_admin, "impersonator_id": user.impersonator_id}
+            self.current_user = dataclasses.replace(user, user=kept)
         self.request.__dict__.pop("_cookies", None)
         self._requested_id = self._read_last_event_id()
 

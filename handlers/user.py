@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import APIHandler, authenticated
+from services import usage
 from services.agents.claude_remote import credentials
 from services.users import SETTINGS_ROUTES, parse_claude_auth, save_claude_auth, update_setting
 
@@ -38,7 +39,15 @@ class SettingHandler(APIHandler):
         self.ok(await update_setting(self.ctx, self.user.id, name, self.json_body()))
 
 
+class UsageHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        # Always the person's own (while an admin impersonates, the person's).
+        self.ok(await usage.user_usage(self.ctx, self.user.id))
+
+
 ROUTES = [
+    (r"/api/user/usage", UsageHandler),
     (r"/api/user/claude-auth", ClaudeAuthHandler),
     (r"/api/user/claude-auth/refresh", ClaudeAuthRefreshHandler),
     (r"/api/user/claude-auth/credentials", ClaudeAuthCredentialsHandler),

@@ -37,3 +37,7 @@ SELECT pg_try_advisory_lock(:key, hashtext(:run_owner));
 -- timeouts than the pool's, for a transaction that waits on an upstream call. Ends with it.
 SELECT set_config('lock_timeout', :lock_timeout, true)
     || set_config('idle_in_transaction_session_timeout', :idle_timeout, true);
+
+-- name: lock_transaction_named(key, name)!
+-- Transaction-level, two-key form (key, hashtext(name)): one holder per name at a time.
+SELECT pg_advisory_xact_lock(:key, hashtext(:name));

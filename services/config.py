@@ -216,6 +216,20 @@ class Config:
         "organization's documented limit, 600, is shared by all replicas: give each replica its share).",
         minimum=1,
     )
+    usage_monthly_budget_usd: float | None = setting(
+        None,
+        "Every person's monthly budget in US dollars (a month is a calendar month in UTC), unless an "
+        "admin set their own (`PUT /api/admin/users/:id/budget`); empty: no budget. A run that would "
+        "start over it is refused with a 402, and a Managed Agents run that crosses it mid-turn is "
+        'interrupted (see "Usage and budgets").',
+        section="Usage and budgets",
+        default_text="empty (no budget)",
+    )
+    usage_budget_remote_sessions: bool = setting(
+        False,
+        "Whether budgets also apply to Remote Sessions runs (paid by each person's own Claude "
+        "subscription; their usage is recorded either way): `true` or `false`.",
+    )
     run_adopt_interval_seconds: float = setting(
         1.0,
         "How often each replica checks, with one query, for running sessions whose driver has died "
@@ -505,6 +519,19 @@ def _anthropic_api_key(env: dict[str, str], agent_backend: str) -> str:
     return anthropic_api_key
 
 
+def _budget(env: dict[str, str]) -> float | None:
+    raw = _read(env, "USAGE_MONTHLY_BUDGET_USD")
+    if raw is None:
+        return None
+    try:
+        value = float(raw.removeprefix("$"))
+    except ValueError:
+        raise ConfigError(f"USAGE_MONTHLY_BUDGET_USD must be an amount of US dollars such as 50, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"USAGE_MONTHLY_BUDGET_USD must be an amount from 0 up, got {raw!r}")
+    return value
+
+
 def load_config(env: dict[str, str] | None = None) -> Config:
     """Build the configuration from `env` (default: the process environment after `.env`)."""
     if env is None:
@@ -531,6 +558,7 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         "trusted_proxies": _trusted_proxies(env),
         "agent_backend": agent_backend,
         "anthropic_api_key": _anthropic_api_key(env, agent_backend),
+        "usage_monthly_budget_usd": _budget(env),
     }
     plain = {spec.name: _plain(env, spec) for spec in fields(Config) if spec.name not in own_rules}
     config = Config(**own_rules, **plain)

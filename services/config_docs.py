@@ -62,6 +62,8 @@ def sections() -> list[tuple[str, list[Field[Any]]]]:
 
 def env_value(value: Any) -> str:
     """A default as the environment variable would spell it (load_config reads it back equal)."""
+    if value is None:
+        return ""  # unset: "none" (a budget, for instance)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

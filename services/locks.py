@@ -27,3 +27,6 @@ ANNOUNCEMENTS = 1_095_650_883
 # its own while it lives. migrations/0008_run_driver_liveness.sql (run_driver_gone) reads this
 # key as a literal; that migration is applied and checksummed, so the value can never change.
 DRIVER_LIVENESS = 1_464_156_740
+# Two-key form (USAGE_RECORDS, hashtext(remote_session_id)), transaction-scoped: one report of a
+# remote session's usage at a time, so each row's share is the difference to the one before.
+USAGE_RECORDS = 1_970_357_024

@@ -68,6 +68,18 @@ UPSTREAM_EVENT_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# What runs cost upstream, by backend (never by person: labels are bounded), as recorded by
+# services/usage.py; each replica counts the reports it recorded.
+USAGE_COST = Counter(
+    "webedt_usage_cost_usd_total", "Upstream cost of runs in US dollars, by backend", ["backend"], registry=REGISTRY
+)
+USAGE_TOKENS = Counter(
+    "webedt_usage_tokens_total",
+    "Tokens runs used upstream, by backend and kind (input, output, cache_read, cache_creation)",
+    ["backend", "kind"],
+    registry=REGISTRY,
+)
+
 
 class LiveGauges:
     """Gauges computed at scrape time from callables registered by the running services."""

@@ -263,6 +263,16 @@ class AgentProvider(abc.ABC):
         backend does not say)."""
         return None
 
+    def session_usage(self, remote: RemoteSession) -> TurnUsage | None:
+        """The session's cumulative usage so far as a status read (`get`) shows it, also mid-turn
+        (None: the backend's session status does not say; its usage is known at turn ends only)."""
+        return None
+
+    def reports_usage(self, event: dict[str, Any]) -> bool:
+        """Whether a stored event announces that the session's usage grew (the run then reads its
+        status at once, so a budget is checked mid-turn; see `session_usage`)."""
+        return False
+
     def end_error(self, end_event: dict[str, Any]) -> str | None:
         """Why a turn's end event ends the run in error (None: the turn completed)."""
         return None

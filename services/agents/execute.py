@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services import event_log, session_list
+from services import event_log, session_list, usage
 from services.agents import titles
 from services.agents.backend import AgentProvider, UpstreamError
 from services.agents.ending import Outcome, end_run
@@ -190,12 +190,15 @@ def _running_baseline(row: asyncpg.Record) -> int:
 # ---- execute-remote ------------------------------------------------------------------------------
 
 
-async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamPlan:
+async def begin(
+    ctx: AppContext, user_id: str, params: ExecuteParams, *, impersonator_id: str | None = None
+) -> StreamPlan:
     """Start or continue a run for execute-remote, or find the run a reconnecting stream joins.
 
     Four modes: a reconnect (Last-Event-ID) joins what its stream followed; no prompt watches the
     running session; a prompt without a session starts a new one; a prompt for a session starts
-    its next run or goes into the one going on."""
+    its next run or goes into the one going on. `impersonator_id`: the admin acting as the person
+    (kept in the run state for the usage audit)."""
     if params.user_request is None and not params.website_session_id:
         raise ServiceError(400, "userRequest or websiteSessionId is required")
     if not params.repo_url and not params.website_session_id:
@@ -210,8 +213,8 @@ async def begin(ctx: AppContext, user_id: str, params: ExecuteParams) -> StreamP
             return StreamPlan(row["id"], created=False, after_id=_running_baseline(row))
         raise ServiceError(400, "userRequest is required")
     if row is None:
-        return await _start_new_session(ctx, user_id, params.user_request, params.repo_url)
-    return await _prompt_session(ctx, user_id, row, params.user_request, params.repo_url)
+        return await _start_new_session(ctx, user_id, params.user_request, params.repo_url, impersonator_id)
+    return await _prompt_session(ctx, user_id, row, params.user_request, params.repo_url, impersonator_id)
 
 
 async def _rejoin(ctx: AppContext, user_id: str, website_session_id: str | None, last_event_id: int) -> StreamPlan:
@@ -250,12 +253,17 @@ def _title_event(title: str, branch: str) -> dict[str, Any]:
 
 
 async def _start_new_session(
-    ctx: AppContext, user_id: str, user_request: str | list[dict[str, Any]], repo_url: str | None
+    ctx: AppContext,
+    user_id: str,
+    user_request: str | list[dict[str, Any]],
+    repo_url: str | None,
+    impersonator_id: str | None,
 ) -> StreamPlan:
     """A prompt without a session: a new chat session on the deployment's AGENT_BACKEND, running."""
     runs = ctx.require_runs()
     provider_name = ctx.config.new_session_provider
     provider = runs.provider_for(provider_name)
+    await usage.check_before_run(ctx, user_id, provider)  # before anything goes upstream
     token = await provider.authenticate(user_id)
     assert repo_url is not None  # begin() refuses a new session without one
     repo_url, owner, name = parse_repo(repo_url)
@@ -276,7 +284,9 @@ async def _start_new_session(
             repository_name=name,
             branch=branch,
             run_owner=runs.owner,
-            run_state=RunState(baseline_event_id=0, environment_id=environment_id, default_branch=True).to_json(),
+            run_state=RunState(
+                baseline_event_id=0, environment_id=environment_id, default_branch=True, impersonator_id=impersonator_id
+            ).to_json(),
         )
         await queries.messages.insert_prompt(
             conn, chat_session_id=session_id, content=text, images=images, upstream_uuid=str(uuid.uuid4())
@@ -293,10 +303,12 @@ async def _prompt_session(
     row: asyncpg.Record,
     user_request: str | list[dict[str, Any]],
     repo_url: str | None,
+    impersonator_id: str | None,
 ) -> StreamPlan:
     """A prompt for an existing session: its next run (the first, for a pending session), or one
     more prompt for the run going on (the driver delivers it)."""
     provider = ctx.require_runs().provider_for(row["provider"])
+    await usage.check_before_run(ctx, user_id, provider)  # before anything goes upstream
     token = await provider.authenticate(user_id)
     repo: tuple[str, str, str] | None = None
     environment_id = None
@@ -314,7 +326,9 @@ async def _prompt_session(
     title, branch = titles.derive(user_request)
     session_id = row["id"]
     async with ctx.row_turns.turn(session_id), ctx.pool.acquire() as conn, conn.transaction():
-        locked, started = await _queue_prompt(ctx, conn, session_id, text, images, environment_id, repo)
+        locked, started = await _queue_prompt(
+            ctx, conn, session_id, text, images, environment_id, repo, impersonator_id=impersonator_id
+        )
         events = [preview]
         first_run = started and locked["remote_session_id"] is None
         if first_run:
@@ -335,6 +349,8 @@ async def _queue_prompt(
     images: list[dict[str, Any]] | None,
     environment_id: str | None = None,
     repo: tuple[str, str, str] | None = None,
+    *,
+    impersonator_id: str | None = None,
 ) -> tuple[asyncpg.Record, bool]:
     """In the caller's transaction: record the prompt in the outbox, starting a run (this
     replica's lease) when none goes on. Returns the session row as it was, and whether a run
@@ -349,6 +365,7 @@ async def _queue_prompt(
             run_state=RunState(
                 baseline_event_id=await queries.events.get_last_event_id(conn, chat_session_id=session_id),
                 environment_id=environment_id,
+                impersonator_id=impersonator_id,
             ).to_json(),
             repository_url=repo[0] if repo else None,
             repository_owner=repo[1] if repo else None,
@@ -403,7 +420,9 @@ async def stream_end(ctx: AppContext, session_id: str) -> tuple[str, dict[str, A
 # ---- follow-up, interrupt, abort -----------------------------------------------------------------
 
 
-async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: dict[str, Any]) -> None:
+async def send_follow_up(
+    ctx: AppContext, user_id: str, session_id: str, body: dict[str, Any], *, impersonator_id: str | None = None
+) -> None:
     """POST /api/sessions/:id/send: deliver a follow-up now (through the run driver), no stream."""
     ctx.require_runs()  # 503 before anything is recorded when runs are unavailable here
     content = body.get("content")
@@ -416,6 +435,7 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
     if row["remote_session_id"] is None and row["status"] != "running":
         raise ServiceError(400, NO_REMOTE_FOR_SEND)
     provider = ctx.require_runs().provider_for(row["provider"])
+    await usage.check_before_run(ctx, user_id, provider)  # before anything goes upstream
     try:
         await provider.authenticate(user_id)
     except ServiceError as exc:
@@ -423,7 +443,7 @@ async def send_follow_up(ctx: AppContext, user_id: str, session_id: str, body: d
             raise ServiceError(401, SEND_WITHOUT_CREDENTIALS) from None
         raise
     async with ctx.row_turns.turn(session_id), ctx.pool.acquire() as conn, conn.transaction():
-        _, started = await _queue_prompt(ctx, conn, session_id, content, None)
+        _, started = await _queue_prompt(ctx, conn, session_id, content, None, impersonator_id=impersonator_id)
         await event_log.append(ctx, session_id, [follow_up_preview(content)], conn=conn)
     await _announce_start(ctx, user_id, session_id, started)
 

@@ -32,8 +32,15 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from services import event_log, session_list
-from services.agents.backend import AgentProvider, CreateRequest, PushItem, RemoteState, UpstreamError
+from services import event_log, session_list, usage
+from services.agents.backend import (
+    AgentProvider,
+    CreateRequest,
+    PushItem,
+    RemoteSession,
+    RemoteState,
+    UpstreamError,
+)
 from services.agents.ending import Outcome, end_run
 from services.agents.events import event_key, observe_latency, prompt_content, stored_upstream_event
 from services.agents.follow import STATUS_CHECK_SECONDS, PushFollower
@@ -192,6 +199,11 @@ class Run:
             return None
         remote = await self.provider.get(token, self.remote_id)
         self.failing_since.pop("get session", None)
+        over_budget = await self._usage_so_far(remote)
+        if over_budget is not None:
+            # The agent stops spending: interrupted upstream (a failure is retried by the loop).
+            await self.provider.interrupt(token, self.remote_id)
+            return Outcome("error", over_budget)
         await self._collect(token)
         self.failing_since.pop("get events", None)
         self.retried_unauthorized = False
@@ -301,8 +313,8 @@ class Run:
                 await self._store([item.event], "push")
                 if item.cursor is not None:
                     self.cursor = item.cursor
-            if item.event.get("type") in self.provider.end_event_types:
-                self.nudge()
+            if item.event.get("type") in self.provider.end_event_types or self.provider.reports_usage(item.event):
+                self.nudge()  # a usage report: the budget is checked at the status read it causes
         if item.status is not None:
             self.nudge()  # the loop reads the status itself and judges as always
 
@@ -320,6 +332,7 @@ class Run:
         await self.backfill(token)
         end = self.turns.answered(self.turns_delivered)
         if end is not None:
+            await self._record_usage(token, end)
             failure = self.provider.end_error(end)
             if failure is not None:
                 return Outcome("error", failure, total_cost=self.provider.cost(end))
@@ -455,12 +468,43 @@ class Run:
             log.info("last look at session %s after its run failed: %s", self.session_id, exc.message)
             return
         end = self.turns.last_end
+        if end is not None and end is not before:
+            try:
+                await self._record_usage(await self._token_now(), end)
+            except (UpstreamError, ServiceError) as exc:
+                log.info("usage of session %s after its run could not be read: %s", self.session_id, exc.message)
         cost = self.provider.cost(end) if end is not None and end is not before else None
         if cost is None:
             return
         row = await queries.chat_sessions.set_ended_session_cost(self.ctx.pool, id=self.session_id, total_cost=cost)
         if row is not None:
             await session_list.announce(self.ctx, self.user_id, "updated", {"id": self.session_id, "totalCost": cost})
+
+    # ---- usage and budgets (services/usage.py) ---------------------------------------------------
+
+    async def _record_usage(self, token: str, end: dict[str, Any]) -> None:
+        assert self.remote_id is not None
+        try:
+            await usage.record_turn_end(
+                self.ctx,
+                self.provider,
+                token,
+                session_id=self.session_id,
+                user_id=self.user_id,
+                remote_id=self.remote_id,
+                end_event=end,
+            )
+        except UpstreamError as exc:
+            if exc.retryable:
+                raise  # the loop tries again, and records it then
+            # Reading the usage never decides how the run ends.
+            log.warning("usage of session %s could not be read: %s", self.session_id, exc.message)
+
+    async def _usage_so_far(self, remote: RemoteSession) -> str | None:
+        """Why the run must stop now (its owner's budget is spent), from a status read."""
+        return await usage.check_running(
+            self.ctx, self.provider, session_id=self.session_id, user_id=self.user_id, remote=remote
+        )
 
     # ---- failures and the end --------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ class RunState:
     # The person chose no base branch (execute-remote's new sessions show "main" as the contract
     # says): the remote session starts on the repository's own default branch.
     default_branch: bool = False
+    # The admin who started the run while impersonating the session's owner (the usage audit).
+    impersonator_id: str | None = None
 
     @classmethod
     def read(cls, value: Any) -> RunState:
@@ -38,6 +40,7 @@ class RunState:
             interrupted=stored.get("interrupted") is True,
             turns_delivered=turns if isinstance(turns, int) and not isinstance(turns, bool) else 0,
             default_branch=stored.get("default_branch") is True,
+            impersonator_id=impersonator if isinstance(impersonator := stored.get("impersonator_id"), str) else None,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -210,6 +210,13 @@ def default_turn(session: FakeSession, prompt: str) -> list[dict[str, Any]]:
             "uuid": new_uuid(),
             "is_error": False,
             "total_cost_usd": round(0.0125 * session.turns, 6),
+            # Cumulative over the session's turns, like the cost.
+            "usage": {
+                "input_tokens": 1000 * session.turns,
+                "output_tokens": 200 * session.turns,
+                "cache_read_input_tokens": 50 * session.turns,
+                "cache_creation_input_tokens": 10 * session.turns,
+            },
             "duration_ms": 1500,
             "num_turns": 3,
             "result": "Done.",

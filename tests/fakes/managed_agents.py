@@ -297,7 +297,7 @@ class FakeManagedAgents(LoopbackServer):
                 "model_usage": {
                     "input_tokens": 100,
                     "output_tokens": 20,
-                    "cache_creation_input_tokens": 0,
+                    "cache_creation_input_tokens": 3,
                     "cache_read_input_tokens": 5,
                 },
             },
@@ -353,6 +353,13 @@ class FakeManagedAgents(LoopbackServer):
                 last_start = emitted["id"]
         if self.stop_reason.get("type") != "requires_action":
             self._next_queued(session)
+
+    def charge(self, session_id: str, cents: int) -> None:
+        """Spend while the agent works: the session object's cumulative cost grows by `cents`,
+        announced by a `session.usage` snapshot as upstream does."""
+        session = self.sessions[session_id]
+        session.usage["_cents"] = session.usage.get("_cents", 0) + cents
+        self.emit(session, {"type": "session.usage", "usage": dict(self.usage_json(session))})
 
     async def _end_interrupted(self, session: FakeManagedSession, turn: asyncio.Task[None]) -> None:
         """The interrupted turn's own idle, emitted after the interrupt request returned."""

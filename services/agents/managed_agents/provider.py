@@ -83,12 +83,14 @@ def _count(value: Any) -> int:
 def turn_usage_of(session: dict[str, Any]) -> TurnUsage | None:
     """The cumulative usage of a session object (SDK: BetaManagedAgentsSessionUsage), or None."""
     usage = session.get("usage")
-    if not isinstance(usage, dict):
+    if not isinstance(usage, dict) or not usage:
         return None
-    cache_creation = usage.get("cache_creation")
+    cache_creation = usage.get("cache_creation")  # broken down by cache lifetime (5m / 1h)
     created = (
-        sum(_count(v) for v in cache_creation.values()) if isinstance(cache_creation, dict) else 0
-    )  # broken down by cache lifetime (ephemeral_5m / ephemeral_1h)
+        sum(_count(v) for v in cache_creation.values())
+        if isinstance(cache_creation, dict)
+        else _count(usage.get("cache_creation_input_tokens"))
+    )
     return TurnUsage(
         cost_usd=cost_usd(usage.get("list_cost")),
         input_tokens=_count(usage.get("input_tokens")),
@@ -420,6 +422,15 @@ class ManagedAgentsProvider(AgentProvider):
 
     def cost(self, end_event: dict[str, Any]) -> str | None:
         return format_cost(end_event.get("total_cost_usd"))
+
+    # ---- usage (issue 24): the session object's cumulative `usage` ---------------------------------
+
+    def session_usage(self, remote: RemoteSession) -> TurnUsage | None:
+        return turn_usage_of(remote.raw)
+
+    def reports_usage(self, event: dict[str, Any]) -> bool:
+        managed = event.get("managed")
+        return isinstance(managed, dict) and managed.get("type") == "session.usage"
 
     def end_error(self, end_event: dict[str, Any]) -> str | None:
         error = end_event.get("error")
