@@ -70,8 +70,8 @@ class Month:
 
     @classmethod
     def parse(cls, text: str | None) -> Month:
-        """`YYYY-MM`, or the current month when absent; a 400 otherwise."""
-        if text is None or not text.strip():
+        """`YYYY-MM`, or the current month when absent; a 400 otherwise (an empty value too)."""
+        if text is None:
             return cls.of(datetime.now(UTC))
         try:
             moment = datetime.strptime(text.strip(), "%Y-%m").replace(tzinfo=UTC)

@@ -92,8 +92,10 @@ class Run:
         # Prompts delivered in this run (run_state `turns_delivered`); each ends with one result.
         self.turns_delivered = 0
         self.branch: str | None = None
-        # The turn rule's view of the stored log after the baseline (read when the run starts).
+        # The turn rule's view of the stored log after the baseline (read when the run starts),
+        # and the id of the last stored event it has seen.
         self.turns = TurnTracker(self.provider)
+        self.observed_id = 0
         # Since when the remote session has been idle without the end that answers the last prompt.
         self.idle_since: float | None = None
         self.create_attempted = False
@@ -180,11 +182,18 @@ class Run:
         """Rebuild the turn rule's view from what is stored after the baseline (an adopting
         replica continues exactly where the last driver stopped)."""
         self.turns = TurnTracker(self.provider)
-        after = self.baseline
-        while rows := await event_log.read_after(self.ctx, self.session_id, after, TURN_READ_BATCH):
+        self.observed_id = self.baseline
+        await self._observe_stored()
+
+    async def _observe_stored(self) -> None:
+        """Feed the turn rule every event stored after the last one it saw, in stored order,
+        whoever stored it (this run, the last look of the run before it, a sync)."""
+        while rows := await event_log.read_after(self.ctx, self.session_id, self.observed_id, TURN_READ_BATCH):
             for row in rows:
                 self.turns.observe(row["event_data"])
-            after = rows[-1]["id"]
+            self.observed_id = rows[-1]["id"]
+            if len(rows) < TURN_READ_BATCH:
+                return
 
     async def _token_now(self, force: bool = False) -> str:
         if force or self.token is None or time.monotonic() - self.token_read_at > CREDENTIALS_TTL_SECONDS:
@@ -247,9 +256,8 @@ class Run:
         inserted = await event_log.append_upstream(self.ctx, self.session_id, fresh)
         self.seen |= keys
         observe_latency(new, via)
-        for event in fresh:
-            if event["uuid"] in inserted:
-                self.turns.observe(event)
+        if inserted:
+            await self._observe_stored()
         for event in fresh:
             branch = self.provider.branch(event)
             if branch and branch != self.branch:
@@ -330,6 +338,7 @@ class Run:
             if self.turns.answered(self.turns_delivered) is None:
                 return None
         await self.backfill(token)
+        await self._observe_stored()  # also what another writer stored meanwhile
         end = self.turns.answered(self.turns_delivered)
         if end is not None:
             await self._record_usage(token, end)

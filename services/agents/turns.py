@@ -8,10 +8,11 @@ turn of its own) or all of them (Managed Agents may answer several queued messag
 as the backend says (`end_answers_every_queued_prompt`). An end that arrives while nothing is
 open (the late end of an aborted turn, a turn of an earlier run) is stored but answers nothing.
 
-The tracker is fed the events in the order they were stored, which is upstream order (the run
-stores them one batch at a time under its store lock), and only once each (the database tells
-which were new). The caller backfills the upstream list to completeness before it takes a
-verdict, so `answered` sees every event up to the end it names.
+The tracker is fed the stored log itself, read back by id after every write (whoever wrote:
+the run, the last look of the run before it, a sync), so it sees each event once, in stored order,
+which is upstream order (the run stores them one batch at a time under its store lock). The
+caller backfills the upstream list to completeness before it takes a verdict, so `answered` sees
+every event up to the end it names.
 """
 
 from __future__ import annotations
