@@ -4,6 +4,7 @@ round by round (the machine is shared: a round of each tree runs under the same 
 
     .venv/bin/python bench/fanout.py --tree before=/tmp/before [--tree base=/tmp/base] [--rounds 3]
     .venv/bin/python bench/fanout.py --quick      # 200/500 viewers, one round; writes nothing
+    .venv/bin/python bench/fanout.py --memory-only --tree before=/tmp/before   # idle streams only
 
 One embedded PostgreSQL; each tree gets its own database (migrated by its own `server.py` at
 start-up) and one `server.py` process of its own code; events are appended from this process with
@@ -96,11 +97,15 @@ async def main() -> int:
     parser.add_argument("--events", type=int, default=30, help="events per fan-out measurement")
     parser.add_argument("--memory", action="store_true", help="also the idle-stream memory (3,000 + 4,000)")
     parser.add_argument("--quick", action="store_true", help="200/500 viewers, one round; writes nothing")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the idle-stream memory, no fan-out; prints, writes nothing"
+    )
     args = parser.parse_args()
+    args.memory = args.memory or args.memory_only
     trees = [Tree("after", PROJECT_ROOT)] + [
         Tree(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.tree)
     ]
-    viewers = (200, 500) if args.quick else (1_000, 5_000)
+    viewers: tuple[int, ...] = () if args.memory_only else (200, 500) if args.quick else (1_000, 5_000)
     rounds = 1 if args.quick else args.rounds
     workdir = Path(tempfile.mkdtemp(prefix="webedt-bench-fanout-"))
     database = await fresh_database(workdir, "webedt_fanout_after")
@@ -136,6 +141,11 @@ async def main() -> int:
                     )
             if args.memory:
                 for tree in order:
+                    # A fresh process each time: one that held streams before (an earlier round, the
+                    # fan-out) reuses their freed memory and would show next to no growth.
+                    assert tree.replica is not None
+                    await asyncio.to_thread(tree.replica.stop)
+                    tree.replica = await asyncio.to_thread(spawn, tree, workdir)
                     kib = await idle_memory(tree, *((300, 700) if args.quick else (3000, 4000)))
                     tree.memory.append(kib)
                     print(f"round {number + 1} {tree.name:<7} idle stream {kib:.2f} KiB", flush=True)
@@ -178,7 +188,7 @@ async def main() -> int:
         lines += [f"| {tree.name} | {spread(tree.memory)} |" for tree in trees]
     section = "\n".join(lines)
     print(section)
-    if not args.quick:
+    if not args.quick and not args.memory_only:
         write_section("fanout", "Streams: fan-out A/B against earlier trees (bench/fanout.py)", section)
         print("written to bench/RESULTS.md")
     return 0

@@ -27,9 +27,9 @@ WHERE user_id = :user_id AND session_path = :session_path;
 -- name: list_live_sessions(user_id, before_created_at, before_id, limit, offset)^
 -- A page of the caller's sessions outside the trash, newest first; the cursor is the last row seen.
 -- The list route is the heaviest read, so the query returns the page as the comma-separated
--- SessionRow objects of the JSON array, exactly as services.chat_sessions.session_json would
--- make them (same keys; timestamps as services.clock.iso writes them), with whether there is
--- more, the cursor position of the last session shown, and the live total.
+-- SessionRow objects of the JSON array, each row's `row_json` (migration 0012: made by PostgreSQL
+-- when the row is written, exactly as services.chat_sessions.session_json would make it), with
+-- whether there is more, the cursor position of the last session shown, and the live total.
 WITH page AS (
     SELECT c.*, row_number() OVER (ORDER BY c.created_at DESC, c.id DESC) AS n
     FROM (
@@ -40,21 +40,7 @@ WITH page AS (
         LIMIT :limit + 1 OFFSET :offset
     ) c
 )
-SELECT coalesce(string_agg((
-           SELECT row_to_json(r) FROM (
-               SELECT p.id, p.user_id AS "userId", p.session_path AS "sessionPath",
-                      p.repository_owner AS "repositoryOwner", p.repository_name AS "repositoryName",
-                      p.user_request AS "userRequest", p.status, p.repository_url AS "repositoryUrl",
-                      p.base_branch AS "baseBranch", p.branch, p.provider,
-                      p.provider_session_id AS "providerSessionId", p.remote_session_id AS "remoteSessionId",
-                      p.remote_web_url AS "remoteWebUrl", p.total_cost AS "totalCost",
-                      p.issue_number AS "issueNumber", p.auto_commit AS "autoCommit", p.locked,
-                      to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "createdAt",
-                      to_char(p.completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "completedAt",
-                      to_char(p.deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "deletedAt",
-                      to_char(p.worker_last_activity AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-                          AS "workerLastActivity"
-           ) r)::text, ',' ORDER BY p.n) FILTER (WHERE p.n <= :limit), '') AS sessions_json,
+SELECT coalesce(string_agg(p.row_json, ',' ORDER BY p.n) FILTER (WHERE p.n <= :limit), '') AS sessions_json,
        count(*) > :limit AS has_more,
        max(p.created_at) FILTER (WHERE p.n = :limit) AS last_created_at,
        max(p.id) FILTER (WHERE p.n = :limit) AS last_id,

@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from services import session_list
+from services.chat_sessions import session_json
 from tests.helpers import ORIGIN, TestServer, register
 from tests.sse import open_sse
 
@@ -198,6 +200,48 @@ async def test_list_sessions(server: TestServer, client: httpx.AsyncClient) -> N
     bad = await client.get("/api/sessions", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 400
     assert bad.json() == {"success": False, "error": "Invalid cursor"}
+
+
+async def test_the_list_sends_each_session_as_session_json(server: TestServer, client: httpx.AsyncClient) -> None:
+    """The list's objects are made by PostgreSQL when a row is written (chat_sessions.row_json,
+    migration 0012): byte for byte what session_json would send, after every kind of change."""
+    await register(client)
+    plain, odd = await create(client, title="Plain"), await create(client, title="Odd")
+    pool = server.ctx.pool
+    # Every column set on one row: text that needs escaping (quotes, backslash, control
+    # characters, non-ASCII, a closing script tag), timestamps whose milliseconds must be cut, not
+    # rounded, and a date before 1000 and one with a zone.
+    await pool.execute(
+        """UPDATE chat_sessions SET user_request = $2, session_path = $3, repository_owner = 'o"w\\n',
+               repository_name = e'r\\u0001\\t\\n\\x7f', repository_url = '</script>', base_branch = 'ß',
+               branch = 'claude/x', provider = 'managed_agents', provider_session_id = 'ps',
+               remote_session_id = 'rs', remote_web_url = 'https://example.com/a?b=c&d', total_cost = '0.125',
+               issue_number = 42, auto_commit = true, locked = true, status = 'running',
+               created_at = '2001-03-04 05:06:07.999999+00', completed_at = '0999-01-02 03:04:05.0005+00',
+               worker_last_activity = '2026-12-31 23:59:59.123+05:30'
+           WHERE id = $1""",
+        odd["id"],
+        'Ünïcode "quoted" \\ back \u2028 line \U0001f600 \x08\x0c',
+        "octo/repo/\u00e9",
+    )
+    for session in (plain, odd):
+        row = await pool.fetchrow("SELECT * FROM chat_sessions WHERE id = $1", session["id"])
+        assert row["row_json"] == orjson.dumps(session_json(row)).decode()
+    listed = await client.get("/api/sessions")
+    rows = await pool.fetch("SELECT * FROM chat_sessions WHERE id = ANY($1)", [odd["id"], plain["id"]])
+    by_id = {r["id"]: r for r in rows}
+    expected = b",".join(orjson.dumps(session_json(by_id[s["id"]])) for s in (plain, odd))
+    assert b'"sessions":[' + expected + b"]" in listed.content
+
+    # A change through the API (a rename) and a lease renewal are in the next list.
+    await client.patch(f"/api/sessions/{plain['id']}", json={"userRequest": "Renamed"})
+    await pool.execute("UPDATE chat_sessions SET worker_last_activity = now() WHERE id = $1", plain["id"])
+    row = await pool.fetchrow("SELECT * FROM chat_sessions WHERE id = $1", plain["id"])
+    listed_plain = next(
+        s for s in (await client.get("/api/sessions")).json()["data"]["sessions"] if s["id"] == plain["id"]
+    )
+    assert listed_plain == session_json(row) and listed_plain["userRequest"] == "Renamed"
+    assert row["row_json"] == orjson.dumps(session_json(row)).decode()
 
 
 async def test_get_session_with_preview_url(client: httpx.AsyncClient) -> None:
