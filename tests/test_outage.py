@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import httpx
 
 from services.agents.run import SERVER_EVENT_TYPES
+from services.db import create_pool
 from tests.fakes.claude import (
     REPO,
     FakeClaude,
@@ -173,7 +175,7 @@ async def _outage(postgres: Any, fake: FakeClaude, replicas: list[Replica]) -> N
                 probe.start()
                 probes.append(probe)
             for load, client in zip(loads, clients, strict=True):
-                load.start(client, requests_of(client, session_id), workers=2)
+                load.start(client, requests_of(client, session_id), workers=6)
 
             async def under_way() -> bool:
                 return all(sum(e.event == "assistant" for e in v.events) >= 3 for v in viewers)
@@ -223,3 +225,39 @@ async def _outage(postgres: Any, fake: FakeClaude, replicas: list[Replica]) -> N
         assert from_upstream == upstream
         assert viewer.events[-1].event == "completed"
         assert viewer.events[-1].json()["status"] == "completed"
+
+
+async def test_a_release_that_fails_after_its_caller_was_cancelled_logs_no_traceback(own_postgres: Any) -> None:
+    # What the outage above runs into by chance: a task stopped while its pool connection is
+    # being released (a push follower cancelled by its run, which just paused for the outage).
+    # The release goes on, shielded, and fails after the acquire timeout: nobody may leave that
+    # failure to be logged as "Task exception was never retrieved".
+    database_url = await new_database(own_postgres.get_uri(), "webedt_release")
+    pool = await create_pool(database_url, min_size=1, max_size=1, acquire_timeout=0.5)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+
+        async def query() -> None:
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT 1")
+
+        with frozen(own_postgres):
+            task = asyncio.create_task(query())
+            await asyncio.sleep(0.3)
+            task.cancel()  # mid-query: asyncpg cancels the query, then releases the connection
+            await asyncio.sleep(0.1)
+            task.cancel()  # and now the caller leaves while the release waits for the server
+            results = await asyncio.gather(task, return_exceptions=True)
+            assert isinstance(results[0], asyncio.CancelledError)
+            await asyncio.sleep(1.0)  # the release gives up after its 0.5 s
+            del task, results
+            gc.collect()
+        assert unhandled == [], unhandled
+        # The pool is whole again: the failed release's connection was replaced.
+        assert await asyncio.wait_for(pool.fetchval("SELECT 1"), 10) == 1
+    finally:
+        loop.set_exception_handler(previous)
+        await pool.close()
