@@ -24,6 +24,7 @@ from typing import Any
 import aiosql
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from services import metrics
 from services.config import PROJECT_ROOT, Config, ConfigError
@@ -225,12 +226,46 @@ class FairPool(asyncpg.Pool):
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:
         try:
-            await super().release(connection, timeout=timeout)
+            await self._release(connection, timeout)
         finally:
             # Once per acquisition, however often release() is called for it.
             if connection in self._holding:
                 self._holding.discard(connection)
                 self._turns.release()
+
+    async def _release(self, connection: Any, timeout: float | None) -> None:
+        """asyncpg's `Pool.release` (0.32), except that how a release ends is read even when its
+        caller was cancelled meanwhile.
+
+        asyncpg shields the release from the caller's cancellation, and then nobody reads its
+        end: against a frozen database, a connection whose query was cancelled (a push follower
+        or a silence check stopped mid-query) waits for the server to confirm the cancellation,
+        gives up after its acquire timeout, and the TimeoutError was logged with a traceback as
+        "Task exception was never retrieved"."""
+        if type(connection) is not PoolConnectionProxy or connection._holder._pool is not self:
+            await super().release(connection, timeout=timeout)  # its InterfaceError
+            return
+        if connection._con is None:
+            return  # released already
+        self._check_init()
+        connection._con._on_release()
+        holder = connection._holder
+        releasing = asyncio.ensure_future(holder.release(holder._timeout if timeout is None else timeout))
+        try:
+            await asyncio.shield(releasing)
+        except asyncio.CancelledError:
+            releasing.add_done_callback(_released)  # the caller is gone: its end is read here
+            raise
+
+
+def _released(task: asyncio.Future[None]) -> None:
+    """The end of a release whose caller was cancelled: a failed one has terminated its
+    connection (the pool opens another), which while the database is away is the outage's."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log_failure(log, exc, "releasing a pool connection failed")
 
 
 async def create_pool(
