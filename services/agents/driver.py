@@ -24,6 +24,8 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -128,10 +130,9 @@ class RunDriver:
         self.wakeups: dict[str, asyncio.Event] = {}
         # The push followers of the runs driven here, by session id (for interrupts).
         self.followers: dict[str, PushFollower] = {}
-        # Last looks upstream after runs ended here (`reconcile_later`).
-        self.reconciles: set[asyncio.Task[None]] = set()
-        # Aborts waiting for their session row (see end_when_free).
-        self._pending_ends: set[asyncio.Task[None]] = set()
+        # Work that outlives a request or a run: aborts waiting for their session row
+        # (`end_when_free`) and last looks upstream after runs ended here (`reconcile_later`).
+        self.background: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._preparer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -163,11 +164,7 @@ class RunDriver:
         """Stop driving (the runs go on upstream) and release the leases so another replica adopts
         them at once instead of after the lease expires."""
         self._stopping = True
-        tasks = [
-            t
-            for t in (self._maintainer, self._preparer, *self.tasks.values(), *self.reconciles, *self._pending_ends)
-            if t is not None
-        ]
+        tasks = [t for t in (self._maintainer, self._preparer, *self.tasks.values(), *self.background) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -255,11 +252,12 @@ class RunDriver:
         """End the run with `outcome` as soon as its session row is free: for an abort whose
         upstream interrupt went through while another connection (a stalled replica) held the
         row longer than DB_LOCK_TIMEOUT_SECONDS. Tried every second, in the background."""
-        task = asyncio.create_task(
-            self._end_when_free(session_id, outcome), name=f"end-{session_id}", context=detached_context()
-        )
-        self._pending_ends.add(task)
-        task.add_done_callback(self._pending_ends.discard)
+        self._in_background(self._end_when_free(session_id, outcome), f"end-{session_id}")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name, context=detached_context())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _end_when_free(self, session_id: str, outcome: Outcome) -> None:
         while True:
@@ -277,9 +275,7 @@ class RunDriver:
         own: the run's task ends now, and its lease is gone."""
         if self._stopping:
             return
-        task = asyncio.create_task(self._reconcile(run), name=f"reconcile-{run.session_id}", context=detached_context())
-        self.reconciles.add(task)
-        task.add_done_callback(self.reconciles.discard)
+        self._in_background(self._reconcile(run), f"reconcile-{run.session_id}")
 
     async def _reconcile(self, run: Run) -> None:
         try:
