@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import Field, dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from services.addresses import DEFAULT_TRUSTED_PROXIES, Network, parse_networks
 from services.agents import registry
+from services.settings import setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,39 +28,6 @@ HOST_PATTERN = re.compile(r"[A-Za-z0-9.:-]+")
 
 class ConfigError(Exception):
     """A configuration value is missing or malformed; the message names the variable."""
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    section: str | None = None,
-    minimum: float | None = None,
-    url: bool = False,
-    secret: bool = False,
-    fill_in: bool = False,
-    also: tuple[str, ...] = (),
-    default_text: str | None = None,
-) -> Any:
-    """A Config field with its documentation, the one place a setting is described.
-
-    `help` is the text of the README's configuration table and of `.env.example` (both generated
-    from it: `server.py config docs`). `section` starts a group of settings (the fields after it
-    belong to it until the next). `minimum`: the smallest value a number may hold (else 0); `url`:
-    it must be an http(s) URL; `secret`: never in a repr, marked `[secret]` in `.env.example`;
-    `fill_in`: shown there uncommented, as a value to set; `also`: other variables read for it;
-    `default_text`: the README's words for a default that is not a plain value.
-    """
-    metadata: dict[str, Any] = {"help": help, "secret": secret, "fill_in": fill_in, "also": also}
-    if section is not None:
-        metadata["section"] = section
-    if minimum is not None:
-        metadata["minimum"] = minimum
-    if url:
-        metadata["url"] = True
-    if default_text is not None:
-        metadata["default_text"] = default_text
-    return field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The hub: live fan-out of the event log to the streams of this process.
 
-One per process (`ctx.hub`). It holds one LISTEN connection of its own (never a pooled one:
-pool release runs `UNLISTEN *`) on four channels:
+One per process (`ctx.hub`). It holds one LISTEN connection of its own, never a pooled one: a
+LISTEN belongs to its connection for as long as the process lives, while a pooled connection
+serves every request in turn. It listens on four channels:
 
 - `webedt_events` (payload: chat session id): new events were committed for that session;
 - `webedt_session_status` (payload: chat session id): the session row changed;

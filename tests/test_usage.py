@@ -130,9 +130,9 @@ async def test_managed_agents_usage_is_recorded_per_turn(managed: Managed, ma_ht
     user_id = await me(ma_http)
     rows = await records(managed.server, user_id)
     turn_rows = [r for r in rows if r["turn_uuid"] is not None]
-    assert len(turn_rows) == 2
+    assert len(turn_rows) == 2, [dict(r) for r in rows]
     assert all(r["chat_session_id"] == session_id and r["provider"] == "managed-agents" for r in rows)
-    assert sum(r["cost_usd"] for r in rows) == Decimal("0.5")
+    assert sum(r["cost_usd"] for r in rows) == Decimal("0.5"), [dict(r) for r in rows]
     # The session object's cumulative usage, as the last report saw it.
     assert turn_rows[-1]["total_cost_usd"] == Decimal("0.5")
     assert turn_rows[-1]["total_input_tokens"] == 200 and turn_rows[-1]["total_cache_creation_tokens"] == 14

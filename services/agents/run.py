@@ -44,6 +44,7 @@ from services.agents.backend import (
 from services.agents.ending import Outcome, end_run
 from services.agents.events import event_key, observe_latency, prompt_content, stored_upstream_event
 from services.agents.follow import STATUS_CHECK_SECONDS, PushFollower
+from services.agents.retries import Retries
 from services.agents.state import RunState, run_state_patch
 from services.agents.turns import TurnTracker
 from services.db import queries
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 SERVER_EVENT_TYPES = ("input_preview", "title_generation", "error", "interrupted")
 # After the verdict, upstream is read once more this much later (a late result, a usage frame).
 RECONCILE_DELAY_SECONDS = 2.0
-# Longest wait between two attempts while the upstream is failing.
-MAX_BACKOFF_SECONDS = 30.0
 # Credentials are re-read (and refreshed when due) this often; a 401 re-reads them at once.
 CREDENTIALS_TTL_SECONDS = 60.0
 # Prompts delivered per poll at most (the rest go on the next one).
@@ -101,12 +100,7 @@ class Run:
         self.create_attempted = False
         self.create_grace_seconds = 2 * driver.ctx.config.claude_request_timeout_seconds
         self.create_in_doubt_until = 0.0
-        # Since when each upstream operation has failed without a success in between: a flaky
-        # upstream that answers now and then keeps the run going, one that stays broken ends it.
-        self.failing_since: dict[str, float] = {}
-        self.backoff = driver.poll_seconds
-        # Until when upstream asked us to send nothing (`Retry-After`): every path waits for it.
-        self.quiet_until = 0.0
+        self.retries = Retries(session_id, driver.poll_seconds, driver.retry_window_seconds)
         # Events are stored by one coroutine at a time (the poll, or the push follower).
         self.store_lock = asyncio.Lock()
         self.follower: PushFollower | None = None
@@ -130,8 +124,7 @@ class Run:
             try:
                 outcome = await self._step(state, control["has_pending"])
                 delay = self._follow_delay()
-                self.failing_since.clear()
-                self.backoff = self.driver.poll_seconds
+                self.retries.succeeded()
             except UpstreamError as exc:
                 outcome, delay = await self._upstream_failure(exc)
             except ServiceError as exc:
@@ -207,14 +200,14 @@ class Run:
             await self._create(token, state)
             return None
         remote = await self.provider.get(token, self.remote_id)
-        self.failing_since.pop("get session", None)
+        self.retries.succeeded("get session")
         over_budget = await self._usage_so_far(remote)
         if over_budget is not None:
             # The agent stops spending: interrupted upstream (a failure is retried by the loop).
             await self.provider.interrupt(token, self.remote_id)
             return Outcome("error", over_budget)
         await self._collect(token)
-        self.failing_since.pop("get events", None)
+        self.retries.succeeded("get events")
         self.retried_unauthorized = False
         if has_pending:
             # Deliver only after catching up, so that `seen` holds every echo of a prompt already
@@ -301,19 +294,13 @@ class Run:
         stored = 0
         async with self.store_lock:
             while True:
-                await self._respect_retry_after()
+                await self.retries.wait_if_told()
                 batch = await self.provider.events_after(token, self.remote_id, self.cursor)
                 stored += await self._store(batch.events, "poll")
                 self.cursor = batch.cursor
                 if batch.complete:
                     self.caught_up = True
                     return stored
-
-    async def _respect_retry_after(self) -> None:
-        """Wait out a `Retry-After` another path (a poll, the channel) was told."""
-        wait = self.quiet_until - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     async def take(self, item: PushItem) -> None:
         if item.event is not None:
@@ -470,6 +457,8 @@ class Run:
         if self.remote_id is None:
             return
         await asyncio.sleep(RECONCILE_DELAY_SECONDS)
+        if await self._rerun():
+            return
         before = self.turns.last_end
         try:
             await self.backfill(await self._token_now())
@@ -477,17 +466,26 @@ class Run:
             log.info("last look at session %s after its run failed: %s", self.session_id, exc.message)
             return
         end = self.turns.last_end
-        if end is not None and end is not before:
-            try:
-                await self._record_usage(await self._token_now(), end)
-            except (UpstreamError, ServiceError) as exc:
-                log.info("usage of session %s after its run could not be read: %s", self.session_id, exc.message)
-        cost = self.provider.cost(end) if end is not None and end is not before else None
+        if end is None or end is before:
+            return
+        if await self._rerun():
+            return
+        try:
+            await self._record_usage(await self._token_now(), end)
+        except (UpstreamError, ServiceError) as exc:
+            log.info("usage of session %s after its run could not be read: %s", self.session_id, exc.message)
+        cost = self.provider.cost(end)
         if cost is None:
             return
         row = await queries.chat_sessions.set_ended_session_cost(self.ctx.pool, id=self.session_id, total_cost=cost)
         if row is not None:
             await session_list.announce(self.ctx, self.user_id, "updated", {"id": self.session_id, "totalCost": cost})
+
+    async def _rerun(self) -> bool:
+        """Whether a new run of the session has started (what comes now is its to store, judge
+        and record), or the session is gone."""
+        row = await queries.chat_sessions.get_run_control(self.ctx.pool, id=self.session_id)
+        return row is None or row["status"] == "running"
 
     # ---- usage and budgets (services/usage.py) ---------------------------------------------------
 
@@ -534,22 +532,11 @@ class Run:
             return None, 0
         if not exc.retryable:
             return Outcome("error", exc.message), 0
-        if exc.retry_after:
-            self.quiet_until = max(self.quiet_until, time.monotonic() + exc.retry_after)
         return self._retry(exc.operation, exc.message, exc.retry_after)
 
     def _retry(self, operation: str, message: str, retry_after: float | None = None) -> tuple[Outcome | None, float]:
-        """Try again after a backoff (at least as long as upstream's `Retry-After` asked), unless
-        `operation` has failed for the whole retry window."""
-        now = time.monotonic()
-        elapsed = now - self.failing_since.setdefault(operation, now)
-        if elapsed >= self.driver.retry_window_seconds:
-            log.warning("run of session %s gives up after %.1f s: %s", self.session_id, elapsed, message)
-            return Outcome("error", message), 0
-        log.info("run of session %s retries: %s", self.session_id, message)
-        delay = min(self.backoff, MAX_BACKOFF_SECONDS, max(self.driver.retry_window_seconds - elapsed, 0.0))
-        self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
-        return None, max(delay, retry_after or 0.0)
+        delay = self.retries.failed(operation, message, retry_after)
+        return (Outcome("error", message), 0) if delay is None else (None, delay)
 
     async def finish(self, outcome: Outcome) -> bool:
         """End the run (services/agents/ending.py), only while this replica still holds it.
