@@ -1,11 +1,12 @@
 -- What runs cost (tables `usage_records` and `usage_budgets`, migration 0011; services/usage.py).
 
--- name: get_last_usage_report(remote_session_id)^
--- The latest cumulative report of a remote session (its next row's share is the difference).
+-- name: get_last_usage_report(chat_session_id, remote_session_id)^
+-- The latest cumulative report of a chat session's remote session (its next row's share is the
+-- difference); keyed by both, so a remote id that another deployment or fake reused counts apart.
 SELECT total_cost_usd, total_input_tokens, total_output_tokens, total_cache_read_tokens,
        total_cache_creation_tokens
 FROM usage_records
-WHERE remote_session_id = :remote_session_id
+WHERE chat_session_id = :chat_session_id AND remote_session_id = :remote_session_id
 ORDER BY id DESC
 LIMIT 1;
 

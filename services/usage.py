@@ -207,7 +207,7 @@ async def record(
             conn, chat_session_id=session_id, turn_uuid=turn_uuid
         ):
             return False
-        last = await queries.usage.get_last_usage_report(conn, remote_session_id=remote_id)
+        last = await queries.usage.get_last_usage_report(conn, chat_session_id=session_id, remote_session_id=remote_id)
         before_cost = (last["total_cost_usd"] if last is not None else None) or Decimal(0)
         if total_cost is None:
             cost = Decimal(0)

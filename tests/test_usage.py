@@ -233,6 +233,30 @@ async def test_a_turn_end_is_recorded_once_and_each_row_holds_its_share(managed:
     ]
 
 
+async def test_a_remote_id_reused_by_another_chat_session_counts_apart(managed: Managed) -> None:
+    """Shares are the difference to the last report of the same chat session's remote session: a
+    remote id seen before in another chat session (another deployment on the same database, a
+    fake's counter) never lowers this one's share."""
+    ctx = managed.server.ctx
+    async with httpx.AsyncClient(base_url=managed.server.url, timeout=30) as http:
+        first = (await register(http))["id"]
+    async with httpx.AsyncClient(base_url=managed.server.url, timeout=30) as http:
+        second = (await register(http))["id"]
+    remote_id = f"sesn_reused_{first}"
+    for user_id, cost in ((first, 0.50), (second, 0.75)):
+        assert await usage.record(
+            ctx,
+            session_id=f"chat-{user_id}",
+            user_id=user_id,
+            provider_name="managed-agents",
+            remote_id=remote_id,
+            report=TurnUsage(cost_usd=cost, input_tokens=100),
+            turn_uuid="end-1",
+        )
+    rows = await records(managed.server, second)
+    assert [(r["cost_usd"], r["input_tokens"]) for r in rows] == [(Decimal("0.75"), 100)]
+
+
 # ---- budgets -------------------------------------------------------------------------------------
 
 
