@@ -192,8 +192,6 @@ class FakeManagedAgents(LoopbackServer):
         self.repository_error: str | None = None
         # Whether the session object carries `list_cost` yet ("absent until cost tracking").
         self.cost_tracking = True
-        # A turn's `session.status_idle` event is lost: the session reads idle, no event says so.
-        self.lose_idle_events = False
 
     async def start(self) -> None:
         await self.serve(FakeManagedHandler)
@@ -348,9 +346,6 @@ class FakeManagedAgents(LoopbackServer):
                 if stop.get("type") == "requires_action":
                     stop = {**stop, "event_ids": [last_use]}
                 event = {**event, "stop_reason": stop}
-                if self.lose_idle_events:
-                    session.status = "idle"
-                    continue
             emitted = self.emit(session, event)
             if event["type"] == "agent.tool_use":
                 last_use = emitted["id"]

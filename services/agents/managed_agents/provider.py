@@ -13,9 +13,7 @@
 - `open_push` opens the SSE stream first, then lists the history, so that nothing emitted in
   between is missed; both are translated by one translator and de-duplicated by event id.
 - A session's idle status read by a GET never ends a turn (its last events may not be listed yet):
-  only the translated `session.status_idle` event, the `result`, does. The idle status is an end
-  signal for the run driver (it backfills and looks for that `result`), and a session idle for
-  `RUN_IDLE_GRACE_SECONDS` without it ends the run anyway, as on the other backend.
+  only the translated `session.status_idle` event, the `result`, does.
 """
 
 from __future__ import annotations
@@ -73,14 +71,9 @@ FIND_CREATED_PAGES = 10
 FIND_CREATED_SLACK = timedelta(minutes=5)
 # When this process made no attempt itself (another replica did, then died): how far back to look.
 FIND_CREATED_UNKNOWN = timedelta(hours=24)
-# The session status as the run driver knows it. The end of a turn is the `session.status_idle`
-# event, never a GET's status: an idle status only makes the driver look for that event.
-STATES = {
-    "running": RemoteState.RUNNING,
-    "rescheduling": RemoteState.RUNNING,
-    "idle": RemoteState.IDLE,
-    "terminated": RemoteState.FAILED,
-}
+# The session status as the run driver knows it. An idle or rescheduling session is left to
+# the events: the end of a turn is the `session.status_idle` event, never a GET's status.
+STATES = {"running": RemoteState.RUNNING, "rescheduling": RemoteState.RUNNING, "terminated": RemoteState.FAILED}
 
 
 def _count(value: Any) -> int:
