@@ -249,8 +249,6 @@ class Run:
         inserted = await event_log.append_upstream(self.ctx, self.session_id, fresh)
         self.seen |= keys
         observe_latency(new, via)
-        if inserted:
-            await self._observe_stored()
         for event in fresh:
             branch = self.provider.branch(event)
             if branch and branch != self.branch:
@@ -320,6 +318,7 @@ class Run:
         """Whether the run is over: the turn rule (`services/agents/turns.py`), taken only after a
         backfill has made the stored log complete up to now, at every end signal (an answering
         end stored, a remote session no longer running)."""
+        await self._observe_stored()  # once a step, not once an event
         if remote_state == RemoteState.RUNNING:
             self.idle_since = None
             if self.turns.answered(self.turns_delivered) is None:
@@ -465,6 +464,7 @@ class Run:
         except (UpstreamError, ServiceError) as exc:
             log.info("last look at session %s after its run failed: %s", self.session_id, exc.message)
             return
+        await self._observe_stored()
         end = self.turns.last_end
         if end is None or end is before:
             return

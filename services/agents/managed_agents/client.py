@@ -10,15 +10,13 @@ SSE events) so that event types this SDK release does not know are kept, not dro
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anthropic
 
-from services.agents.backend import UpstreamError, excerpt
+from services.agents.backend import UpstreamError, excerpt, retry_after_seconds
 from services.config import Config
 from services.metrics import UPSTREAM_CALLS
 
@@ -91,27 +89,14 @@ def upstream_error(operation: str, exc: Exception) -> UpstreamError:
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a `Retry-After` header (seconds or an HTTP date; `retry-after-ms` first)."""
+    """Seconds to wait before asking again: Anthropic's `retry-after-ms` first, else `Retry-After`."""
     milliseconds = headers.get("retry-after-ms")
     if milliseconds:
         try:
             return max(float(milliseconds) / 1000, 0.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return retry_after_seconds(headers.get("retry-after"))
 
 
 def error_message(exc: anthropic.APIStatusError) -> str:
